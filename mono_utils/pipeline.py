@@ -1,0 +1,185 @@
+"""Build-or-load everything a notebook needs, through the artifact store.
+
+Each ``get_*`` returns a ready object; the first call builds it (with progress) and later
+calls, in any notebook or process, load it. The artifact's folder is named by a hash of the
+config that made it, so changing a preset rebuilds exactly what depends on the change.
+"""
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .artifacts import ArtifactStore, read_json
+from .presets import Preset, get_preset
+
+CORPUS_SEED = 0
+
+
+def _store(store: ArtifactStore | None) -> ArtifactStore:
+    return store if store is not None else ArtifactStore()
+
+
+def _preset(preset: Preset | str | None) -> Preset:
+    return preset if isinstance(preset, Preset) else get_preset(preset)
+
+
+# ---------------------------------------------------------------- corpus
+def corpus_config(p: Preset) -> dict:
+    from . import data
+    return {"bytes": p.corpus_bytes, "seed": CORPUS_SEED, "shares": data.DOMAIN_SHARES, "version": 1}
+
+
+def get_corpus_dir(preset=None, store=None) -> Path:
+    from . import data
+    p, s = _preset(preset), _store(store)
+    cfg = corpus_config(p)
+
+    def build(tmp: Path):
+        docs = data.build_documents(p.corpus_bytes, seed=CORPUS_SEED)
+        data.save_documents(docs, tmp / "corpus.jsonl")
+        return {"documents": len(docs), "bytes": sum(len(d.text.encode()) for d in docs)}
+
+    return s.get_or_build("corpus", f"corpus-{p.name}", cfg, build)
+
+
+def get_documents(preset=None, store=None):
+    from . import data
+    return data.read_documents(get_corpus_dir(preset, store) / "corpus.jsonl")
+
+
+# ---------------------------------------------------------------- tokenizer + tokens
+def tokenizer_config(p: Preset) -> dict:
+    return {"corpus": corpus_config(p), "vocab_size": p.vocab_size, "version": 1}
+
+
+def get_tokenizer(preset=None, store=None):
+    from . import tokenizer as tk
+    p, s = _preset(preset), _store(store)
+
+    def build(tmp: Path):
+        docs = get_documents(p, s)
+        tk.train_tokenizer((d.text for d in docs), p.vocab_size, tmp)
+        return {"vocab_size": p.vocab_size}
+
+    folder = s.get_or_build("tokenizer", f"bpe{p.vocab_size}-{p.name}", tokenizer_config(p), build)
+    return tk.load_tokenizer(folder)
+
+
+@dataclass
+class TokenData:
+    """Tokenised corpus: rows of n_ctx tokens, per-token labels, train/val split."""
+    tokens: np.ndarray        # [rows, n_ctx] uint16
+    domain: np.ndarray        # [rows, n_ctx] uint8 ids into domain_names
+    subdomain: np.ndarray     # [rows, n_ctx] uint8 ids into subdomain_names
+    domain_names: list[str]
+    subdomain_names: list[str]
+    n_val: int
+    manifest: dict
+
+    @property
+    def train(self) -> np.ndarray:
+        return self.tokens[self.n_val:]
+
+    @property
+    def val(self) -> np.ndarray:
+        return self.tokens[: self.n_val]
+
+    def split(self, part: str):
+        """(tokens, domain, subdomain) of "train" or "val"."""
+        sl = slice(self.n_val, None) if part == "train" else slice(0, self.n_val)
+        return self.tokens[sl], self.domain[sl], self.subdomain[sl]
+
+
+def get_tokens(preset=None, store=None) -> TokenData:
+    from . import data
+    from . import tokenizer as tk
+    p, s = _preset(preset), _store(store)
+    cfg = {"tokenizer": tokenizer_config(p), "n_ctx": p.n_ctx, "val_frac": 0.05, "version": 1}
+
+    def build(tmp: Path):
+        docs = get_documents(p, s)
+        tok = get_tokenizer(p, s)
+        tokens, dom, sub, dnames, snames, counts = tk.pack_documents(docs, tok, p.n_ctx)
+        perm = np.random.default_rng(CORPUS_SEED).permutation(len(tokens))
+        for name, arr in (("tokens", tokens), ("domain", dom), ("subdomain", sub)):
+            np.save(tmp / f"{name}.npy", arr[perm])
+        man = data.manifest(docs, counts)
+        (tmp / "labels.json").write_text(json.dumps({"domain": dnames, "subdomain": snames}))
+        (tmp / "manifest.json").write_text(json.dumps(man, indent=1))
+        return {"rows": len(tokens), "tokens": int(tokens.size), "corpus_sha256": man["sha256"]}
+
+    folder = s.get_or_build("tokens", f"tokens-{p.name}", cfg, build)
+    labels = read_json(folder / "labels.json")
+    tokens = np.load(folder / "tokens.npy")
+    n_val = max(1, int(len(tokens) * 0.05))
+    return TokenData(tokens, np.load(folder / "domain.npy"), np.load(folder / "subdomain.npy"),
+                     labels["domain"], labels["subdomain"], n_val, read_json(folder / "manifest.json"))
+
+
+# ---------------------------------------------------------------- models
+def model_configs(p: Preset, which: str):
+    from .model import ModelConfig, TrainConfig
+    if which not in p.seeds:
+        raise ValueError(f"unknown model {which!r}: choose one of {sorted(p.seeds)}")
+    seed = p.seeds[which]
+    mcfg = ModelConfig(d_vocab=p.vocab_size, d_model=p.d_model, n_heads=p.n_heads, d_mlp=p.d_mlp,
+                       n_ctx=p.n_ctx, seed=seed)
+    tcfg = TrainConfig(tokens=p.model_tokens, batch_size=p.model_batch, lr=p.model_lr, seed=seed)
+    return mcfg, tcfg
+
+
+def model_dir(preset=None, which: str = "A", store=None) -> Path:
+    p, s = _preset(preset), _store(store)
+    mcfg, tcfg = model_configs(p, which)
+    cfg = {"model": mcfg.to_dict(), "train": tcfg.__dict__, "tokens": tokenizer_config(p), "version": 1}
+    return s.path("model", f"model{which}-{p.name}", cfg), cfg
+
+
+def get_model(preset=None, which: str = "A", store=None, on_step=None, progress: bool = True):
+    """Model A or B (identical but for the seed), trained on the preset's corpus if needed."""
+    from . import model as mm
+    p, s = _preset(preset), _store(store)
+    mcfg, tcfg = model_configs(p, which)
+    tok = get_tokenizer(p, s)
+    _, cfg = model_dir(p, which, s)
+
+    def build(tmp: Path):
+        data = get_tokens(p, s)
+        model = mm.build_model(mcfg, tokenizer=tok)
+        # the checkpoint lives outside tmp so that a killed build resumes where it stopped
+        ckpt = s.root / "model" / f".ckpt-model{which}-{p.name}-{mm_hash(cfg)}.pt"
+        hist = mm.train_model(model, data.train, tcfg, checkpoint=ckpt, on_step=on_step, progress=progress)
+        mm.save_weights(model, tmp / "model.safetensors")
+        tv, dv, _ = data.split("val")
+        ev = mm.evaluate(model, tv, dv, data.domain_names)
+        (tmp / "history.json").write_text(json.dumps(hist))
+        samples = {pr: mm.sample(model, tok, pr, 30, seed=0) for pr in SAMPLE_PROMPTS}
+        ckpt.unlink(missing_ok=True)
+        return {**ev, "samples": samples, "train_tokens": hist[-1]["tokens"] if hist else 0}
+
+    folder = s.get_or_build("model", f"model{which}-{p.name}", cfg, build)
+    model = mm.build_model(mcfg, tokenizer=tok)
+    mm.load_weights(model, folder / "model.safetensors")
+    model.eval()
+    model.mono_folder = folder
+    return model
+
+
+SAMPLE_PROMPTS = ["def ", "The ", "GET /", "1,2,3,4,5,6,7,8,9,10"]
+
+
+def mm_hash(cfg: dict) -> str:
+    from .artifacts import config_hash
+    return config_hash(cfg)
+
+
+def model_metrics(model) -> dict:
+    return read_json(Path(model.mono_folder) / "metrics.json")
+
+
+def model_history(model) -> list[dict]:
+    return json.loads((Path(model.mono_folder) / "history.json").read_text())
