@@ -70,12 +70,16 @@ def _read_text(path: Path) -> str | None:
         return None
 
 
-def _files(roots: Iterable[Path], patterns: tuple[str, ...]) -> list[Path]:
+def _files(roots: Iterable[Path], patterns: tuple[str, ...], rng: random.Random | None = None) -> list[Path]:
+    """Matching files, sorted for determinism, then shuffled by ``rng`` so a budget samples widely."""
     out = set()
     for root in roots:
         for pat in patterns:
             out.update(p for p in root.rglob(pat) if p.is_file())
-    return sorted(out, key=lambda p: p.as_posix())
+    files = sorted(out, key=lambda p: p.as_posix())
+    if rng is not None:
+        rng.shuffle(files)
+    return files
 
 
 def _chunks(text: str, limit: int = MAX_DOC_CHARS) -> list[str]:
@@ -122,7 +126,7 @@ def script_of(text: str) -> str:
 
 # ------------------------------------------------------------------ sources
 def python_code(rng: random.Random) -> Iterable[Document]:
-    for path in _files(site_packages() + [stdlib_dir()], ("*.py",)):
+    for path in _files(site_packages() + [stdlib_dir()], ("*.py",), rng):
         text = _read_text(path)
         if text and len(text) > 200:
             for c in _chunks(text):
@@ -137,14 +141,14 @@ def english_prose(rng: random.Random) -> Iterable[Document]:
                 yield Document(c, "english", "python_docs", "pydoc_data")
     except ImportError:  # pragma: no cover
         pass
-    for path in _files(site_packages(), ("METADATA",)):
+    for path in _files(site_packages(), ("METADATA",), rng):
         text = _read_text(path)
         if text and "\n\n" in text:
             body = text.split("\n\n", 1)[1]
             for c in _chunks(body):
                 if script_of(c) == "latin":
                     yield Document(c, "english", "readme", path.parent.name.split("-")[0])
-    for path in _files(site_packages() + [stdlib_dir()], ("*.py",)):
+    for path in _files(site_packages() + [stdlib_dir()], ("*.py",), rng):
         text = _read_text(path)
         if not text:
             continue
@@ -205,7 +209,7 @@ def web_text(rng: random.Random) -> Iterable[Document]:
     roots = [p / name for p in site_packages() for name in ("jupyterlab", "plotly", "notebook",
                                                             "jupyter_server", "nbconvert", "ipywidgets", "voila")]
     roots = [r for r in roots if r.exists()]
-    for path in _files(roots, ("*.json", "*.js", "*.css", "*.html", "*.mjs")):
+    for path in _files(roots, ("*.json", "*.js", "*.css", "*.html", "*.mjs"), rng):
         if path.stat().st_size > 2_000_000:
             continue
         text = _read_text(path)
@@ -217,7 +221,7 @@ def web_text(rng: random.Random) -> Iterable[Document]:
 
 def cpp_text(rng: random.Random) -> Iterable[Document]:
     roots = [p / "torch" / "include" for p in site_packages() if (p / "torch" / "include").exists()]
-    for path in _files(roots, ("*.h", "*.hpp", "*.cuh")):
+    for path in _files(roots, ("*.h", "*.hpp", "*.cuh"), rng):
         text = _read_text(path)
         if text and len(text) > 200:
             for c in _chunks(text)[:5]:

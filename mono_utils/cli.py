@@ -1,0 +1,189 @@
+"""``python -m mono_utils``: build artifacts, inspect them, run notebooks, share bundles."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+
+def _machine() -> str:
+    import torch
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
+
+
+def build_stages(preset, store):
+    """The ordered (name, function) stages that build everything the notebooks need."""
+    from . import pipeline
+    stages = [
+        ("corpus", lambda: pipeline.get_corpus_dir(preset, store)),
+        ("tokenizer", lambda: pipeline.get_tokenizer(preset, store)),
+        ("tokens", lambda: pipeline.get_tokens(preset, store)),
+        ("model A", lambda: pipeline.get_model(preset, "A", store)),
+        ("model B", lambda: pipeline.get_model(preset, "B", store)),
+    ]
+    try:
+        from . import train
+        stages += [
+            ("SAE A/1", lambda: train.get_sae(preset, "A", store=store)),
+            ("SAE B/1", lambda: train.get_sae(preset, "B", store=store)),
+            ("SAE A/1 TopK", lambda: train.get_sae(preset, "A", architecture="topk", store=store)),
+            ("SAE family A", lambda: train.get_sae_family(preset, "A", store=store)),
+        ]
+    except ImportError:
+        pass
+    try:
+        from . import index
+        stages += [("index A/1", lambda: index.get_index(preset, "A", store=store)),
+                   ("index B/1", lambda: index.get_index(preset, "B", store=store))]
+    except ImportError:
+        pass
+    return stages
+
+
+def cmd_build(args) -> int:
+    from .artifacts import ArtifactStore
+    from .presets import get_preset
+    preset = get_preset(args.preset)
+    store = ArtifactStore(args.artifacts)
+    rows = []
+    for name, fn in build_stages(preset, store):
+        if args.only and not any(o.lower() in name.lower() for o in args.only):
+            continue
+        t = time.time()
+        print(f"== {name} ({preset.name})", flush=True)
+        fn()
+        rows.append((name, time.time() - t))
+    print("\n| stage | seconds |\n|---|---:|")
+    for name, sec in rows:
+        print(f"| {name} | {sec:.0f} |")
+    print(f"| total | {sum(s for _, s in rows):.0f} |\nmachine: {_machine()}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .artifacts import ArtifactStore
+    store = ArtifactStore(args.artifacts)
+    entries = store.entries()
+    if args.json:
+        print(json.dumps(entries, indent=1, default=str))
+        return 0
+    if not entries:
+        print(f"nothing built yet in {store.root} (run: python -m mono_utils build --preset default)")
+        return 0
+    print(f"artifacts in {store.root}")
+    for e in entries:
+        m = e["metrics"]
+        keys = [k for k in ("val_loss", "loss_recovered", "l0", "fvu", "dead_frac", "rows", "documents") if k in m]
+        summary = ", ".join(f"{k}={m[k]:.4g}" if isinstance(m[k], float) else f"{k}={m[k]}" for k in keys)
+        status = "ok" if e["ok"] else "DAMAGED: " + "; ".join(e["problems"][:2])
+        print(f"  {e['kind']:>12}/{e['name']:<40} {e['bytes'] / 2**20:8.1f} MB  {status}  {summary}")
+    return 0
+
+
+def cmd_run_notebooks(args) -> int:
+    from .artifacts import repo_root
+    from .notebooks import execute_notebook, format_table, notebook_paths
+    out_dir = Path(args.out) if args.out else repo_root() / "runs" / args.preset
+    paths = notebook_paths()
+    if args.only:
+        paths = [p for p in paths if any(o in p.name for o in args.only)]
+    if not paths:
+        raise ValueError("no notebooks matched: check --only")
+    env = dict(os.environ)
+    if args.artifacts:
+        env["MONO_ARTIFACTS"] = str(Path(args.artifacts).resolve())
+    rows = []
+    for p in paths:
+        print(f"== {p.name}", flush=True)
+        r = execute_notebook(p, out_dir / p.name, preset=args.preset, env=env, timeout=args.timeout)
+        print(f"   {'ok' if r['ok'] else 'FAILED'} in {r['seconds']:.0f}s, peak {r['peak_mb']:.0f} MB", flush=True)
+        if not r["ok"]:
+            print(r["log"])
+        rows.append(r)
+    table = format_table(rows)
+    print("\n" + table + f"\n\nmachine: {_machine()}; preset {args.preset}; executed copies in {out_dir}")
+    (out_dir / "timings.md").write_text(table + f"\n\nmachine: {_machine()}\n", encoding="utf-8")
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+def cmd_export(args) -> int:
+    from .artifacts import ArtifactStore
+    from .bundle import export_bundle
+    path = export_bundle(args.path, ArtifactStore(args.artifacts))
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from .artifacts import ArtifactStore
+    from .bundle import import_bundle
+    import_bundle(args.path, ArtifactStore(args.artifacts))
+    print(f"imported {args.path}")
+    return 0
+
+
+def cmd_app(args) -> int:
+    from .apps import launch_app
+    return launch_app(args.name, port=args.port) or 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m mono_utils",
+                                 description="monosemanticity-lab: build artifacts, run notebooks, share bundles.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--artifacts", default=None,
+                        help="artifact store folder (default data/artifacts or $MONO_ARTIFACTS)")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    _add = sub.add_parser
+    sub.add_parser = lambda *a, **k: _add(*a, parents=[common], **k)
+    b = sub.add_parser("build", help="build everything the notebooks need for a preset")
+    b.add_argument("--preset", default=os.environ.get("MONO_PRESET", "default"), help="smoke | default | paper")
+    b.add_argument("--only", nargs="*", help="only stages whose name contains one of these words (e.g. model)")
+    b.set_defaults(fn=cmd_build)
+    i = sub.add_parser("info", help="what is built, where, with metrics")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(fn=cmd_info)
+    r = sub.add_parser("run-notebooks", help="execute every notebook top to bottom into runs/ and print timings")
+    r.add_argument("--preset", default=os.environ.get("MONO_PRESET", "default"))
+    r.add_argument("--only", nargs="*", help="only notebooks whose file name contains one of these")
+    r.add_argument("--out", default=None, help="folder for executed copies (default runs/<preset>)")
+    r.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
+    r.set_defaults(fn=cmd_run_notebooks)
+    e = sub.add_parser("export", help="write every built artifact into one bundle file")
+    e.add_argument("path")
+    e.set_defaults(fn=cmd_export)
+    im = sub.add_parser("import", help="verify and unpack a bundle made by export")
+    im.add_argument("path")
+    im.set_defaults(fn=cmd_import)
+    a = sub.add_parser("app", help="serve the steering or rating widget as a Voila app")
+    a.add_argument("name", choices=["steering", "rating"])
+    a.add_argument("--port", type=int, default=8866)
+    a.set_defaults(fn=cmd_app)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = make_parser().parse_args(argv)
+    if getattr(args, "preset", None):
+        from .presets import PRESETS
+        if args.preset not in PRESETS:
+            print(f"error: unknown preset {args.preset!r}: choose one of {', '.join(PRESETS)}", file=sys.stderr)
+            return 2
+        os.environ["MONO_PRESET"] = args.preset
+    if args.artifacts:
+        os.environ["MONO_ARTIFACTS"] = str(Path(args.artifacts).resolve())
+    try:
+        return args.fn(args)
+    except KeyboardInterrupt:
+        print("interrupted: finished artifacts are kept; run the same command again to resume", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, ConnectionError, RuntimeError, ImportError, OSError) as e:
+        if os.environ.get("MONO_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1

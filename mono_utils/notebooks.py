@@ -1,0 +1,92 @@
+"""Execute notebooks top to bottom (headless) and measure wall time and peak memory."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .artifacts import repo_root
+
+
+def notebook_paths(folder: str | Path | None = None) -> list[Path]:
+    folder = Path(folder) if folder else repo_root() / "notebooks"
+    return sorted(folder.glob("[0-9][0-9]_*.ipynb"))
+
+
+def _tree_rss(pid: int) -> int:
+    import psutil
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc] + proc.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def execute_notebook(path: str | Path, out: str | Path, preset: str | None = None,
+                     timeout: int = 3600, env: dict | None = None) -> dict:
+    """Run one notebook in a child process; returns wall time, peak RSS (process tree) and status."""
+    path, out = Path(path), Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    child_env = dict(os.environ if env is None else env)
+    if preset:
+        child_env["MONO_PRESET"] = preset
+    child_env.setdefault("PYTHONPATH", str(repo_root()))
+    cmd = [sys.executable, "-m", "mono_utils.notebooks", str(path), str(out), str(timeout)]
+    start = time.time()
+    proc = subprocess.Popen(cmd, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            cwd=str(path.parent))
+    peak = [0]
+
+    def watch():
+        while proc.poll() is None:
+            peak[0] = max(peak[0], _tree_rss(proc.pid))
+            time.sleep(0.25)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    output, _ = proc.communicate()
+    t.join()
+    return {"notebook": path.name, "ok": proc.returncode == 0, "seconds": time.time() - start,
+            "peak_mb": peak[0] / 2**20, "log": output.decode("utf-8", "replace")[-4000:], "output": str(out)}
+
+
+def _run_here(path: str, out: str, timeout: str) -> int:
+    """Child-process entry: execute with nbclient, save the executed copy (even on error)."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=int(timeout), kernel_name="python3",
+                            resources={"metadata": {"path": str(Path(path).parent)}})
+    code = 0
+    try:
+        client.execute()
+    except CellExecutionError as e:
+        print(str(e)[-3000:])
+        code = 1
+    finally:
+        nbformat.write(nb, out)
+    return code
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = ["| notebook | status | wall time (s) | peak memory (MB) |", "|---|---|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['notebook']} | {'ok' if r['ok'] else 'FAILED'} | {r['seconds']:.0f} | {r['peak_mb']:.0f} |")
+    total = sum(r["seconds"] for r in rows)
+    lines.append(f"| **total** | | {total:.0f} | {max((r['peak_mb'] for r in rows), default=0):.0f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(_run_here(*sys.argv[1:4]))
