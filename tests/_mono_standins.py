@@ -1,0 +1,59 @@
+"""Stand-ins shared by the neurons-vs-features tests: a tiny SAE with the project's interface."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class StandInSAE(nn.Module):
+    """ReLU SAE with ``encode``/``decode``/``W_dec_raw`` and a ``cfg`` like mono_utils.sae's."""
+
+    def __init__(self, d_in: int, d_sae: int, seed: int = 0, bias: float = -0.05):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.cfg = SimpleNamespace(d_in=d_in, d_sae=d_sae, architecture="relu")
+        self.W_enc = nn.Parameter(torch.randn(d_in, d_sae, generator=g) / d_in ** 0.5)
+        self.b_enc = nn.Parameter(torch.full((d_sae,), bias))
+        w = torch.randn(d_sae, d_in, generator=g)
+        self.W_dec = nn.Parameter(w / w.norm(dim=1, keepdim=True))
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+
+    def encode(self, x):
+        return torch.relu((x - self.b_dec) @ self.W_enc + self.b_enc)
+
+    def decode(self, f):
+        return f @ self.W_dec + self.b_dec
+
+    def forward(self, x):
+        return self.decode(self.encode(x))
+
+    @property
+    def W_dec_raw(self):
+        return self.W_dec
+
+    @torch.no_grad()
+    def plant_copy_of_neuron(self, feature: int, neuron: int, scale: float = 1.0):
+        """Make ``feature`` fire exactly as ``neuron`` (times ``scale``) with dictionary vector e_neuron."""
+        self.b_dec.zero_()
+        self.W_enc[:, feature] = 0
+        self.W_enc[neuron, feature] = scale
+        self.b_enc[feature] = 0
+        self.W_dec[feature] = 0
+        self.W_dec[feature, neuron] = 1.0
+
+    @torch.no_grad()
+    def kill(self, feature: int):
+        self.W_enc[:, feature] = 0
+        self.b_enc[feature] = -1e6
+
+
+def random_tokens(rows: int, n_ctx: int, d_vocab: int, seed: int = 0, bos: int = 0):
+    rng = np.random.default_rng(seed)
+    t = rng.integers(1, d_vocab, size=(rows, n_ctx)).astype(np.uint16)
+    t[:, 0] = bos
+    dom = (np.arange(rows)[:, None] % 3 + np.zeros((1, n_ctx), int)).astype(np.uint8)
+    sub = ((np.arange(rows)[:, None] % 5) + np.zeros((1, n_ctx), int)).astype(np.uint8)
+    return t, dom, sub, ["a", "b", "c"], ["s0", "s1", "s2", "s3", "s4"]
