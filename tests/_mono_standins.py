@@ -57,3 +57,36 @@ def random_tokens(rows: int, n_ctx: int, d_vocab: int, seed: int = 0, bos: int =
     dom = (np.arange(rows)[:, None] % 3 + np.zeros((1, n_ctx), int)).astype(np.uint8)
     sub = ((np.arange(rows)[:, None] % 5) + np.zeros((1, n_ctx), int)).astype(np.uint8)
     return t, dom, sub, ["a", "b", "c"], ["s0", "s1", "s2", "s3", "s4"]
+
+
+class CharTokenizer:
+    """A toy tokenizer: id 0 is <|endoftext|>, ids 1.. are single characters of ALPHABET."""
+    ALPHABET = "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,\n"
+
+    def __init__(self, d_vocab: int = 64):
+        self.d_vocab = d_vocab
+        self.chars = ["<|endoftext|>"] + list(self.ALPHABET[: d_vocab - 1])
+
+    def __len__(self):
+        return self.d_vocab
+
+    def decode(self, ids, **kw):
+        return "".join(self.chars[int(i)] for i in ids)
+
+    def convert_tokens_to_ids(self, tok):
+        return 0
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [self.chars.index(c) for c in text if c in self.chars]}
+
+
+def planted_index(model, tmp_path, rows=40, seed=2):
+    """An index of ``model`` with a stand-in SAE whose feature 5 copies neuron 7 and feature 9 is dead."""
+    from mono_utils.index import ActivationIndex, build_index
+    d_mlp = model.mono_config.d_mlp
+    sae = StandInSAE(d_mlp, 96, seed=1)
+    sae.plant_copy_of_neuron(5, 7)
+    sae.kill(9)
+    toks, dom, sub, dn, sn = random_tokens(rows, model.mono_config.n_ctx, model.mono_config.d_vocab, seed=seed)
+    build_index(model, sae, toks, dom, sub, dn, sn, tmp_path / "idx", chunk_tokens=100, progress=False)
+    return ActivationIndex.load(tmp_path / "idx"), sae
