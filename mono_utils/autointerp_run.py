@@ -1,0 +1,249 @@
+"""Score many units with an autointerp backend; the randomized-transformer control.
+
+* :func:`run_unit` walks one unit through explain -> simulate -> score (+ the logit test).
+* :func:`score_units` does it for a list of units (bounded concurrency for LLM backends,
+  an estimate of calls and tokens first) and returns a DataFrame; :func:`summarize` gives
+  medians per unit kind, single-token features apart as the paper reports them.
+* Sources of activations: :class:`IndexSource` wraps the activation index
+  (``mono_utils.index``); :class:`ArraySource` holds arrays (tests, small data).
+* :func:`randomized_model` shuffles each weight tensor of a trained model (the paper's
+  control); :func:`get_randomized_index` trains an SAE on it and indexes its features.
+"""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from .autointerp import (DeadUnitError, EvalCorpus, LogitInput, ParseFailure, ProtocolConfig, explain_input,
+                         logit_accuracy, logit_test_tokens, score_simulation, select_examples, simulate_input)
+
+
+# ---------------------------------------------------------------- sources of activations
+class ArraySource:
+    """Activations in memory: ``acts`` maps unit -> [rows, n_ctx], or is [units, rows, n_ctx]."""
+
+    def __init__(self, corpus: EvalCorpus, acts, logit_weights: np.ndarray | None = None, kind: str = "feature"):
+        self.corpus, self.kind = corpus, kind
+        self._acts = dict(acts) if isinstance(acts, dict) else {i: a for i, a in enumerate(acts)}
+        self._logits = None if logit_weights is None else np.asarray(logit_weights)
+
+    @property
+    def units(self) -> list[int]:
+        return sorted(self._acts)
+
+    def unit_acts(self, unit: int) -> np.ndarray:
+        if unit not in self._acts:
+            raise ValueError(f"unit {unit} is not in this source (it has {len(self._acts)} units)")
+        return np.asarray(self._acts[unit], np.float32)
+
+    def logit_weights(self, unit: int):
+        return None if self._logits is None else self._logits[unit]
+
+
+class IndexSource:
+    """One kind of unit ("feature" or "neuron") of an :class:`mono_utils.index.ActivationIndex`."""
+
+    def __init__(self, index, kind: str, vocab_strs: list[str], logit_matrix: np.ndarray | None = None,
+                 corpus: EvalCorpus | None = None):
+        self.index, self.kind = index, kind
+        self.corpus = corpus or EvalCorpus(index.tokens, vocab_strs)
+        self._logits = logit_matrix
+
+    @property
+    def units(self) -> list[int]:
+        return [int(u) for u in self.index.live_units(self.kind)]
+
+    def unit_acts(self, unit: int) -> np.ndarray:
+        return self.index.unit_acts(self.kind, unit)
+
+    def logit_weights(self, unit: int):
+        return None if self._logits is None else self._logits[unit]
+
+
+@torch.no_grad()
+def logit_weight_matrix(model, sae=None) -> np.ndarray:
+    """Each unit's direct effect on the logits: [units, d_vocab] (features: W_dec_raw @ W_out @ W_U)."""
+    from .model import W_U, W_out
+    w = W_out(model).float() @ W_U(model).float()
+    if sae is not None:
+        w = sae.W_dec_raw.float().to(w.device) @ w
+    return w.cpu().numpy()
+
+
+# ---------------------------------------------------------------- one unit
+@dataclass
+class UnitResult:
+    unit: int
+    kind: str
+    status: str                     # "ok", "dead", "failed: ..."
+    explanation: str = ""
+    spearman: float = float("nan")
+    pearson: float = float("nan")
+    spearman_unweighted: float = float("nan")
+    logit_accuracy: float = float("nan")
+    single_token: bool = False
+    max_act: float = 0.0
+    failures: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        extra = d.pop("extra")
+        d.update({k: v for k, v in extra.items() if isinstance(v, (str, int, float, bool))})
+        return d
+
+
+def unit_seed(seed: int, unit: int) -> int:
+    """A per-unit seed: results do not depend on the order or concurrency of a run."""
+    return int(np.random.SeedSequence([int(seed), int(unit)]).generate_state(1)[0])
+
+
+def run_unit(backend, acts, corpus: EvalCorpus, unit: int = 0, kind: str = "feature", logit_weights=None,
+             seed: int = 0, cfg: ProtocolConfig = ProtocolConfig(), keep_prompts: bool = False) -> UnitResult:
+    """Explain -> simulate -> score, and the logit test when ``logit_weights`` is given."""
+    s = unit_seed(seed, unit)
+    try:
+        ue = select_examples(acts, corpus, s, cfg)
+    except DeadUnitError:
+        return UnitResult(unit, kind, "dead")
+    res = UnitResult(unit, kind, "ok", single_token=ue.single_token, max_act=ue.max_act)
+    ein = explain_input(ue, corpus.vocab_strs, logit_weights, cfg)
+    if keep_prompts:
+        res.extra.update(examples=ue, explain_input=ein)
+    try:
+        res.explanation = backend.explain(ein)
+        sin = simulate_input(res.explanation, ue, corpus.vocab_strs)
+        if keep_prompts:
+            res.extra["simulate_input"] = sin
+        pred = backend.simulate(sin)
+        if keep_prompts:
+            res.extra["predictions"] = pred
+        res.__dict__.update(score_simulation(ue, pred))
+    except ParseFailure as e:
+        res.status, res.failures = f"failed: {e}", res.failures + 1
+        return res
+    if logit_weights is not None:
+        test = logit_test_tokens(logit_weights, s, cfg)
+        lin = LogitInput(res.explanation, test.tokens(corpus.vocab_strs))
+        if keep_prompts:
+            res.extra.update(logit_input=lin, logit_test=test)
+        try:
+            res.logit_accuracy = logit_accuracy(test, backend.label_logits(lin))
+        except ParseFailure as e:
+            res.failures += 1
+            res.extra["logit_failure"] = str(e)
+    return res
+
+
+# ---------------------------------------------------------------- many units
+def _check_units(units) -> list[int]:
+    units = [int(u) for u in (units if units is not None else [])]
+    if not units:
+        raise ValueError("no units to score: pass a non-empty list of unit indices (e.g. "
+                         "index.live_units('feature')[:100])")
+    return units
+
+
+def estimate_run(source, units, backend, seed: int = 0, cfg: ProtocolConfig = ProtocolConfig(),
+                 n_samples: int = 3) -> dict:
+    """Calls and tokens a run would need (LLM backends), from a few units' real prompts."""
+    from .autointerp import SimulateInput
+    units = _check_units(units)
+    samples = []
+    for u in units[:n_samples]:
+        try:
+            ue = select_examples(source.unit_acts(u), source.corpus, unit_seed(seed, u), cfg)
+        except DeadUnitError:
+            continue
+        lw = source.logit_weights(u)
+        ein = explain_input(ue, source.corpus.vocab_strs, lw, cfg)
+        sin = SimulateInput("x" * 120, simulate_input("", ue, source.corpus.vocab_strs).examples)
+        lin = LogitInput("x" * 120, ["token"] * (cfg.logit_ranks[1] - cfg.logit_ranks[0] + cfg.logit_random))
+        samples.append((ein, sin, lin))
+    if hasattr(backend, "provider"):
+        return backend.estimate(len(units), samples)
+    return backend.estimate(len(units))
+
+
+def score_units(source, units, backend, *, seed: int = 0, cfg: ProtocolConfig = ProtocolConfig(),
+                logits: bool = True, progress: bool = True, verbose: bool = True):
+    """Score ``units`` of ``source`` with ``backend``; a DataFrame, one row per unit (in order).
+
+    LLM backends run ``backend.concurrency`` units at a time and print an estimate of calls
+    and tokens first. A reply that cannot be parsed marks that unit "failed: ..." (counted in
+    ``failures``); an endpoint that stays unreachable after the retries stops the run with
+    :class:`~mono_utils.autointerp_backends.BackendUnavailableError` (finished calls are cached).
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+    units = _check_units(units)
+    if verbose and hasattr(backend, "provider"):
+        est = estimate_run(source, units, backend, seed, cfg)
+        print(f"[autointerp] {est['units']} units with {est['backend']} ({est['model']}): about {est['calls']} "
+              f"calls, ~{est['input_tokens']:,} input tokens, <= {est['output_tokens_max']:,} output tokens "
+              f"({est['note']})")
+
+    def one(u):
+        lw = source.logit_weights(u) if logits else None
+        r = run_unit(backend, source.unit_acts(u), source.corpus, u, source.kind, lw, seed, cfg)
+        return r.to_dict()
+
+    t0 = time.time()
+    workers = max(1, int(getattr(backend, "concurrency", 1)))
+    bar = tqdm(total=len(units), desc=f"autointerp {source.kind}s ({backend.name})", disable=not progress)
+    rows = []
+    if workers == 1:
+        for u in units:
+            rows.append(one(u))
+            bar.update()
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for r in pool.map(one, units):
+                rows.append(r)
+                bar.update()
+    bar.close()
+    df = pd.DataFrame(rows)
+    df.attrs["seconds"] = time.time() - t0
+    df.attrs["backend"] = backend.name
+    return df
+
+
+def summarize(df) -> dict:
+    """Median scores of scored units; features split into single-token and the rest."""
+    ok = df[df.status == "ok"]
+    out = {"units": int(len(df)), "scored": int(len(ok)), "failed": int(df.status.str.startswith("failed").sum()),
+           "dead": int((df.status == "dead").sum())}
+    groups = {"all": ok, "single_token": ok[ok.single_token], "multi_token": ok[~ok.single_token]}
+    for name, g in groups.items():
+        out[name] = {"n": int(len(g)),
+                     "median_spearman": float(g.spearman.median()) if len(g) else float("nan"),
+                     "median_pearson": float(g.pearson.median()) if len(g) else float("nan"),
+                     "median_logit_accuracy": float(g.logit_accuracy.median()) if len(g) else float("nan")}
+    return out
+
+
+# ---------------------------------------------------------------- the randomized control
+@torch.no_grad()
+def randomized_model(model, seed: int = 0):
+    """A copy of ``model`` with the entries of every weight tensor shuffled (the paper's control).
+
+    Each parameter (matrices, and also biases and LayerNorm vectors) keeps its own values in
+    a random order, so weight distributions are unchanged and learned structure is gone.
+    """
+    from .model import build_model
+    cfg = getattr(model, "mono_config", None)
+    if cfg is None:
+        raise ValueError("randomized_model needs a model built by mono_utils.model.build_model (it has no mono_config)")
+    new = build_model(cfg, tokenizer=getattr(model, "tokenizer", None))
+    src = dict(model.named_parameters())
+    g = torch.Generator().manual_seed(int(seed))
+    for name, p in new.named_parameters():
+        t = src[name].detach().cpu().reshape(-1)
+        p.copy_(t[torch.randperm(t.numel(), generator=g)].reshape(p.shape))
+    new.eval()
+    new.mono_randomized_seed = int(seed)
+    return new
