@@ -1,0 +1,304 @@
+"""Computational proxies: is the best feature more specific and sensitive than the best neuron?
+
+A proxy says, for each token, whether a context is present. The paper's four are
+log-likelihood ratios ``log P(s | context) - log P(s)`` of the token string ``s``: DNA (random
+strings over ACGT, counted only in runs of >= 2 such tokens), base64 (random strings over
+``[A-Za-z0-9+/=]``), Hebrew and Arabic (characters of the script's Unicode block). ``P(s)`` is
+the token's unigram frequency on the indexed tokens. The context is "present" where the ratio
+is > 0. Every corpus domain and subdomain label is a proxy too.
+
+For each proxy we find the unit (feature, and separately neuron) whose activation correlates
+best with it (Pearson, over all indexed tokens, from the sparse index in a few passes), then
+report specificity P(context | unit on), sensitivity P(unit on | context) and AUROC.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .index import ActivationIndex
+
+LLR_PROXIES = ("dna", "base64", "hebrew", "arabic")
+_B64 = set(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+_DNA = set(b"ACGT")
+# (UTF-8 lead bytes, code points in the block) of two-byte scripts
+_SCRIPTS = {"hebrew": ({0xD6, 0xD7}, 112), "arabic": ({0xD8, 0xD9, 0xDA, 0xDB}, 256)}
+_SPACE_LOGP = math.log(1 / 6)   # a space between words of ~5 characters
+_BYTES_CACHE: dict[int, list[bytes]] = {}
+
+
+# ---------------------------------------------------------------- token bytes
+def _byte_decoder() -> dict[str, int]:
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + list(range(ord("\xae"), ord("\xff") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
+
+
+def token_bytes(tokenizer, d_vocab: int | None = None) -> list[bytes]:
+    """The raw bytes of every token id (special tokens: empty)."""
+    key = id(tokenizer)
+    n = d_vocab or len(tokenizer)
+    if key in _BYTES_CACHE and len(_BYTES_CACHE[key]) >= n:
+        return _BYTES_CACHE[key]
+    dec = _byte_decoder()
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    out = []
+    conv = getattr(tokenizer, "convert_ids_to_tokens", None)
+    for i in range(n):
+        if i in special:
+            out.append(b"")
+            continue
+        s = conv(i) if conv is not None else None
+        if isinstance(s, str) and s and all(c in dec for c in s):
+            out.append(bytes(dec[c] for c in s))
+        else:
+            out.append(tokenizer.decode([i]).encode("utf-8"))
+    _BYTES_CACHE[key] = out
+    return out
+
+
+# ---------------------------------------------------------------- log-likelihood-ratio proxies
+def unigram_logp(tokens: np.ndarray, d_vocab: int) -> np.ndarray:
+    """log P(s) per token id from counts on ``tokens`` (add-one smoothed)."""
+    c = np.bincount(np.asarray(tokens).reshape(-1).astype(np.int64), minlength=d_vocab).astype(np.float64) + 1
+    return np.log(c / c.sum())
+
+
+def proxy_llr(tokens: np.ndarray, tbytes: list[bytes], name: str, logp_unigram: np.ndarray) -> np.ndarray:
+    """[rows, n_ctx] log P(s | context) - log P(s); -inf where the token cannot occur in the context."""
+    if name not in LLR_PROXIES:
+        raise ValueError(f"unknown proxy {name!r}: choose one of {', '.join(LLR_PROXIES)}")
+    tokens = np.asarray(tokens)
+    if tokens.ndim == 1:
+        tokens = tokens[None]
+    if int(tokens.max(initial=0)) >= len(tbytes):
+        raise ValueError(f"token id {int(tokens.max())} is outside the tokenizer's {len(tbytes)} tokens: "
+                         f"the index and tokenizer do not match")
+    flat = tokens.reshape(-1).astype(np.int64)
+    if name in ("dna", "base64"):
+        alpha, size = (_DNA, 4) if name == "dna" else (_B64, 64)
+        ok_v = np.array([bool(b) and all(c in alpha for c in b) for b in tbytes])
+        lp_v = np.array([-len(b) * math.log(size) for b in tbytes])
+        ok = ok_v[flat].reshape(tokens.shape)
+        if name == "dna":  # runs of >= 2 DNA-like tokens only (a lone "A" is English)
+            prev = np.zeros_like(ok)
+            prev[:, 1:] = ok[:, :-1]
+            nxt = np.zeros_like(ok)
+            nxt[:, :-1] = ok[:, 1:]
+            ok = ok & (prev | nxt)
+        lp = lp_v[flat].reshape(tokens.shape)
+    else:
+        ok, lp = _script_proxy(tokens, tbytes, name)
+    llr = lp - logp_unigram[flat].reshape(tokens.shape)
+    return np.where(ok, llr, -np.inf)
+
+
+def _script_proxy(tokens: np.ndarray, tbytes: list[bytes], name: str):
+    """Byte-level: a token is in-script if all its bytes belong to the script's characters or spaces.
+
+    The byte stream of each row is decoded as UTF-8 so that a token holding half a character is
+    judged by the character it is part of (byte-level BPE splits characters).
+    """
+    leads, n_block = _SCRIPTS[name]
+    n_lead = len(leads)
+    lens = np.array([len(b) for b in tbytes], np.int64)
+    maxlen = max(1, int(lens.max()))
+    mat = np.zeros((len(tbytes), maxlen), np.uint8)
+    for i, b in enumerate(tbytes):
+        mat[i, :len(b)] = np.frombuffer(b, np.uint8)
+    rows, n_ctx = tokens.shape
+    ok = np.zeros(tokens.shape, bool)
+    lp = np.zeros(tokens.shape)
+    for r in range(rows):
+        ids = tokens[r].astype(np.int64)
+        L = lens[ids]
+        if L.sum() == 0:
+            continue
+        B = mat[ids][np.arange(maxlen)[None, :] < L[:, None]]            # the row's bytes
+        is_start = (B & 0xC0) != 0x80
+        start_idx = np.maximum.accumulate(np.where(is_start, np.arange(len(B)), 0))
+        lead = B[start_idx]
+        in_script = np.isin(lead, list(leads))
+        space = B == 0x20
+        good = in_script | space
+        bl = np.where(space, _SPACE_LOGP, np.where(is_start, -math.log(n_lead), -math.log(n_block / n_lead)))
+        seg = np.repeat(np.arange(n_ctx), L)
+        n_good = np.bincount(seg, weights=good, minlength=n_ctx)
+        n_scr = np.bincount(seg, weights=in_script, minlength=n_ctx)
+        ok[r] = (L > 0) & (n_good == L) & (n_scr > 0)
+        lp[r] = np.bincount(seg, weights=bl, minlength=n_ctx)
+    return ok, lp
+
+
+def proxy_masks(index: ActivationIndex, tokenizer, names=LLR_PROXIES, labels: bool = True) -> dict[str, np.ndarray]:
+    """{proxy name: bool [rows, n_ctx]} for the LLR proxies (llr > 0) and every domain/subdomain label."""
+    tb = token_bytes(tokenizer)
+    lpu = unigram_logp(index.tokens, len(tb))
+    out = {n: proxy_llr(index.tokens, tb, n, lpu) > 0 for n in names}
+    if labels:
+        for j, n in enumerate(index.domain_names):
+            out[f"domain:{n}"] = index.domain == j
+        for j, n in enumerate(index.subdomain_names):
+            out[f"subdomain:{n}"] = index.subdomain == j
+    return out
+
+
+# ---------------------------------------------------------------- scoring
+def _unit_sums(index: ActivationIndex, kind: str, y: np.ndarray, block: int = 4_000_000):
+    """Per unit: sum a, sum a^2, sum a*y, count(a>0 & y), from the sparse store in blocks."""
+    u = index._u(kind)
+    n = len(u.count)
+    yf = y.reshape(-1)
+    out = np.zeros((4, n))
+    u0 = 0
+    while u0 < n:
+        u1 = int(np.searchsorted(u.indptr, u.indptr[u0] + block, side="right")) - 1
+        u1 = min(n, max(u0 + 1, u1))
+        a, b = int(u.indptr[u0]), int(u.indptr[u1])
+        val = np.asarray(u.val[a:b], np.float64)
+        yy = yf[np.asarray(u.pos[a:b])]
+        unit = np.repeat(np.arange(u1 - u0), u.count[u0:u1])
+        m = u1 - u0
+        out[0, u0:u1] = np.bincount(unit, weights=val, minlength=m)
+        out[1, u0:u1] = np.bincount(unit, weights=val * val, minlength=m)
+        out[2, u0:u1] = np.bincount(unit, weights=val * yy, minlength=m)
+        out[3, u0:u1] = np.bincount(unit, weights=yy, minlength=m)
+        u0 = u1
+    return out
+
+
+def pearson_all(index: ActivationIndex, kind: str, y: np.ndarray) -> np.ndarray:
+    """Pearson correlation of every unit's activation with the binary proxy ``y`` (0 where undefined)."""
+    N = index.n_tokens
+    s_a, s_aa, s_ay, _ = _unit_sums(index, kind, y)
+    p = float(y.mean())
+    mean_a = s_a / N
+    cov = s_ay / N - mean_a * p
+    var_a = s_aa / N - mean_a ** 2
+    den = np.sqrt(np.maximum(var_a, 0) * p * (1 - p))
+    return np.where(den > 0, cov / np.where(den > 0, den, 1), 0.0)
+
+
+def auroc(acts: np.ndarray, y: np.ndarray) -> float:
+    """Area under the ROC curve of ``acts`` as a score for ``y`` (ties count half); fast when most acts are 0."""
+    from scipy.stats import rankdata
+    a = np.asarray(acts, np.float64).reshape(-1)
+    y = np.asarray(y, bool).reshape(-1)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    if (a < 0).any():  # general case: rank everything
+        rank_sum = float(rankdata(a)[y].sum())
+    else:  # the zeros form one tie block below every non-zero value
+        nz = np.flatnonzero(a > 0)
+        n_zero = len(a) - len(nz)
+        pos_nz = y[nz]
+        rank_sum = (n_pos - int(pos_nz.sum())) * (n_zero + 1) / 2
+        if len(nz):
+            rank_sum += float((rankdata(a[nz])[pos_nz] + n_zero).sum())
+    return float((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def score_unit(index: ActivationIndex, kind: str, unit: int, y: np.ndarray) -> dict:
+    a = index.unit_acts(kind, unit).reshape(-1)
+    yf = np.asarray(y, bool).reshape(-1)
+    on = a > 0
+    both = int((on & yf).sum())
+    return {"kind": kind, "unit": int(unit), "specificity": both / max(1, int(on.sum())),
+            "sensitivity": both / max(1, int(yf.sum())), "auroc": auroc(a, yf),
+            "pearson": float(np.corrcoef(a, yf)[0, 1]) if a.std() > 0 and 0 < yf.mean() < 1 else 0.0,
+            "unit_density": float(on.mean())}
+
+
+def best_units(index: ActivationIndex, y: np.ndarray, kinds=("feature", "neuron"), live_only: bool = True) -> dict:
+    """For each kind, the unit best correlated with ``y`` and its scores."""
+    out = {}
+    for kind in kinds:
+        if kind not in index.units:
+            continue
+        r = pearson_all(index, kind, y)
+        if live_only:
+            mask = np.zeros(len(r), bool)
+            mask[index.live_units(kind)] = True
+            r = np.where(mask, r, -np.inf)
+        out[kind] = score_unit(index, kind, int(np.argmax(r)), y)
+    return out
+
+
+def proxy_table(index: ActivationIndex, tokenizer, masks: dict | None = None, min_tokens: int = 10,
+                progress: bool = True):
+    """A DataFrame: per proxy, the best feature and best neuron with specificity, sensitivity, AUROC."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+    masks = masks if masks is not None else proxy_masks(index, tokenizer)
+    rows = []
+    for name, y in tqdm(masks.items(), desc="proxies", disable=not progress):
+        n = int(y.sum())
+        if n < min_tokens or n == y.size:
+            continue
+        for kind, s in best_units(index, y).items():
+            rows.append({"proxy": name, "proxy_tokens": n, "proxy_share": n / y.size, **s})
+    return pd.DataFrame(rows)
+
+
+def compare(table) -> "object":
+    """Feature vs neuron side by side per proxy (pearson, specificity, sensitivity, auroc)."""
+    wide = table.pivot(index="proxy", columns="kind", values=["unit", "pearson", "specificity", "sensitivity", "auroc"])
+    wide.columns = [f"{m}_{k}" for m, k in wide.columns]
+    if "auroc_feature" in wide and "auroc_neuron" in wide:
+        wide["feature_wins"] = wide["pearson_feature"] > wide["pearson_neuron"]
+    return wide
+
+
+def table_metrics(table) -> dict:
+    """The table as JSON-able metrics (for ``store.update_metrics``)."""
+    out = {}
+    for r in table.to_dict("records"):
+        out.setdefault(r["proxy"], {})[r["kind"]] = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                                                     for k, v in r.items() if k not in ("proxy", "kind")}
+    wins = [v["feature"]["pearson"] > v["neuron"]["pearson"] for v in out.values() if "feature" in v and "neuron" in v]
+    return {"proxies": out, "proxies_feature_wins": f"{sum(wins)}/{len(wins)}"}
+
+
+def save_proxy_metrics(table, folders, store=None) -> None:
+    """Merge the table into each artifact folder's metrics.json (the SAE's, the index's)."""
+    from .artifacts import ArtifactStore
+    s = store or ArtifactStore()
+    m = table_metrics(table)
+    for f in folders:
+        if f is not None:
+            s.update_metrics(f, **m)
+
+
+def proxy_figure(index: ActivationIndex, table, proxy: str, masks: dict, bins: int = 40):
+    """Histograms of the best feature's and best neuron's non-zero activations, coloured by the proxy."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+    sub = table[table.proxy == proxy]
+    if sub.empty:
+        raise ValueError(f"proxy {proxy!r} is not in the table: choose one of {sorted(set(table.proxy))}")
+    y = masks[proxy].reshape(-1)
+    kinds = list(sub.kind)
+    fig = make_subplots(rows=1, cols=len(kinds), subplot_titles=[
+        f"best {r.kind} {r.unit}: spec {r.specificity:.2f}, sens {r.sensitivity:.2f}, AUROC {r.auroc:.2f}"
+        for r in sub.itertuples()])
+    for c, r in enumerate(sub.itertuples(), start=1):
+        pos, val = index.unit_entries(r.kind, r.unit)
+        yy = y[pos]
+        edges = np.linspace(0, float(val.max()) if len(val) else 1, bins + 1)
+        for sel, name, col in ((yy, f"{proxy} (proxy on)", "#1f77b4"), (~yy, "other", "#ff7f0e")):
+            h, _ = np.histogram(val[sel], edges)
+            fig.add_bar(x=(edges[:-1] + edges[1:]) / 2, y=h, name=name, marker_color=col, showlegend=c == 1,
+                        row=1, col=c)
+    fig.update_layout(barmode="stack", height=330, title=f"Activations coloured by the {proxy} proxy",
+                      bargap=0, margin=dict(t=70))
+    fig.update_yaxes(type="log", title_text="tokens")
+    fig.update_xaxes(title_text="activation")
+    return fig

@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+
+from _mono_standins import random_tokens
+from mono_utils import proxies as px
+from mono_utils.index import ActivationIndex, build_index_arrays
+
+
+def _enc(tok, text):
+    from mono_utils.tokenizer import encode
+    return np.array(encode(tok, text))
+
+
+@pytest.fixture(scope="module")
+def tok(smoke_tokenizer):
+    return smoke_tokenizer
+
+
+def _llr(tok, text, name, extra_tokens=None):
+    tb = px.token_bytes(tok)
+    ids = _enc(tok, text)
+    lpu = px.unigram_logp(extra_tokens if extra_tokens is not None else np.arange(len(tb)), len(tb))
+    return ids, px.proxy_llr(ids[None], tb, name, lpu)[0]
+
+
+def test_token_bytes_roundtrip(tok):
+    tb = px.token_bytes(tok)
+    ids = _enc(tok, "שלום hello مرحبا ACGT")
+    assert b"".join(tb[i] for i in ids).decode() == "שלום hello مرحبا ACGT"
+
+
+def test_proxies_on_hand_made_strings(tok):
+    _, dna = _llr(tok, "ACGTTGCAACGTAGCTAGCTTACG", "dna")
+    assert (dna > 0).mean() > 0.8
+    for text in ("The cat sat on the mat.", "def foo(x):\n    return x"):
+        for name in px.LLR_PROXIES[:1] + ("hebrew", "arabic"):
+            assert not (_llr(tok, text, name)[1] > 0).any(), (text, name)
+    ids, heb = _llr(tok, "שלום עולם ברוכים הבאים", "hebrew")
+    assert (heb > 0).mean() > 0.8 and not (_llr(tok, "שלום עולם", "arabic")[1] > 0).any()
+    _, ara = _llr(tok, "مرحبا بالعالم كيف حالك", "arabic")
+    assert (ara > 0).mean() > 0.8 and not (_llr(tok, "مرحبا بالعالم", "hebrew")[1] > 0).any()
+    _, b64 = _llr(tok, "aGVsbG8gd29ybGQgdGhpcyBpcyBiYXNlNjQ=", "base64")
+    assert (b64 > -np.inf).all()
+    # a lone "A" in English is not DNA (runs of >= 2 tokens only)
+    ids, lone = _llr(tok, "I saw A dog", "dna")
+    assert not (lone > 0).any()
+    with pytest.raises(ValueError, match="unknown proxy"):
+        _llr(tok, "x", "klingon")
+
+
+def test_auroc_matches_sklearn():
+    from sklearn.metrics import roc_auc_score
+    g = np.random.default_rng(0)
+    a = np.where(g.random(2000) < 0.7, 0, g.random(2000))
+    y = g.random(2000) < 0.3 + 0.5 * (a > 0.5)
+    assert px.auroc(a, y) == pytest.approx(roc_auc_score(y, a))
+    a2 = g.normal(size=500)
+    y2 = g.random(500) < 0.5
+    assert px.auroc(a2, y2) == pytest.approx(roc_auc_score(y2, a2))
+    assert np.isnan(px.auroc(a, np.zeros(2000, bool)))
+
+
+def test_best_units_find_a_planted_detector():
+    toks, dom, sub, dn, sn = random_tokens(50, 20, 64, seed=0)
+    y = sub == 2                                       # the proxy: subdomain s2
+    g = np.random.default_rng(1)
+    n_tok, U = toks.size, 8
+    acts = np.where(g.random((n_tok, U)) < 0.3, g.random((n_tok, U)), 0).astype(np.float32)
+    acts[:, 4] = y.reshape(-1) * (1 + g.random(n_tok))  # unit 4 fires exactly on the proxy
+    acts[:, 6] = np.where(y.reshape(-1), 0.1, 0.0) + np.where(g.random(n_tok) < 0.5, 0.5, 0)  # sensitive, unspecific
+    import torch
+    arrs = {k: build_index_arrays([(0, torch.from_numpy(acts))], U, n_tok, dom, 3, sub, 5) for k in ("feature", "neuron")}
+    idx = ActivationIndex.from_arrays(toks, dom, sub, dn, sn, arrs)
+    np.testing.assert_allclose(px.pearson_all(idx, "feature", y),
+                               [np.corrcoef(acts[:, u].astype(np.float16).astype(float), y.reshape(-1))[0, 1] for u in range(U)],
+                               atol=1e-6)
+    best = px.best_units(idx, y)["feature"]
+    assert best["unit"] == 4 and best["specificity"] == 1 and best["sensitivity"] == 1 and best["auroc"] == 1
+    s6 = px.score_unit(idx, "feature", 6, y)
+    assert s6["sensitivity"] == 1 and s6["specificity"] < 0.6
+    table = px.proxy_table(idx, None, masks={"s2": y, "everything": np.ones_like(y)}, progress=False)
+    assert set(table.proxy) == {"s2"} and len(table) == 2      # a proxy true everywhere is skipped
+    m = px.table_metrics(table)
+    assert m["proxies"]["s2"]["feature"]["unit"] == 4
+    fig = px.proxy_figure(idx, table, "s2", {"s2": y})
+    assert len(fig.data) == 4
+    with pytest.raises(ValueError, match="not in the table"):
+        px.proxy_figure(idx, table, "dna", {"s2": y})
