@@ -90,3 +90,19 @@ def planted_index(model, tmp_path, rows=40, seed=2):
     toks, dom, sub, dn, sn = random_tokens(rows, model.mono_config.n_ctx, model.mono_config.d_vocab, seed=seed)
     build_index(model, sae, toks, dom, sub, dn, sn, tmp_path / "idx", chunk_tokens=100, progress=False)
     return ActivationIndex.load(tmp_path / "idx"), sae
+
+
+def random_index(n_features=30, n_neurons=16, rows=20, n_ctx=8, seed=0):
+    """An in-memory ActivationIndex from random sparse activations (units 0 of each kind are dead)."""
+    import torch
+    from mono_utils.index import ActivationIndex, build_index_arrays
+    toks, dom, sub, dn, sn = random_tokens(rows, n_ctx, 64, seed=seed)
+    g = np.random.default_rng(seed)
+    arrs = {}
+    for kind, U in (("feature", n_features), ("neuron", n_neurons)):
+        a = np.where(g.random((toks.size, U)) < 0.2, g.random((toks.size, U)), 0).astype(np.float32)
+        a[:, 0] = 0
+        arrs[kind] = build_index_arrays([(0, torch.from_numpy(a))], U, toks.size, dom, 3, sub, 5)
+    idx = ActivationIndex.from_arrays(toks, dom, sub, dn, sn, arrs)
+    idx.ultralow_density = 0.0
+    return idx
