@@ -35,7 +35,7 @@ log = logging.getLogger("mono_utils.autointerp")
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 PROVIDERS = {
     # provider: (default model, key variable, default base url)
-    "anthropic": ("claude-sonnet-4-5", "ANTHROPIC_API_KEY", None),
+    "anthropic": ("claude-sonnet-5", "ANTHROPIC_API_KEY", None),
     "openai": ("gpt-4o-mini", "OPENAI_API_KEY", None),
 }
 MODEL_ENV = "MONO_AUTOINTERP_MODEL"
@@ -186,7 +186,7 @@ class LLMBackend:
     def __init__(self, provider: str = "anthropic", model: str | None = None, *, base_url: str | None = None,
                  api_key_env: str | None = "default", cache_dir: str | Path | None = None, concurrency: int = 4,
                  max_retries: int = 4, timeout: float = 60.0, backoff: float = 1.0, max_backoff: float = 30.0,
-                 max_tokens: int = 1024, temperature: float = 0.0, seed: int = 0):
+                 max_tokens: int = 1024, temperature: float | None = None, seed: int = 0):
         if provider not in PROVIDERS:
             raise ValueError(f"unknown LLM provider {provider!r}: choose one of {sorted(PROVIDERS)}")
         default_model, default_env, default_url = PROVIDERS[provider]
@@ -242,15 +242,16 @@ class LLMBackend:
     def _request(self, system, messages, max_tokens) -> tuple[str, dict]:
         c = self.client()
         if self.provider == "anthropic":
-            r = c.messages.create(model=self.model, max_tokens=max_tokens, temperature=self.temperature,
-                                  system=system, messages=messages)
+            extra = {"extra_body": {"temperature": self.temperature}} if self.temperature is not None else {}
+            r = c.messages.create(model=self.model, max_tokens=max_tokens, system=system, messages=messages, **extra)
             text = "".join(getattr(b, "text", "") for b in (r.content or []))
             u = getattr(r, "usage", None)
             usage = {"input_tokens": getattr(u, "input_tokens", 0) or 0,
                      "output_tokens": getattr(u, "output_tokens", 0) or 0}
         else:
-            r = c.chat.completions.create(model=self.model, max_tokens=max_tokens, temperature=self.temperature,
-                                          messages=[{"role": "system", "content": system}, *messages])
+            extra = {"temperature": self.temperature} if self.temperature is not None else {}
+            r = c.chat.completions.create(model=self.model, max_tokens=max_tokens,
+                                          messages=[{"role": "system", "content": system}, *messages], **extra)
             if not getattr(r, "choices", None):
                 raise ParseFailure("the reply has no choices")
             text = r.choices[0].message.content or ""
@@ -280,7 +281,8 @@ class LLMBackend:
             self._count(calls=1)
             try:
                 text, usage = self._request(system, messages, max_tokens)
-            except invalid as e:
+            except (json.JSONDecodeError, *invalid) as e:
+                self._count(parse_failures=1)
                 raise ParseFailure(f"the reply did not match the API's format ({type(e).__name__})") from None
             except status_errors as e:
                 code = e.status_code
