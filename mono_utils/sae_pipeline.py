@@ -1,0 +1,117 @@
+"""The suite's SAEs as artifacts: ``get_sae(preset)`` (A/1) and ``get_sae_family(preset)`` (A/0..).
+
+Each SAE folder holds SAELens's ``cfg.json`` + ``sae_weights.safetensors``, our
+``config.json``, ``metrics.json`` (from :mod:`mono_utils.metrics`), ``history.json`` (the
+training curves) and ``feature_density.safetensors`` (density of each feature on the
+evaluation tokens).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .artifacts import ArtifactStore, read_json, save_safetensors_atomic
+from .presets import Preset, get_preset
+from .sae import SAEConfig, SparseAutoencoder
+
+
+def _preset(p) -> Preset:
+    return p if isinstance(p, Preset) else get_preset(p)
+
+
+def sae_train_config(p: Preset, architecture: str = "relu", **overrides):
+    """Training hyper-parameters for a preset (``overrides`` replace any field)."""
+    from .train import TrainSAEConfig
+    kw = dict(total_tokens=p.sae_tokens, batch_size=p.sae_batch, lr=p.sae_lr,
+              checkpoint_every=max(10, p.sae_tokens // p.sae_batch // 20),
+              log_every=max(1, min(10, p.sae_tokens // p.sae_batch // 50)))
+    if p.name == "paper":  # long runs: the paper's constant schedule
+        kw.update(lr_decay_frac=0.0, l1_warmup_frac=0.0)
+    kw.update(overrides)
+    return TrainSAEConfig(**kw)
+
+
+def sae_name(which: str, d_sae: int, architecture: str, p: Preset) -> str:
+    return f"sae{which}-{d_sae}-{architecture}-{p.name}"
+
+
+def get_sae(preset=None, which: str = "A", d_sae: int | None = None, architecture: str = "relu",
+            l1_coeff: float | None = None, store: ArtifactStore | None = None, progress: bool = True,
+            live=None, k: int | None = None, cache: bool = False, seed: int = 0, **train_overrides):
+    """The SAE on model ``which``'s MLP activations, trained (once) on the preset's train tokens.
+
+    Defaults: ``d_sae = preset.sae_main`` (A/1), ``l1_coeff = preset.l1_coeff``,
+    ``k = preset.topk_k``. ``cache=True`` keeps the harvested activations on disk (fp16) for
+    the next SAE of the same model. ``live``: e.g. a ``train.LivePlot()`` shown in a notebook.
+    """
+    from . import pipeline
+    from .activations import ActivationStream
+    from .metrics import evaluate_sae
+    from .train import train_sae
+    p = _preset(preset)
+    s = store if store is not None else ArtifactStore()
+    d_sae = d_sae or p.sae_main
+    _, model_cfg = pipeline.model_dir(p, which, s)
+    cfg = SAEConfig(d_in=p.d_mlp, d_sae=d_sae, architecture=architecture,
+                    l1_coeff=l1_coeff if l1_coeff is not None else p.l1_coeff,
+                    k=k if k is not None else p.topk_k, seed=seed, model_name=f"mono-1l-{which}-{p.name}")
+    tc = sae_train_config(p, architecture, seed=seed, **train_overrides)
+    stream_kw = {"tokens_per_context": None, "block_size": 1 << 17, "skip_bos": True}
+    sae_cfg = cfg.to_dict()
+    sae_cfg.pop("input_scale")
+    config = {"model": model_cfg, "sae": sae_cfg, "train": tc.to_dict(), "stream": stream_kw, "version": 1}
+    name = sae_name(which, d_sae, architecture, p)
+
+    def build(tmp: Path):
+        model = pipeline.get_model(p, which, s, progress=progress)
+        data = pipeline.get_tokens(p, s)
+        cache_dir = None
+        if cache:
+            cache_dir = s.root / "activations" / f"acts{which}-{p.name}-b{tc.batch_size}-s{seed}"
+        source = ActivationStream(model, data.train, tc.batch_size, seed=seed, cache=cache_dir,
+                                  max_tokens=tc.total_tokens, **stream_kw)
+        ckpt = s.root / "sae" / f".ckpt-{name}-{_hash(config)}.pt"
+        sae, hist = train_sae(cfg, source, tc, checkpoint=ckpt, progress=progress, live=live)
+        sae = sae.cpu()
+        sae.save(tmp)
+        tv, _, _ = data.split("val")
+        metrics, density = evaluate_sae(sae, model, tv, p.eval_tokens, progress=progress, return_density=True)
+        save_safetensors_atomic({"density": density}, tmp / "feature_density.safetensors")
+        (tmp / "history.json").write_text(json.dumps(hist))
+        last = hist[-1] if hist else {}
+        metrics.update(train_tokens=tc.steps * tc.batch_size, train_act_per_s=last.get("act_per_s"),
+                       input_scale=sae.cfg.input_scale, d_sae=d_sae, architecture=architecture)
+        ckpt.unlink(missing_ok=True)
+        return metrics
+
+    folder = s.get_or_build("sae", name, config, build)
+    sae = SparseAutoencoder.load(folder)
+    sae.mono_folder = folder
+    return sae
+
+
+def get_sae_family(preset=None, which: str = "A", sizes=None, architecture: str = "relu",
+                   l1_coeff: float | None = None, store: ArtifactStore | None = None, progress: bool = True,
+                   cache: bool = True, **kw) -> dict[int, SparseAutoencoder]:
+    """A/0, A/1, ...: one SAE per dictionary size (shared lambda), sharing one activation cache."""
+    p = _preset(preset)
+    sizes = tuple(sizes) if sizes is not None else p.sae_sizes
+    return {n: get_sae(p, which, n, architecture, l1_coeff, store, progress, cache=cache, **kw) for n in sizes}
+
+
+def sae_metrics(sae) -> dict:
+    return read_json(Path(sae.mono_folder) / "metrics.json")
+
+
+def sae_history(sae) -> list[dict]:
+    return json.loads((Path(sae.mono_folder) / "history.json").read_text())
+
+
+def feature_density(sae):
+    from safetensors.torch import load_file
+    return load_file(str(Path(sae.mono_folder) / "feature_density.safetensors"))["density"]
+
+
+def _hash(cfg: dict) -> str:
+    from .artifacts import config_hash
+    return config_hash(cfg)
