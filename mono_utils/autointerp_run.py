@@ -48,17 +48,17 @@ class IndexSource:
     """One kind of unit ("feature" or "neuron") of an :class:`mono_utils.index.ActivationIndex`."""
 
     def __init__(self, index, kind: str, vocab_strs: list[str], logit_matrix: np.ndarray | None = None,
-                 corpus: EvalCorpus | None = None):
-        self.index, self.kind = index, kind
+                 corpus: EvalCorpus | None = None, label: str | None = None):
+        self.index, self.index_kind, self.kind = index, kind, label or kind
         self.corpus = corpus or EvalCorpus(index.tokens, vocab_strs)
         self._logits = logit_matrix
 
     @property
     def units(self) -> list[int]:
-        return [int(u) for u in self.index.live_units(self.kind)]
+        return [int(u) for u in self.index.live_units(self.index_kind)]
 
     def unit_acts(self, unit: int) -> np.ndarray:
-        return self.index.unit_acts(self.kind, unit)
+        return self.index.unit_acts(self.index_kind, unit)
 
     def logit_weights(self, unit: int):
         return None if self._logits is None else self._logits[unit]
@@ -247,3 +247,85 @@ def randomized_model(model, seed: int = 0):
     new.eval()
     new.mono_randomized_seed = int(seed)
     return new
+
+
+def get_randomized_sae(preset=None, store=None, seed: int = 0, progress: bool = True, **train_overrides):
+    """``(randomized model A, its SAE)``: the paper's control, trained like A/1 (an artifact)."""
+    from . import pipeline
+    from .activations import ActivationStream
+    from .metrics import evaluate_sae
+    from .sae import SAEConfig, SparseAutoencoder
+    from .sae_pipeline import sae_train_config
+    from .train import train_sae
+    p, s = pipeline._preset(preset), pipeline._store(store)
+    rmodel = randomized_model(pipeline.get_model(p, "A", s, progress=progress), seed)
+    _, model_cfg = pipeline.model_dir(p, "A", s)
+    cfg = SAEConfig(d_in=p.d_mlp, d_sae=p.sae_main, l1_coeff=p.l1_coeff, seed=seed,
+                    model_name=f"mono-1l-A-randomized{seed}-{p.name}")
+    tc = sae_train_config(p, "relu", seed=seed, **train_overrides)
+    sae_cfg = cfg.to_dict()
+    sae_cfg.pop("input_scale")
+    config = {"model": model_cfg, "randomize_seed": seed, "sae": sae_cfg, "train": tc.to_dict(), "version": 1}
+    name = f"saeA-randomized{seed}-{p.sae_main}-{p.name}"
+
+    def build(tmp):
+        data = pipeline.get_tokens(p, s)
+        source = ActivationStream(rmodel, data.train, tc.batch_size, seed=seed, max_tokens=tc.total_tokens)
+        sae, hist = train_sae(cfg, source, tc, progress=progress)
+        sae = sae.cpu()
+        sae.save(tmp)
+        tv, _, _ = data.split("val")
+        metrics = evaluate_sae(sae, rmodel, tv, p.eval_tokens, progress=progress)
+        metrics.update(train_tokens=tc.steps * tc.batch_size, d_sae=p.sae_main, randomize_seed=seed)
+        return metrics
+
+    folder = s.get_or_build("sae-randomized", name, config, build)
+    sae = SparseAutoencoder.load(folder)
+    sae.mono_folder = folder
+    return rmodel, sae
+
+
+def get_randomized_index(preset=None, store=None, seed: int = 0, progress: bool = True):
+    """``(index, randomized model, its SAE)``: activations of the control's features and neurons."""
+    from . import pipeline
+    from .index import ActivationIndex, build_index, index_source, sae_identity
+    p, s = pipeline._preset(preset), pipeline._store(store)
+    rmodel, sae = get_randomized_sae(p, s, seed, progress)
+    config = {"sae": sae_identity(sae), "index_tokens": p.index_tokens, "version": 1}
+
+    def build(tmp):
+        toks, dom, sub, source, data = index_source(p, p.index_tokens, s)
+        return build_index(rmodel, sae, toks, dom, sub, data.domain_names, data.subdomain_names, tmp,
+                           progress=progress, meta={"which": f"A-randomized{seed}", "source": source})
+
+    folder = s.get_or_build("index-randomized", f"indexA-randomized{seed}-{p.name}", config, build)
+    return ActivationIndex.load(folder), rmodel, sae
+
+
+def preset_sources(preset=None, store=None, randomized: bool = True, progress: bool = True) -> dict:
+    """``{"feature": ..., "neuron": ..., "randomized": ...}`` sources over the index tokens."""
+    from . import pipeline
+    from .index import get_index
+    p, s = pipeline._preset(preset), pipeline._store(store)
+    tok = pipeline.get_tokenizer(p, s)
+    model = pipeline.get_model(p, "A", s, progress=progress)
+    from .train import get_sae
+    sae = get_sae(p, "A", store=s, progress=progress)
+    index = get_index(p, "A", store=s, progress=progress, sae=sae, model=model)
+    corpus = EvalCorpus.from_tokenizer(index.tokens, tok)
+    out = {"feature": IndexSource(index, "feature", corpus.vocab_strs, logit_weight_matrix(model, sae), corpus),
+           "neuron": IndexSource(index, "neuron", corpus.vocab_strs, logit_weight_matrix(model), corpus)}
+    if randomized:
+        rindex, rmodel, rsae = get_randomized_index(p, s, progress=progress)
+        rcorpus = corpus if np.array_equal(rindex.tokens, index.tokens) else EvalCorpus(rindex.tokens, corpus.vocab_strs)
+        out["randomized"] = IndexSource(rindex, "feature", corpus.vocab_strs, logit_weight_matrix(rmodel, rsae),
+                                        rcorpus, label="randomized")
+    return out
+
+
+def sample_units(source, n: int | None, seed: int = 0) -> list[int]:
+    """``n`` live units of a source drawn at random (all of them when ``n`` is None), sorted."""
+    units = np.asarray(source.units)
+    if n is not None and n < len(units):
+        units = np.sort(np.random.default_rng(seed).choice(units, size=n, replace=False))
+    return [int(u) for u in units]

@@ -400,6 +400,16 @@ def sae_identity(sae) -> str:
     return h.hexdigest()[:16]
 
 
+def load_sae(preset, which: str = "A", d_sae: int | None = None, architecture: str = "relu", store=None,
+             progress: bool = True):
+    """The suite's SAE (``train.get_sae`` or, where it lives now, ``sae_pipeline.get_sae``)."""
+    try:
+        from .train import get_sae
+    except ImportError:
+        from .sae_pipeline import get_sae
+    return get_sae(preset, which, d_sae, architecture=architecture, store=store, progress=progress)
+
+
 def get_index(preset=None, which: str = "A", d_sae: int | None = None, store=None, progress: bool = True,
               architecture: str = "relu", sae=None, model=None) -> ActivationIndex:
     """The activation index of model ``which`` and its SAE (built once, then loaded)."""
@@ -409,8 +419,7 @@ def get_index(preset=None, which: str = "A", d_sae: int | None = None, store=Non
     if model is None:
         model = pipeline.get_model(p, which, s, progress=progress)
     if sae is None:
-        from .train import get_sae
-        sae = get_sae(p, which, d_sae, architecture=architecture, store=s)
+        sae = load_sae(p, which, d_sae, architecture, s, progress)
     d = int(sae.cfg.d_sae)
     cfg = {"which": which, "d_sae": d, "sae": sae_identity(sae), "model": Path(getattr(model, "mono_folder", "")).name,
            "index_tokens": p.index_tokens, "version": INDEX_VERSION}

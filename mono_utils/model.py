@@ -196,13 +196,13 @@ def train_model(model, tokens: np.ndarray, cfg: TrainConfig, checkpoint: str | P
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        rec = {"step": step + 1, "tokens": (step + 1) * cfg.batch_size * n_ctx, "loss": float(loss),
+        rec = {"step": step + 1, "tokens": (step + 1) * cfg.batch_size * n_ctx, "loss": loss.item(),
                "lr": opt.param_groups[0]["lr"]}
         history.append(rec)
         if on_step is not None:
             on_step(rec)
         if step % 10 == 0:
-            bar.set_postfix(loss=f"{float(loss):.3f}", tok_s=f"{(step + 1 - start) * cfg.batch_size * n_ctx / (time.time() - t0):.0f}")
+            bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{(step + 1 - start) * cfg.batch_size * n_ctx / (time.time() - t0):.0f}")
         done = step + 1
         if ckpt is not None and (done % cfg.checkpoint_every == 0 or done == steps or done == stop_after):
             _save_checkpoint(ckpt, model, opt, done, history)

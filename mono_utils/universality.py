@@ -18,15 +18,22 @@ import scipy.sparse as sp
 import torch
 
 SPARSE_BELOW = 0.1      # a chunk denser than this goes through a dense matmul
+SPARSE_MIN_UNITS = 1024  # unit sets narrower than this always go through a dense matmul
 
 
 def _csr(x, dtype=np.float64) -> sp.csr_matrix:
-    """[n, units] torch / numpy / scipy -> scipy CSR (float64)."""
+    """[n, units] torch / numpy / scipy -> scipy CSR."""
     if sp.issparse(x):
-        return sp.csr_matrix(x, dtype=dtype)
-    x = x.detach().cpu().float().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float32)
-    r, c = np.nonzero(x)
-    return sp.csr_matrix((x[r, c].astype(dtype), (r, c)), shape=x.shape)
+        m = sp.csr_matrix(x, dtype=dtype, copy=True)
+        m.eliminate_zeros()
+        return m
+    t = x.detach().cpu() if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+    t = t.float()
+    idx = t.nonzero()                                  # row-major order: ready for CSR
+    r, c = idx[:, 0], idx[:, 1]
+    indptr = np.zeros(t.shape[0] + 1, np.int64)
+    np.cumsum(torch.bincount(r, minlength=t.shape[0]).numpy(), out=indptr[1:])
+    return sp.csr_matrix((t[r, c].numpy().astype(dtype), c.numpy(), indptr), shape=tuple(t.shape))
 
 
 def _dense(x) -> np.ndarray:
@@ -37,12 +44,11 @@ def _dense(x) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
-def _density(x) -> float:
-    if sp.issparse(x):
-        return x.nnz / max(1, x.shape[0] * x.shape[1])
-    if isinstance(x, torch.Tensor):
-        return float((x != 0).float().mean()) if x.numel() else 0.0
-    return float(np.count_nonzero(x)) / max(1, np.asarray(x).size)
+def _add_sparse(acc: np.ndarray, m: sp.csr_matrix) -> None:
+    """acc += m for a CSR m, without densifying m (index_add_ also sums duplicate entries)."""
+    rows = np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr))
+    flat = torch.from_numpy(rows * m.shape[1] + m.indices.astype(np.int64))
+    torch.from_numpy(acc).view(-1).index_add_(0, flat, torch.from_numpy(m.data.astype(np.float64, copy=False)))
 
 
 class CorrelationStats:
@@ -67,9 +73,12 @@ class CorrelationStats:
         if x.shape[1] != self.n_x or y.shape[1] != self.n_y:
             raise ValueError(f"expected [tokens, {self.n_x}] and [tokens, {self.n_y}] activations, got "
                              f"{tuple(x.shape)} and {tuple(y.shape)}")
-        if _density(x) < SPARSE_BELOW and _density(y) < SPARSE_BELOW:
-            xs, ys = _csr(x), _csr(y)
-            self.sxy += (xs.T.tocsr() @ ys).toarray()
+        # small unit sets (neurons) go dense: cheap, and they are dense anyway
+        wide = sp.issparse(x) or sp.issparse(y) or max(x.shape[1], y.shape[1]) >= SPARSE_MIN_UNITS
+        xs, ys = (_csr(x), _csr(y)) if wide else (None, None)
+        n = max(1, x.shape[0])
+        if wide and min(xs.nnz / (n * max(1, self.n_x)), ys.nnz / (n * max(1, self.n_y))) < SPARSE_BELOW:
+            _add_sparse(self.sxy, xs.T.tocsr() @ ys)
             for s, sums, sq, cnt in ((xs, self.sx, self.sxx, self.cx), (ys, self.sy, self.syy, self.cy)):
                 sums += np.asarray(s.sum(0)).ravel()
                 sq += np.asarray(s.multiply(s).sum(0)).ravel()

@@ -28,7 +28,8 @@ def _brute_max(a, b):
 
 
 @pytest.mark.parametrize("density", [0.03, 0.5])   # sparse path and dense path
-def test_matches_brute_force_with_dead_units(density):
+def test_matches_brute_force_with_dead_units(density, monkeypatch):
+    monkeypatch.setattr(U, "SPARSE_MIN_UNITS", 0)
     rng = np.random.default_rng(0)
     a, b = _sparse_acts(rng, 3000, 40, density), _sparse_acts(rng, 3000, 30, density)
     a[:, 5] = 0          # never fires

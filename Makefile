@@ -1,0 +1,41 @@
+# The two commands of the README:  `make run`  and  `make test`.
+PY ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+PRESET ?= default
+
+.PHONY: env run build notebooks test test-fast browser-deps lab clean-runs
+
+$(BIN)/.installed: requirements.txt pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0          # the CPU wheel first: an unpinned torch pulls CUDA
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+env: $(BIN)/.installed
+
+# Chromium for the real-browser tests (Debian/Ubuntu; needs root or sudo)
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; }
+
+# Build everything on the preset, then execute every notebook top to bottom (timings table at the end)
+run: env
+	$(BIN)/python -m mono_utils build --preset $(PRESET)
+	$(BIN)/python -m mono_utils run-notebooks --preset $(PRESET)
+
+# The whole test suite: unit tests, every notebook on `smoke`, real-browser widget tests
+test: env browser-deps
+	$(BIN)/python -m pytest -q --durations=15
+
+test-fast: env
+	$(BIN)/python -m pytest -q -m "not slow and not browser"
+
+lab: env
+	$(BIN)/jupyter lab notebooks/
+
+clean-runs:
+	rm -rf runs/

@@ -1,0 +1,49 @@
+import subprocess
+import sys
+
+import pytest
+
+from mono_utils import cli
+
+
+def run(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "mono_utils", *args], capture_output=True, text=True, env=env)
+
+
+def test_help_lists_commands():
+    r = run("--help")
+    assert r.returncode == 0
+    for c in ["build", "info", "run-notebooks", "export", "import", "app"]:
+        assert c in r.stdout
+
+
+def test_unknown_preset_is_one_readable_line():
+    r = run("build", "--preset", "huge")
+    assert r.returncode == 2
+    assert r.stderr.strip() == "error: unknown preset 'huge': choose one of smoke, default, paper"
+    assert "Traceback" not in r.stderr
+
+
+def test_info_on_empty_store(tmp_path):
+    r = run("info", "--artifacts", str(tmp_path / "none"))
+    assert r.returncode == 0 and "nothing built yet" in r.stdout
+
+
+def test_build_and_info_smoke(smoke_store, smoke_model, capsys):
+    # artifacts already built by the fixture: build reuses them, info lists them
+    assert cli.main(["build", "--preset", "smoke", "--only", "corpus", "tokenizer", "model",
+                     "--artifacts", str(smoke_store.root)]) == 0
+    assert cli.main(["info", "--artifacts", str(smoke_store.root)]) == 0
+    out = capsys.readouterr().out
+    assert "model/modelA-smoke" in out and "val_loss=" in out and "ok" in out
+
+
+def test_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "cmd_info", lambda args: (_ for _ in ()).throw(ValueError("bad thing: do X")))
+    p = cli.make_parser()
+    monkeypatch.setattr(cli, "make_parser", lambda: p)
+    for action in p._subparsers._group_actions[0].choices.values():
+        if action.prog.endswith("info"):
+            action.set_defaults(fn=cli.cmd_info)
+    assert cli.main(["info"]) == 1
+    assert capsys.readouterr().err.strip() == "error: bad thing: do X"

@@ -1,0 +1,32 @@
+"""Every notebook, executed top to bottom on the smoke preset (as a user's Run All would)."""
+import json
+import os
+
+import pytest
+
+from mono_utils.notebooks import execute_notebook, notebook_paths
+
+NOTEBOOKS = notebook_paths()
+
+
+def test_notebooks_committed_without_outputs():
+    assert NOTEBOOKS, "no notebooks found"
+    for nb in NOTEBOOKS:
+        cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
+        assert cells[0]["cell_type"] == "markdown", f"{nb.name} should open with prose"
+        for c in cells:
+            if c["cell_type"] == "code":
+                assert not c.get("outputs") and not c.get("execution_count"), f"{nb.name} has outputs"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_runs_top_to_bottom(path, smoke_store, tmp_path):
+    env = dict(os.environ, MONO_PRESET="smoke", MONO_ARTIFACTS=str(smoke_store.root),
+               MONO_RATINGS_DIR=str(tmp_path / "ratings"))
+    r = execute_notebook(path, tmp_path / path.name, preset="smoke", env=env, timeout=900)
+    assert r["ok"], f"{path.name} failed:\n{r['log']}"
+    executed = json.loads((tmp_path / path.name).read_text(encoding="utf-8"))
+    errors = [o for c in executed["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
+              if o.get("output_type") == "error"]
+    assert not errors
