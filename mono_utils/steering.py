@@ -77,18 +77,57 @@ def check_interventions(sae, interventions) -> tuple[Intervention, ...]:
     return ivs
 
 
+def _dec_rows(sae, feats: list[int]) -> torch.Tensor:
+    """Rows of ``W_dec_raw`` for ``feats`` without materialising the whole raw dictionary."""
+    if hasattr(sae, "W_dec") and hasattr(sae, "input_scale") and torch.is_tensor(getattr(sae, "W_dec")):
+        return sae.W_dec[feats] / sae.input_scale
+    return sae.W_dec_raw[feats]
+
+
+def _encode_some(sae, x: torch.Tensor, feats: list[int]) -> torch.Tensor | None:
+    """f[..., feats] of a ReLU SparseAutoencoder without the full encoder (None if not possible)."""
+    cfg = sae.cfg
+    if getattr(cfg, "architecture", None) != "relu" or not all(
+            torch.is_tensor(getattr(sae, a, None)) for a in ("W_enc", "b_enc", "b_dec", "input_scale")):
+        return None
+    if not torch.isfinite(x).all():
+        raise ValueError("MLP activations contain NaN/Inf: check the model weights")
+    xs = x.to(sae.W_enc.dtype) * sae.input_scale
+    return torch.relu((xs - sae.b_dec) @ sae.W_enc[:, feats] + sae.b_enc[feats])
+
+
 def edit_acts(x: torch.Tensor, sae, interventions, keep_error: bool = True,
-              start_pos: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+              start_pos: int = 0, track: list[int] | None = None, dirs: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Apply interventions to MLP activations ``x`` [batch, pos, d_mlp].
 
     ``start_pos`` is the absolute position of ``x[:, 0]``. Returns the edited activations and
-    the feature activations before the edit (``None`` when there is no SAE).
+    the feature activations before the edit (``None`` when there is no SAE): all of them, or
+    with ``track`` (a list of features) only those columns. ``dirs`` optionally holds the
+    decoder rows of the intervened features (sorted by feature), to skip recomputing them.
     """
     if sae is None:
         return x, None
+    feats = sorted({iv.feature for iv in interventions})
+    f = None
+    if track is not None and keep_error:
+        cols = list(dict.fromkeys(list(track) + feats))
+        sub = _encode_some(sae, x, cols)
+        if sub is not None:
+            out_f = sub[..., :len(track)]
+            if not interventions:
+                return x, out_f
+            fi = sub[..., [cols.index(c) for c in feats]]
+            col_of = {c: k for k, c in enumerate(feats)}
+            return _apply(x, fi, col_of, interventions, start_pos, keep_error, sae, feats, dirs), out_f
     f = sae.encode(x)
+    out_f = f if track is None else f[..., list(track)]
     if not interventions:
-        return x, f
+        return x, out_f
+    return _apply(x, f, None, interventions, start_pos, keep_error, sae, feats, dirs), out_f
+
+
+def _apply(x, f, col_of, interventions, start_pos, keep_error, sae, feats, dirs):
     n = x.shape[1]
     abs_pos = torch.arange(start_pos, start_pos + n)
     f_new = f.clone()
@@ -99,30 +138,32 @@ def edit_acts(x: torch.Tensor, sae, interventions, keep_error: bool = True,
         if not mask.any():
             continue
         touched |= mask
-        col = f_new[..., iv.feature]
+        j = iv.feature if col_of is None else col_of[iv.feature]
+        col = f_new[..., j]
         if iv.mode == "clamp":
             new = torch.full_like(col, iv.value)
         elif iv.mode == "add":
             new = col + iv.value
         else:
             new = torch.zeros_like(col)
-        f_new[..., iv.feature] = torch.where(mask, new, col)
+        f_new[..., j] = torch.where(mask, new, col)
     if not touched.any():
-        return x, f
+        return x
     if keep_error:
-        feats = sorted({iv.feature for iv in interventions})
-        delta = (f_new[..., feats] - f[..., feats]) @ sae.W_dec_raw[feats].to(x.dtype)
-        return x + delta, f
+        idx = feats if col_of is None else [col_of[c] for c in feats]
+        d = dirs if dirs is not None else _dec_rows(sae, feats)
+        return x + (f_new[..., idx] - f[..., idx]) @ d.to(x.dtype)
     rec = sae.decode(f_new).to(x.dtype)
-    return torch.where(touched[None, :, None], rec, x), f
+    return torch.where(touched[None, :, None], rec, x)
 
 
-def steering_hooks(sae, interventions, keep_error: bool = True, record: list | None = None):
+def steering_hooks(sae, interventions, keep_error: bool = True, record: list | None = None,
+                   track: list[int] | None = None):
     """``[(hook_name, fn)]`` for ``model.run_with_hooks`` / ``model.hooks``; positions are absolute."""
     ivs = check_interventions(sae, interventions)
 
     def fn(act, hook):
-        new, f = edit_acts(act, sae, ivs, keep_error)
+        new, f = edit_acts(act, sae, ivs, keep_error, track=track)
         if record is not None and f is not None:
             record.append(f.detach())
         return new
@@ -130,9 +171,13 @@ def steering_hooks(sae, interventions, keep_error: bool = True, record: list | N
 
 
 @contextlib.contextmanager
-def steered(model, sae, interventions, keep_error: bool = True, record: list | None = None):
-    """Context in which ``model(...)`` runs with the interventions; hooks removed on exit or error."""
-    with model.hooks(fwd_hooks=steering_hooks(sae, interventions, keep_error, record)):
+def steered(model, sae, interventions, keep_error: bool = True, record: list | None = None,
+            track: list[int] | None = None):
+    """Context in which ``model(...)`` runs with the interventions; hooks removed on exit or error.
+
+    ``record`` (a list) receives the pre-edit feature activations of each forward pass
+    (only the ``track`` columns if given)."""
+    with model.hooks(fwd_hooks=steering_hooks(sae, interventions, keep_error, record, track)):
         yield model
 
 
@@ -231,6 +276,19 @@ class FastLM:
 
 
 # ---------------------------------------------------------------- sampling
+@contextlib.contextmanager
+def one_thread(n: int | None = 1):
+    """Run with ``n`` torch threads (None: leave as is), restoring the count afterwards."""
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n:
+            torch.set_num_threads(old)
+
+
 def pick_token(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
                g: torch.Generator) -> int:
     """One next token from logits [V], exactly as ``mono_utils.model.sample`` does (plus top-p)."""
@@ -292,13 +350,14 @@ def prepare_prompt(tokenizer, prompt, n_ctx: int, max_new_tokens: int,
 def generate(model, tokenizer, sae, prompt: str, interventions=(), *, max_new_tokens: int = 40,
              temperature: float = 0.8, top_k: int | None = 40, top_p: float | None = None,
              seed: int = 0, keep_error: bool = True, track=None, backend: str = "fast",
-             fast: FastLM | None = None, allow_empty: bool = False) -> Generation:
+             fast: FastLM | None = None, allow_empty: bool = False, threads: int | None = 1) -> Generation:
     """Sample ``max_new_tokens`` after ``prompt`` with the interventions applied.
 
     Defaults match ``mono_utils.model.sample`` (temperature 0.8, top-k 40): with no
     intervention and the same seed the text is the same. ``temperature=0`` is greedy.
     ``track`` lists features whose (pre-edit) activations are returned per position
-    (default: the intervened ones).
+    (default: the intervened ones). ``threads`` (default 1: single-token steps are too small
+    to gain from more, and a second thread only adds synchronisation) is restored afterwards.
     """
     if backend not in ("fast", "hooks"):
         raise ValueError(f"backend must be 'fast' or 'hooks', got {backend!r}")
@@ -322,45 +381,42 @@ def generate(model, tokenizer, sae, prompt: str, interventions=(), *, max_new_to
     g = torch.Generator().manual_seed(int(seed))
     rec: list[torch.Tensor] = []
     n_prompt = len(ids)
-
-    def grab(f):
-        if f is not None and tracked:
-            rec.append(f[0, :, tracked].float())
-
     first = None
-    if backend == "fast":
-        fast = fast or FastLM(model)
+    with one_thread(threads):
+        if backend == "fast":
+            fast = fast or FastLM(model)
+            feats = sorted({iv.feature for iv in ivs})
+            dirs = _dec_rows(sae, feats) if feats and keep_error else None
 
-        def edit(x, start):
-            return edit_acts(x, sae, ivs, keep_error, start)
+            def edit(x, start):
+                return edit_acts(x, sae, ivs, keep_error, start, track=tracked, dirs=dirs)
 
-        cache: list = []
-        logits, f = fast.forward(torch.tensor([ids]), cache, 0, edit)
-        grab(f)
-        for step in range(max_new_tokens):
-            last = logits[0, -1]
-            if first is None:
-                first = last.clone()
-            nxt = pick_token(last, temperature, top_k, top_p, g)
-            ids.append(nxt)
-            if step == max_new_tokens - 1:
-                break
-            logits, f = fast.forward(torch.tensor([[nxt]]), cache, len(ids) - 1, edit)
-            grab(f)
-    else:
-        record: list = []
-        with steered(model, sae, ivs, keep_error, record):
+            use = edit if (sae is not None and (ivs or tracked)) else None
+            cache: list = []
+            logits, f = fast.forward(torch.tensor([ids]), cache, 0, use)
             for step in range(max_new_tokens):
-                record.clear()
-                logits = model(torch.tensor([ids]))
-                last = logits[0, -1].float()
+                if f is not None and tracked:
+                    rec.append(f[0].float())
+                last = logits[0, -1]
                 if first is None:
                     first = last.clone()
+                nxt = pick_token(last, temperature, top_k, top_p, g)
+                ids.append(nxt)
+                if step == max_new_tokens - 1:
+                    break
+                logits, f = fast.forward(torch.tensor([[nxt]]), cache, len(ids) - 1, use)
+        else:
+            record: list = []
+            with steered(model, sae, ivs, keep_error, record, track=tracked):
+                for step in range(max_new_tokens):
+                    record.clear()
+                    logits = model(torch.tensor([ids]))
+                    last = logits[0, -1].float()
                     if record and tracked:
-                        rec.append(record[-1][0, :, tracked].float())
-                elif record and tracked:
-                    rec.append(record[-1][0, -1:, tracked].float())
-                ids.append(pick_token(last, temperature, top_k, top_p, g))
+                        rec.append(record[-1][0, (0 if first is None else -1):].float())
+                    if first is None:
+                        first = last.clone()
+                    ids.append(pick_token(last, temperature, top_k, top_p, g))
     new = ids[n_prompt:]
     acts = torch.cat(rec).numpy() if rec else None
     from .tokenizer import decode

@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from .steering import MODES, FastLM, Intervention, generate, next_token_shift
+from .steering import MODES, FastLM, Intervention, generate, next_token_shift, one_thread
 from .steering_catalog import DEMO_PROMPT, FeatureCatalog
 
 
@@ -232,6 +232,10 @@ class SteeringWidget:
 
     def refresh(self):
         """Regenerate baseline (cached) and steered text, redraw everything."""
+        with one_thread(1):
+            self._refresh()
+
+    def _refresh(self):
         self._handle = None
         t0 = time.perf_counter()
         try:
