@@ -245,14 +245,20 @@ SOURCES = {"code": python_code, "english": english_prose, "legal": legal_text,
 
 
 # ------------------------------------------------------------------ corpus
-def _take(docs: Iterable[Document], budget: int, rng: random.Random, pool_cap: int) -> list[Document]:
-    """A seeded sample of documents up to ``budget`` bytes, balanced over subdomains."""
+def _take(docs: Iterable[Document], budget: int, rng: random.Random) -> list[Document]:
+    """A seeded sample of documents up to ``budget`` bytes, balanced over subdomains.
+
+    Documents are pooled until the pool holds twice the budget (or the source runs dry),
+    then drawn round-robin over subdomains so that no single source crowds out the rest.
+    """
     pool: dict[str, list[Document]] = defaultdict(list)
-    for i, d in enumerate(docs):
+    pooled = 0
+    for d in docs:
         pool[d.subdomain].append(d)
-        if i >= pool_cap:
+        pooled += len(d.text.encode())
+        if pooled >= 2 * budget:
             break
-    for sub in pool:
+    for sub in sorted(pool):
         rng.shuffle(pool[sub])
     out, used = [], 0
     subs = sorted(pool)
@@ -275,7 +281,7 @@ def build_documents(total_bytes: int, seed: int = 0) -> list[Document]:
     for domain in sorted(SOURCES):
         rng = random.Random(f"{seed}:{domain}")
         budget = int(total_bytes * weights[domain] / norm)
-        docs += _take(SOURCES[domain](rng), budget, rng, pool_cap=max(300, budget // 600))
+        docs += _take(SOURCES[domain](rng), budget, rng)
     random.Random(seed).shuffle(docs)
     return docs
 

@@ -30,7 +30,7 @@ def _preset(preset: Preset | str | None) -> Preset:
 # ---------------------------------------------------------------- corpus
 def corpus_config(p: Preset) -> dict:
     from . import data
-    return {"bytes": p.corpus_bytes, "seed": CORPUS_SEED, "shares": data.DOMAIN_SHARES, "version": 2}
+    return {"bytes": p.corpus_bytes, "seed": CORPUS_SEED, "shares": data.DOMAIN_SHARES, "version": 3}
 
 
 def get_corpus_dir(preset=None, store=None) -> Path:
