@@ -1,0 +1,88 @@
+"""Metric functions against hand-computed values, and the full evaluation on a tiny model."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mono_utils.metrics import density_histogram, evaluate_sae, fvu, kl_divergence, loss_recovered
+from mono_utils.sae import SAEConfig, SparseAutoencoder
+
+torch.set_num_threads(1)
+
+
+def test_fvu_is_about_the_mean_not_zero():
+    x = torch.tensor([[10.0, 1.0], [12.0, 3.0], [14.0, 5.0]])
+    x_hat = torch.tensor([[11.0, 1.0], [12.0, 3.0], [13.0, 5.0]])
+    # hand: squared error 1 + 0 + 1 = 2; about the mean (12, 3): 4+0+4 + 4+0+4 = 16
+    assert fvu(x, x_hat) == pytest.approx(2 / 16)
+    # about zero would be 2 / (100+1+144+9+196+25) = 2/475: much smaller (the flattering bug)
+    assert fvu(x, x_hat) > 2 / 475 * 10
+
+
+def test_loss_recovered_and_kl():
+    assert loss_recovered(2.0, 2.5, 4.0) == pytest.approx(0.75)
+    assert loss_recovered(2.0, 2.0, 4.0) == 1.0
+    assert math.isnan(loss_recovered(2.0, 2.0, 2.0))
+    p = torch.tensor([[0.0, math.log(3.0)]])  # probs 1/4, 3/4
+    q = torch.tensor([[0.0, 0.0]])            # probs 1/2, 1/2
+    hand = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)
+    assert float(kl_divergence(p, q)[0]) == pytest.approx(hand, rel=1e-5)
+    assert float(kl_divergence(p, p)[0]) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_density_histogram_counts():
+    d = np.array([0.0, 0.0, 1e-7, 1e-5, 1e-5, 0.5])
+    h = density_histogram(d, lo=-8, hi=0, width=1.0)
+    assert h["dead"] == 2 and sum(h["counts"]) == 4
+    assert h["counts"][1] == 1 and h["counts"][3] == 2 and h["counts"][7] == 1  # bins [-7,-6), [-5,-4), [-1,0)
+
+
+def _perfect_sae(d):
+    """f = (relu(x), relu(-x)): reconstructs any x exactly."""
+    sae = SparseAutoencoder(SAEConfig(d_in=d, d_sae=2 * d))
+    eye = torch.eye(d)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], 1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], 0))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae
+
+
+def test_evaluate_perfect_and_zero_saes(tiny_model):
+    from mono_utils.model import HOOK_MLP_POST, lm_loss, mlp_post
+    tokens = np.random.default_rng(0).integers(0, 64, size=(12, 16)).astype(np.uint16)
+    m = evaluate_sae(_perfect_sae(64), tiny_model, tokens, batch_rows=5)
+    assert m["fvu"] == pytest.approx(0.0, abs=1e-6) and m["mse"] == pytest.approx(0.0, abs=1e-8)
+    assert m["loss_recovered"] == pytest.approx(1.0, abs=1e-4) and m["kl_sae"] == pytest.approx(0.0, abs=1e-5)
+    assert m["eval_tokens"] == 12 * 15
+    # hand-computed clean and zero-ablated losses
+    tok = torch.from_numpy(tokens.astype(np.int64))
+    assert m["ce_clean"] == pytest.approx(float(lm_loss(tiny_model(tok), tok)), rel=1e-5)
+
+    def zero(act, hook):
+        act = act.clone()
+        act[:, 1:] = 0
+        return act
+    ce_zero = float(lm_loss(tiny_model.run_with_hooks(tok, fwd_hooks=[(HOOK_MLP_POST, zero)]), tok))
+    assert m["ce_zero"] == pytest.approx(ce_zero, rel=1e-5)
+    # an SAE whose features never fire: reconstruction = b_dec; dead = all; L0 0
+    sae = _perfect_sae(64)
+    acts = mlp_post(tiny_model, tok)[:, 1:].reshape(-1, 64)
+    with torch.no_grad():
+        sae.b_enc.fill_(-1e4)
+        sae.b_dec.copy_(acts.mean(0))
+    m2 = evaluate_sae(sae, tiny_model, tokens)
+    assert m2["dead"] == 128 and m2["dead_frac"] == 1.0 and m2["l0"] == 0.0
+    assert m2["fvu"] == pytest.approx(1.0, rel=1e-4)  # predicting the mean explains nothing
+    assert m2["ce_sae"] == pytest.approx(m2["ce_mean"], rel=1e-4)
+    assert m2["loss_recovered_mean"] == pytest.approx(0.0, abs=1e-3)
+
+
+def test_evaluate_rejects_wrong_width(tiny_model):
+    tokens = np.zeros((2, 16), dtype=np.uint16)
+    with pytest.raises(ValueError, match="d_in = 32"):
+        evaluate_sae(SparseAutoencoder(SAEConfig(d_in=32, d_sae=64)), tiny_model, tokens)
