@@ -1,0 +1,126 @@
+"""SAE training speed vs the machine's own six-GEMM bound (a benchmark, not a test).
+
+    python benchmarks/bench_sae.py [--steps 6] [--bf16] [--sizes 2048,4096] [--batch 4096]
+
+For each width it times, in this process: the six fp32 GEMMs of a dense SAE step (encoder and
+decoder forward, their four backward products) -> the best act/s a dense step could reach;
+then full training steps (gradients, Adam, decoder-norm constraint) of
+- ``autograd``: a plain PyTorch loop (autograd on SparseAutoencoder.loss), for reference;
+- ``relu dense``: our five-GEMM ReLU step (early training, when many features fire);
+- ``relu sparse``: our ReLU step once features are sparse (L0 ~ 30, as at the end of training);
+- ``topk``: TopK (k=32) with the sparse decoder/backward;
+and prints act/s and the ratio to the six-GEMM bound.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from mono_utils.sae import SAEConfig, SparseAutoencoder  # noqa: E402
+from mono_utils.sae_kernels import sae_grads  # noqa: E402
+
+
+def timeit(fn, steps, warmup=2, sync=lambda: None):
+    for _ in range(warmup):
+        fn()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    sync()
+    return (time.perf_counter() - t0) / steps
+
+
+def six_gemm_time(B, d, m, steps, dev, sync):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(B, d, generator=g).to(dev)
+    We, Wd = torch.randn(d, m, generator=g).to(dev), torch.randn(m, d, generator=g).to(dev)
+    f, dx = torch.randn(B, m, generator=g).to(dev), torch.randn(B, d, generator=g).to(dev)
+
+    def six():
+        x @ We
+        f @ Wd
+        f.t() @ dx
+        dx @ Wd.t()
+        x.t() @ f
+        f @ We.t()
+    return timeit(six, steps, sync=sync)
+
+
+def make(arch, B, d, m, dev, sparse_l0=None):
+    sae = SparseAutoencoder(SAEConfig(d_in=d, d_sae=m, architecture=arch, k=32, l1_coeff=5e-3)).to(dev)
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(B, d, generator=g).relu() * 2).to(dev)
+    if sparse_l0 is not None:  # a bias that leaves ~sparse_l0 features active per token
+        with torch.no_grad():
+            pre = sae.pre_acts(x)
+            sae.b_enc -= torch.quantile(pre[:512].flatten().float().cpu(), 1 - sparse_l0 / m).to(dev)
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-4, **({"fused": True} if dev.type in ("cpu", "cuda") else {}))
+    return sae, opt, x
+
+
+def step_fast(sae, opt, x, sparse, bf16):
+    sae_grads(sae, x, sparse=sparse, bf16=bf16)
+    sae.remove_parallel_grad()
+    opt.step()
+    sae.normalize_decoder()
+
+
+def step_autograd(sae, opt, x):
+    opt.zero_grad(set_to_none=True)
+    sae.loss(x)["loss"].backward()
+    sae.remove_parallel_grad()
+    opt.step()
+    sae.normalize_decoder()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=4096)
+    ap.add_argument("--d-in", type=int, default=512)
+    ap.add_argument("--sizes", default="2048,4096")
+    ap.add_argument("--bf16", action="store_true", help="also time bf16 matmuls (fast only with AMX or a GPU)")
+    ap.add_argument("--device", default=None)
+    a = ap.parse_args()
+    dev = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 bound, fp32 steps
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    B, d = a.batch, a.d_in
+    print(f"# bench_sae: {platform.processor() or platform.machine()} | torch {torch.__version__} | "
+          f"threads {torch.get_num_threads()} | device {dev} | batch {B}")
+    print(f"{'width':>12} {'variant':>14} {'act/s':>10} {'ratio to 6-GEMM bound':>22}")
+    for m in [int(s) for s in a.sizes.split(",")]:
+        t6 = six_gemm_time(B, d, m, a.steps, dev, sync)
+        bound = B / t6
+        gflops = 6 * 2 * B * d * m / t6 / 1e9
+        print(f"{d}->{m:<7} {'6-GEMM bound':>14} {bound:10.0f} {1.0:22.2f}   ({gflops:.0f} GFLOP/s fp32)")
+        variants = [("autograd", "relu", None, None), ("relu dense", "relu", False, None),
+                    ("relu sparse", "relu", True, 30), ("topk k=32", "topk", True, None)]
+        if a.bf16:
+            variants += [("relu dense bf16", "relu", "bf16", None), ("topk bf16", "topk", "bf16", None)]
+        for name, arch, sparse, l0 in variants:
+            sae, opt, x = make(arch, B, d, m, dev, l0)
+            if name == "autograd":
+                fn = lambda: step_autograd(sae, opt, x)  # noqa: E731
+            else:
+                bf16 = sparse == "bf16"
+                sp = (arch == "topk") if bf16 else sparse
+                fn = lambda: step_fast(sae, opt, x, sp, bf16)  # noqa: E731
+            t = timeit(fn, a.steps, sync=sync)
+            extra = ""
+            if l0 is not None:
+                extra = f"   (L0 {float((sae.encode(x) > 0).sum(-1).float().mean()):.0f})"
+            print(f"{d}->{m:<7} {name:>14} {B / t:10.0f} {B / t / bound:22.2f}{extra}")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
