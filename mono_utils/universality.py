@@ -419,3 +419,52 @@ def _attribution_sim(acts_a, acts_b, lw_a, lw_b, match, tokens, live, chunk: int
             mat.data = mat.data * lw[c, nx[r]]
         diag.update(pa, pb)
     return np.where(live, diag.correlation(), 0.0).astype(np.float32)
+
+
+# ---------------------------------------------------------------- examples (self-contained HTML)
+def top_positions(acts: sp.csc_matrix, unit: int, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Flat token positions and values of a unit's k largest activations (CSC column)."""
+    lo, hi = acts.indptr[unit], acts.indptr[unit + 1]
+    vals, pos = acts.data[lo:hi], acts.indices[lo:hi]
+    order = np.argsort(-vals, kind="stable")[:k]
+    return pos[order], vals[order]
+
+
+def top_tokens(acts: sp.csc_matrix, tokens: np.ndarray, vocab: list[str], k: int = 5) -> list[str]:
+    """Per unit, its most frequent tokens among its top-k activations, as one short string."""
+    from .dashboards import show_token
+    flat = np.asarray(tokens).reshape(-1)
+    out = []
+    for u in range(acts.shape[1]):
+        pos, _ = top_positions(acts, u, k)
+        ids, counts = np.unique(flat[pos], return_counts=True)
+        order = np.argsort(-counts, kind="stable")
+        out.append(" ".join(show_token(vocab[i]) for i in ids[order][:4]) if len(pos) else "(never fires)")
+    return out
+
+
+def examples_html(acts: sp.csc_matrix, unit: int, tokens: np.ndarray, vocab: list[str], k: int = 5,
+                  before: int = 10, after: int = 3, title: str = "") -> str:
+    """The unit's top-k examples, tokens shaded by its activation (no JS, no network)."""
+    import html
+    from .dashboards import show_token
+    tokens = np.asarray(tokens)
+    n_ctx = tokens.shape[1]
+    pos, vals = top_positions(acts, unit, k)
+    mx = float(vals.max()) if len(vals) else 1.0
+    col = acts[:, unit]
+    lines = []
+    for p, v in zip(pos, vals):
+        r, c = divmod(int(p), n_ctx)
+        lo, hi = max(0, c - before), min(n_ctx, c + after + 1)
+        a = np.asarray(col[r * n_ctx + lo: r * n_ctx + hi].todense()).ravel()
+        spans = []
+        for j, (t, x) in enumerate(zip(tokens[r, lo:hi], a)):
+            style = f"background:rgba(255,100,0,{min(1.0, max(0.0, x / mx)):.2f})"
+            if lo + j == c:
+                style += ";outline:1px solid #333"
+            spans.append(f"<span style='{style}' title='{x:.3f}'>{html.escape(show_token(vocab[int(t)]))}</span>")
+        lines.append(f"<div>{v:.2f}&nbsp;{''.join(spans)}</div>")
+    body = "".join(lines) or "<div>(never fires on these tokens)</div>"
+    return (f"<div style='font-family:ui-monospace,monospace;font-size:12px;line-height:1.8'>"
+            f"<b>{html.escape(title)}</b>{body}</div>")

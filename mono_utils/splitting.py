@@ -1,0 +1,197 @@
+"""Feature splitting: how features of a small dictionary break into finer ones in larger ones.
+
+Every SAE of a family (same model, same lambda, growing size) is run on the same tokens. Two
+features of consecutive sizes are linked when the cosine similarity of their activation
+vectors over those tokens exceeds a threshold (the paper: ~0.4). Activations are non-negative
+and mostly zero, so the uncentred cosine only "sees" tokens where at least one of the two fires
+(the paper's masked similarity). Each feature of the larger SAE gets as parent its most similar
+feature of the next smaller SAE (if above the threshold), which makes a forest: family trees.
+A UMAP of all decoder directions (cosine metric) shows the families as neighbourhoods.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from .universality import CorrelationStats, _csr
+
+PAPER_THRESHOLD = 0.4
+
+
+def _check_family(sizes) -> list[int]:
+    sizes = [int(s) for s in sizes]
+    if len(sizes) < 2:
+        raise ValueError(f"a family needs at least two dictionary sizes to split across, got {sizes}: "
+                         f"train more sizes (preset.sae_sizes / get_sae_family(sizes=[...]))")
+    if sorted(sizes) != sizes or len(set(sizes)) != len(sizes):
+        raise ValueError(f"dictionary sizes must be distinct and increasing, got {sizes}")
+    return sizes
+
+
+@dataclass
+class SplitGraph:
+    """Links between consecutive sizes. Level k is ``sizes[k]``; ``parent[k][j]`` is the feature of
+    level k-1 most similar to feature j of level k (-1 at level 0 or below the threshold)."""
+    sizes: list[int]
+    parent: list[np.ndarray]
+    parent_sim: list[np.ndarray]
+    threshold: float
+    live: list[np.ndarray]
+    links: list[sp.coo_matrix] = field(repr=False, default_factory=list)   # all links above threshold
+
+    def _check(self, level: int, feature: int) -> None:
+        if not 0 <= level < len(self.sizes):
+            raise ValueError(f"level {level} does not exist: levels are 0..{len(self.sizes) - 1} (sizes {self.sizes})")
+        if not 0 <= feature < self.sizes[level]:
+            raise ValueError(f"feature {feature} does not exist at level {level}: it has {self.sizes[level]} features")
+
+    def children(self, level: int, feature: int) -> np.ndarray:
+        self._check(level, feature)
+        if level + 1 >= len(self.sizes):
+            return np.zeros(0, np.int64)
+        return np.flatnonzero(self.parent[level + 1] == feature)
+
+    def ancestors(self, level: int, feature: int) -> list[tuple[int, int, float]]:
+        """[(level, feature, similarity to its child on the path)], nearest first."""
+        self._check(level, feature)
+        out, f = [], feature
+        for lv in range(level, 0, -1):
+            p = int(self.parent[lv][f])
+            if p < 0:
+                break
+            out.append((lv - 1, p, float(self.parent_sim[lv][f])))
+            f = p
+        return out
+
+    def descendants(self, level: int, feature: int) -> list[tuple[int, int, int, float]]:
+        """[(level, feature, parent feature, similarity to parent)], breadth first."""
+        self._check(level, feature)
+        out, frontier = [], [feature]
+        for lv in range(level + 1, len(self.sizes)):
+            kids = np.flatnonzero(np.isin(self.parent[lv], frontier))
+            out += [(lv, int(k), int(self.parent[lv][k]), float(self.parent_sim[lv][k])) for k in kids]
+            frontier = kids
+            if not len(kids):
+                break
+        return out
+
+    def root(self, level: int, feature: int) -> tuple[int, int]:
+        anc = self.ancestors(level, feature)
+        return (anc[-1][0], anc[-1][1]) if anc else (level, feature)
+
+    def splits(self, min_children: int = 2):
+        """Every feature with >= ``min_children`` children, most children first (a DataFrame)."""
+        import pandas as pd
+        rows = []
+        for lv in range(len(self.sizes) - 1):
+            p = self.parent[lv + 1]
+            counts = np.bincount(p[p >= 0], minlength=self.sizes[lv])
+            for f in np.flatnonzero(counts >= min_children):
+                kids = np.flatnonzero(p == f)
+                sims = self.parent_sim[lv + 1][kids]
+                rows.append({"level": lv, "size": self.sizes[lv], "feature": int(f), "n_children": int(len(kids)),
+                             "n_descendants": len(self.descendants(lv, int(f))), "children": kids.tolist(),
+                             "mean_sim": float(sims.mean()), "min_sim": float(sims.min())})
+        df = pd.DataFrame(rows, columns=["level", "size", "feature", "n_children", "n_descendants", "children",
+                                         "mean_sim", "min_sim"])
+        return df.sort_values(["n_children", "n_descendants", "mean_sim"], ascending=False, ignore_index=True)
+
+    def summary(self) -> dict:
+        out = {"sizes": self.sizes, "threshold": self.threshold}
+        for lv in range(1, len(self.sizes)):
+            live = self.live[lv]
+            linked = (self.parent[lv] >= 0) & live
+            kids = np.bincount(self.parent[lv][linked], minlength=self.sizes[lv - 1])
+            out[f"{self.sizes[lv - 1]}->{self.sizes[lv]}"] = {
+                "linked_frac": float(linked.sum() / max(1, live.sum())),
+                "parents_that_split": int((kids >= 2).sum()), "max_children": int(kids.max(initial=0))}
+        return out
+
+
+def link_activations(acts: dict, threshold: float = PAPER_THRESHOLD, chunk: int = 16384) -> SplitGraph:
+    """Link features of consecutive sizes. ``acts``: {size: [tokens, size] activations} on the same tokens."""
+    sizes = _check_family(sorted(acts))
+    n = {s: acts[s].shape[0] for s in sizes}
+    if len(set(n.values())) != 1:
+        raise ValueError(f"activations cover different token sets ({n}): encode the same tokens with every SAE")
+    for s in sizes:
+        if acts[s].shape[1] != s:
+            raise ValueError(f"activations for size {s} have {acts[s].shape[1]} features: key them by dictionary size")
+    mats = {s: _csr(acts[s], np.float32) for s in sizes}
+    parent, psim, links = [np.full(sizes[0], -1)], [np.zeros(sizes[0], np.float32)], []
+    live = [np.asarray(mats[sizes[0]].getnnz(0) > 0)]
+    for small, large in zip(sizes, sizes[1:]):
+        st = CorrelationStats(small, large)
+        for s0 in range(0, n[small], chunk):
+            st.update(mats[small][s0:s0 + chunk], mats[large][s0:s0 + chunk])
+        cos = st.cosine()
+        p = cos.argmax(0)
+        ps = cos[p, np.arange(large)]
+        ok = ps > threshold
+        parent.append(np.where(ok, p, -1))
+        psim.append(ps.astype(np.float32))
+        links.append(sp.coo_matrix(np.where(cos > threshold, cos, 0)))
+        live.append(np.asarray(mats[large].getnnz(0) > 0))
+    return SplitGraph(sizes, parent, psim, float(threshold), live, links)
+
+
+@torch.no_grad()
+def family_activations(model, saes: dict, tokens: np.ndarray, batch_rows: int = 64,
+                       progress: bool = True) -> dict[int, sp.csr_matrix]:
+    """Every SAE of the family on the same tokens: {size: CSR [tokens, size]} (one model forward)."""
+    from tqdm.auto import tqdm
+    from .model import mlp_post
+    sizes = _check_family(sorted(saes))
+    d_in = {s: int(saes[s].cfg.d_in) for s in sizes}
+    if len(set(d_in.values())) != 1:
+        raise ValueError(f"the SAEs read activations of different widths ({d_in}): a family shares one model layer")
+    for s in sizes:
+        if int(saes[s].cfg.d_sae) != s:
+            raise ValueError(f"the SAE under key {s} has {saes[s].cfg.d_sae} features: key the family by d_sae")
+    tokens = np.asarray(tokens)
+    out = {s: [] for s in sizes}
+    for r in tqdm(range(0, len(tokens), batch_rows), desc="family activations", disable=not progress):
+        x = mlp_post(model, torch.from_numpy(tokens[r:r + batch_rows].astype(np.int64)))
+        x = x.reshape(-1, x.shape[-1])
+        for s in sizes:
+            out[s].append(_csr(saes[s].encode(x), np.float32))
+    return {s: sp.vstack(v).tocsr() for s, v in out.items()}
+
+
+# ---------------------------------------------------------------- UMAP of decoder directions
+def umap_layout(decoders: dict, seed: int = 0, n_neighbors: int = 15, live: dict | None = None,
+                min_dist: float = 0.1):
+    """2-D UMAP (cosine metric) of every decoder direction of every size -> DataFrame(size, feature, x, y).
+
+    Deterministic for a given seed (UMAP then runs single-threaded). ``live``: {size: bool mask}
+    of features to include (e.g. exclude dead ones).
+    """
+    import warnings
+
+    import pandas as pd
+    sizes = _check_family(sorted(decoders))
+    rows, X = [], []
+    for s in sizes:
+        d = decoders[s]
+        d = d.detach().cpu().float().numpy() if isinstance(d, torch.Tensor) else np.asarray(d, np.float32)
+        keep = np.ones(len(d), bool) if live is None else np.asarray(live[s], bool)
+        idx = np.flatnonzero(keep)
+        rows.append(pd.DataFrame({"size": s, "feature": idx}))
+        X.append(d[idx])
+    dims = {x.shape[1] for x in X}
+    if len(dims) != 1:
+        raise ValueError(f"decoder directions of different widths {sorted(dims)}: the family must share d_in")
+    X = np.concatenate(X)
+    if len(X) <= n_neighbors + 1:
+        raise ValueError(f"only {len(X)} directions: UMAP with {n_neighbors} neighbours needs more")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import umap
+        emb = umap.UMAP(n_neighbors=n_neighbors, metric="cosine", random_state=seed, min_dist=min_dist,
+                        n_jobs=1).fit_transform(X)
+    df = pd.concat(rows, ignore_index=True)
+    df["x"], df["y"] = emb[:, 0], emb[:, 1]
+    return df

@@ -1,0 +1,99 @@
+"""Feature splitting: linking across sizes on a constructed split, trees, UMAP determinism, bad input."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mono_utils import splitting as S
+
+
+def _constructed(seed=0, n=4000):
+    """Level 0 (4 features): feature 1 fires on set P. Level 1 (8): features 5 and 2 split P in two
+    halves. Level 2 (16): feature 5's half splits again into 9 and 14. Everything else: random noise."""
+    rng = np.random.default_rng(seed)
+    noise = lambda k: (rng.exponential(1, (n, k)) * (rng.random((n, k)) < 0.02)).astype(np.float32)  # noqa: E731
+    a0, a1, a2 = noise(4), noise(8), noise(16)
+    in_p = rng.random(n) < 0.2
+    half = rng.random(n) < 0.5
+    quarter = rng.random(n) < 0.5
+    v = rng.uniform(1, 2, n).astype(np.float32)
+    a0[:, 1] = np.where(in_p, v, 0)
+    a1[:, 5] = np.where(in_p & half, v, 0)
+    a1[:, 2] = np.where(in_p & ~half, v, 0)
+    a2[:, 9] = np.where(in_p & half & quarter, v, 0)
+    a2[:, 14] = np.where(in_p & half & ~quarter, v, 0)
+    a2[:, 3] = np.where(in_p & ~half, v, 0)
+    a2[:, 7] = 0          # dead
+    return {4: a0, 8: a1, 16: a2}
+
+
+def test_one_direction_splits_into_two():
+    g = S.link_activations(_constructed(), threshold=0.4, chunk=1000)
+    assert sorted(g.children(0, 1)) == [2, 5]
+    assert sorted(g.children(1, 5)) == [9, 14]
+    assert list(g.children(1, 2)) == [3]
+    assert g.ancestors(2, 14) == [(1, 5, pytest.approx(g.parent_sim[2][14]))] + [(0, 1, pytest.approx(g.parent_sim[1][5]))]
+    assert 0.6 < g.parent_sim[1][5] < 0.8          # cos of a set with its half ~ 1/sqrt(2)
+    desc = {(lv, f) for lv, f, _, _ in g.descendants(0, 1)}
+    assert desc == {(1, 2), (1, 5), (2, 3), (2, 9), (2, 14)}
+    assert g.root(2, 9) == (0, 1)
+    top = g.splits().iloc[0]
+    assert (top["level"], top["feature"], top["n_children"]) in {(0, 1, 2), (1, 5, 2)}
+    assert g.parent[2][7] == -1 and not g.live[2][7]
+    # noise features are not linked to anything at the paper's threshold
+    assert (g.parent[1][[i for i in range(8) if i not in (2, 5)]] == -1).all()
+    s = g.summary()
+    assert s["4->8"]["parents_that_split"] == 1
+
+
+def test_threshold_matters():
+    acts = _constructed()
+    assert len(S.link_activations(acts, threshold=0.75).children(0, 1)) == 0
+
+
+def test_bad_family():
+    acts = _constructed()
+    with pytest.raises(ValueError, match="at least two"):
+        S.link_activations({4: acts[4]})
+    with pytest.raises(ValueError, match="different token sets"):
+        S.link_activations({4: acts[4], 8: acts[8][:100]})
+    with pytest.raises(ValueError, match="key them by dictionary size"):
+        S.link_activations({4: acts[4], 9: acts[8]})
+    g = S.link_activations(acts)
+    with pytest.raises(ValueError, match="does not exist"):
+        g.children(0, 4)
+
+
+class _SAE:
+    def __init__(self, d_in, d_sae):
+        from types import SimpleNamespace
+        self.cfg = SimpleNamespace(d_in=d_in, d_sae=d_sae)
+        self.W = torch.randn(d_in, d_sae, generator=torch.Generator().manual_seed(d_sae))
+
+    def encode(self, x):
+        return torch.relu(x @ self.W - 1)
+
+
+def test_family_activations(tiny_model):
+    tokens = np.random.default_rng(0).integers(0, 64, (6, 16))
+    acts = S.family_activations(tiny_model, {8: _SAE(64, 8), 16: _SAE(64, 16)}, tokens, batch_rows=4, progress=False)
+    from mono_utils.model import mlp_post
+    x = mlp_post(tiny_model, torch.from_numpy(tokens)).reshape(-1, 64)
+    np.testing.assert_allclose(acts[16].toarray(), _SAE(64, 16).encode(x).numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="different widths"):
+        S.family_activations(tiny_model, {8: _SAE(64, 8), 16: _SAE(32, 16)}, tokens, progress=False)
+    with pytest.raises(ValueError, match="at least two"):
+        S.family_activations(tiny_model, {8: _SAE(64, 8)}, tokens, progress=False)
+
+
+def test_umap_deterministic():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(5, 12))
+    dec = {s: centers[rng.integers(0, 5, s)] + 0.1 * rng.normal(size=(s, 12)) for s in (30, 60)}
+    a = S.umap_layout(dec, seed=3)
+    b = S.umap_layout(dec, seed=3)
+    assert len(a) == 90 and list(a["size"].unique()) == [30, 60]
+    np.testing.assert_array_equal(a[["x", "y"]].to_numpy(), b[["x", "y"]].to_numpy())
+    with pytest.raises(ValueError, match="at least two"):
+        S.umap_layout({30: dec[30]})
