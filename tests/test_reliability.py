@@ -1,0 +1,412 @@
+"""Keeps tests/RELIABILITY.md true.
+
+1. Every row of its bad-input table (``| B01 | ... |``) is a case here: the input is tried, the
+   exception class must match the table's, and the table's message excerpt must appear in the
+   error message. A case without a row, or a row without a case, fails the test.
+2. The faults it lists are reproduced: training SIGKILLed at a random step and resumed (same
+   weights); a build SIGKILLed half-way (leftovers ignored, rebuilt); two processes building the
+   same artifact at once (built once, both get it); disk full while saving (old artifact kept).
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mono_utils.artifacts import ArtifactError, ArtifactStore, atomic_write_json, verify_folder
+
+REPO = Path(__file__).resolve().parent.parent
+TABLE = REPO / "tests" / "RELIABILITY.md"
+
+
+# ---------------------------------------------------------------- helpers for the cases
+def _preset():
+    from mono_utils.presets import get_preset
+    return get_preset("smoke")
+
+
+def _tiny_lm():
+    from mono_utils.model import ModelConfig, build_model
+    return build_model(ModelConfig(d_vocab=64, d_model=32, n_heads=2, d_mlp=64, n_ctx=16, seed=0))
+
+
+def _weights_file(tmp: Path, edit) -> Path:
+    from safetensors.torch import save_file
+    state = {k: v.detach().clone() for k, v in _tiny_lm().named_parameters()}
+    edit(state)
+    save_file(state, str(tmp / "w.safetensors"))
+    return tmp / "w.safetensors"
+
+
+def _load_weights(tmp: Path, edit):
+    from mono_utils.model import load_weights
+    load_weights(_tiny_lm(), _weights_file(tmp, edit))
+
+
+def _garbage_weights(tmp: Path):
+    from mono_utils.model import load_weights
+    (tmp / "w.safetensors").write_bytes(b"\x00garbage" * 50)
+    load_weights(_tiny_lm(), tmp / "w.safetensors")
+
+
+def _first_key(state):
+    return next(iter(state))
+
+
+def _artifact(tmp: Path) -> tuple[ArtifactStore, Path]:
+    store = ArtifactStore(tmp / "store")
+    folder = store.get_or_build("x", "a", {"v": 1}, lambda t: (t / "data.json").write_text('{"ok": 1}') and None)
+    return store, folder
+
+
+def _tampered(tmp):
+    store, folder = _artifact(tmp)
+    (folder / "data.json").write_text('{"ok": 2}')
+    store.load_checked(folder)
+
+
+def _half_written(tmp):
+    store, folder = _artifact(tmp)
+    (folder / "MANIFEST.json").unlink()
+    store.load_checked(folder)
+
+
+def _bad_json(tmp):
+    from mono_utils.artifacts import read_json
+    (tmp / "m.json").write_text('{"val_loss": 3.')
+    read_json(tmp / "m.json")
+
+
+class _SAE:  # the smallest thing check_interventions needs
+    class cfg:
+        d_sae = 8
+
+
+def _generate(**kw):
+    from mono_utils.steering import generate
+    generate(None, None, _SAE(), kw.pop("prompt", "1,2,3"), kw.pop("ivs", ()), **kw)
+
+
+def _prompt(prompt, max_new_tokens=8):
+    from mono_utils.steering import prepare_prompt
+    prepare_prompt(None, prompt, 16, max_new_tokens)
+
+
+def _bundle(tmp: Path, edit=None, raw: bytes | None = None):
+    from mono_utils.bundle import export_bundle, import_bundle
+    store, _ = _artifact(tmp)
+    b = export_bundle(tmp / "b.tar", store, verbose=False)
+    if raw is not None:
+        b.write_bytes(raw(b.read_bytes()))
+    if edit is not None:
+        with tarfile.open(b) as tin:
+            members = [(m, tin.extractfile(m).read()) for m in tin.getmembers()]
+        with tarfile.open(b, "w") as tout:
+            for m, data in edit(members):
+                m.size = len(data)
+                tout.addfile(m, io.BytesIO(data))
+    import_bundle(b, ArtifactStore(tmp / "dst"), verbose=False)
+
+
+def _tamper_member(members):
+    return [(m, data.replace(b'"ok": 1', b'"ok": 7') if m.name.endswith("data.json") else data)
+            for m, data in members]
+
+
+def _add_member(name):
+    def edit(members):
+        return members + [(tarfile.TarInfo(name), b"{}")]
+    return edit
+
+
+class ExitStatus2(Exception):
+    """The CLI printed an error and returned exit status 2 (the message is its stderr)."""
+
+
+def _cli_unknown_preset(tmp):
+    from mono_utils.cli import main
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(["build", "--preset", "huge", "--artifacts", str(tmp / "s")])
+    if rc == 2:
+        raise ExitStatus2(err.getvalue())
+
+
+def _rater(name):
+    from mono_utils.rating import rater_file
+    rater_file(name, "/nonexistent-folder")
+
+
+def _score(name, value):
+    from mono_utils.rating import RUBRIC, rubric_total
+    rubric_total(**{**{k: 0 for k in RUBRIC}, name: value})
+
+
+def _sae_cfg(**kw):
+    from mono_utils.sae import SAEConfig
+    SAEConfig(**{"d_in": 8, "d_sae": 4, **kw})
+
+
+def _sae_load(tmp, make):
+    from mono_utils.sae import SparseAutoencoder
+    SparseAutoencoder.load(make(tmp))
+
+
+def _tokenizer_vocab(tmp):
+    from mono_utils.tokenizer import train_tokenizer
+    train_tokenizer(["hello world"], 100, tmp)
+
+
+def _index_kind():
+    from mono_utils.index import _check_kind
+    _check_kind("banana")
+
+
+# id -> callable(tmp_path). The table's rows name the same ids.
+CASES = {
+    # configs
+    "C01": lambda t: __import__("mono_utils.presets", fromlist=["x"]).get_preset("huge"),
+    "C02": lambda t: _preset().replace(n_heads=3),
+    "C03": lambda t: _preset().replace(topk_k=10_000),
+    "C04": lambda t: __import__("mono_utils.model", fromlist=["x"]).ModelConfig(d_vocab=0),
+    "C05": lambda t: __import__("mono_utils.model", fromlist=["x"]).TrainConfig(tokens=0),
+    "C06": lambda t: _sae_cfg(architecture="topk", k=8),
+    "C07": lambda t: _sae_cfg(architecture="gated"),
+    "C08": lambda t: __import__("mono_utils.pipeline", fromlist=["x"]).model_configs(_preset(), "C"),
+    "C09": _tokenizer_vocab,
+    "C10": _cli_unknown_preset,
+    # files
+    "F01": lambda t: _load_weights(t, lambda s: s.__setitem__(_first_key(s), torch.zeros(3, 3))),
+    "F02": _garbage_weights,
+    "F03": lambda t: _load_weights(t, lambda s: s[_first_key(s)].fill_(float("nan"))),
+    "F04": _bad_json,
+    "F05": _tampered,
+    "F06": _half_written,
+    "F07": lambda t: _sae_load(t, lambda d: (d / "empty").mkdir() or d / "empty"),
+    "F08": lambda t: _sae_load(t, lambda d: d / "no-such-folder"),
+    # widget values and prompts
+    "W01": lambda t: _generate(ivs=[__import__("mono_utils.steering", fromlist=["x"]).Intervention(0, "clamp", float("nan"))]),
+    "W02": lambda t: __import__("mono_utils.steering", fromlist=["x"]).Intervention(0, "clamp", float("inf")),
+    "W03": lambda t: __import__("mono_utils.steering", fromlist=["x"]).Intervention(0, "boost", 1.0),
+    "W04": lambda t: _generate(ivs=[__import__("mono_utils.steering", fromlist=["x"]).Intervention(99, "clamp", 1.0)]),
+    "W05": lambda t: _generate(top_p=0.0),
+    "W06": lambda t: _generate(temperature=float("inf")),
+    "W07": lambda t: _score("confidence", 9),
+    "W08": lambda t: _index_kind(),
+    "P01": lambda t: _prompt(""),
+    "P02": lambda t: _prompt(b"bytes"),
+    "P03": lambda t: _prompt("1,2,3", max_new_tokens=40),
+    "P04": lambda t: _rater(""),
+    "P05": lambda t: _rater("../../etc/passwd"),
+    # bundles
+    "B01": lambda t: _bundle(t, edit=_tamper_member),
+    "B02": lambda t: _bundle(t, raw=lambda b: b[: len(b) // 2]),
+    "B03": lambda t: _bundle(t, edit=_add_member("artifacts/x/../../../evil.json")),
+    "B04": lambda t: _bundle(t, edit=_add_member("artifacts/x/a-1/run.pkl")),
+    "B05": lambda t: _bundle(t, raw=lambda b: b"this is not a tar file " * 40),
+    "B06": lambda t: _bundle(t, edit=lambda m: m[1:]),
+}
+
+
+def table_rows() -> dict[str, tuple[str, str]]:
+    """id -> (exception class, message excerpt) from RELIABILITY.md's bad-input table."""
+    rows = {}
+    for line in TABLE.read_text(encoding="utf-8").splitlines():
+        m = re.match(r"^\|\s*([A-Z]\d\d)\s*\|.*\|\s*`(\w+)`\s*\|\s*(.+?)\s*\|\s*$", line)
+        if m:
+            excerpt = m.group(3).strip()
+            assert excerpt.startswith("\u201c") and excerpt.endswith("\u201d"), f"{m.group(1)}: quote the excerpt"
+            rows[m.group(1)] = (m.group(2), excerpt[1:-1].replace("\\|", "|"))
+    return rows
+
+
+def test_table_and_cases_match():
+    rows = table_rows()
+    assert len(rows) >= 20, f"RELIABILITY.md lists only {len(rows)} bad inputs"
+    assert sorted(rows) == sorted(CASES), (f"table without case: {sorted(set(rows) - set(CASES))}; "
+                                           f"case without row: {sorted(set(CASES) - set(rows))}")
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_gives_the_documented_error(case, tmp_path):
+    exc_name, excerpt = table_rows()[case]
+    with pytest.raises(BaseException) as info:
+        CASES[case](tmp_path)
+    err = info.value
+    names = {c.__name__ for c in type(err).__mro__}
+    assert exc_name in names, f"{case}: expected {exc_name}, got {type(err).__name__}: {err}"
+    assert excerpt in str(err), f"{case}: message {str(err)!r} lacks the documented {excerpt!r}"
+
+
+# ---------------------------------------------------------------- faults survived
+TRAIN_SCRIPT = textwrap.dedent("""
+    import os, sys, numpy as np, torch
+    torch.set_num_threads(1)
+    from mono_utils import model as mm
+    cfg = mm.ModelConfig(d_vocab=64, d_model=32, n_heads=2, d_mlp=64, n_ctx=16, seed=0)
+    tcfg = mm.TrainConfig(tokens=16 * 16 * 30, batch_size=16, lr=5e-3, checkpoint_every=4)
+    toks = np.load(sys.argv[1]); kill_at = int(sys.argv[3])
+    def on_step(rec):
+        if rec["step"] == kill_at:
+            os.kill(os.getpid(), 9)          # a hard kill: no cleanup, no finally
+    mm.train_model(mm.build_model(cfg), toks, tcfg, checkpoint=sys.argv[2], progress=False, on_step=on_step)
+""")
+
+
+def _run(code: str, *args, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})}, timeout=300)
+
+
+def test_training_killed_at_a_random_step_resumes_to_the_same_result(tmp_path):
+    from mono_utils import model as mm
+    kill_at = int(np.random.default_rng().integers(5, 29))  # random on purpose; printed on failure
+    toks = np.random.default_rng(0).integers(0, 64, size=(64, 16)).astype(np.uint16)
+    np.save(tmp_path / "toks.npy", toks)
+    ckpt = tmp_path / "ckpt.pt"
+    r = _run(TRAIN_SCRIPT, tmp_path / "toks.npy", ckpt, kill_at)
+    assert r.returncode == -9, f"the training process was not killed (rc {r.returncode}): {r.stderr[-2000:]}"
+    assert ckpt.exists(), f"no checkpoint before the kill at step {kill_at}"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = mm.ModelConfig(d_vocab=64, d_model=32, n_heads=2, d_mlp=64, n_ctx=16, seed=0)
+        tcfg = mm.TrainConfig(tokens=16 * 16 * 30, batch_size=16, lr=5e-3, checkpoint_every=4)
+        resumed = mm.build_model(cfg)
+        hist = mm.train_model(resumed, toks, tcfg, checkpoint=ckpt, progress=False)
+        full = mm.build_model(cfg)
+        mm.train_model(full, toks, tcfg, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert [h["step"] for h in hist] == list(range(1, 31)), f"history has gaps after a kill at {kill_at}"
+    for (n, p), (_, q) in zip(full.named_parameters(), resumed.named_parameters()):
+        assert torch.allclose(p, q, atol=1e-6), f"{n} differs after a kill at step {kill_at}"
+
+
+HALF_SCRIPT = textwrap.dedent("""
+    import os, sys
+    from mono_utils.artifacts import ArtifactStore
+    def build(tmp):
+        with open(tmp / "big.json", "w") as f:
+            f.write('{"half": "wri'); f.flush()
+            os.kill(os.getpid(), 9)
+    ArtifactStore(sys.argv[1]).get_or_build("x", "a", {"v": 1}, build)
+""")
+
+
+def test_half_written_artifact_is_ignored_and_rebuilt(tmp_path):
+    root = tmp_path / "store"
+    r = _run(HALF_SCRIPT, root)
+    assert r.returncode == -9
+    store = ArtifactStore(root)
+    final = store.path("x", "a", {"v": 1})
+    assert not final.exists() and list((root / "x").glob(".tmp-*")), "expected only a hidden leftover"
+    assert store.entries() == [], "a half-written build must not be listed"
+    assert not store.is_built("x", "a", {"v": 1})
+    folder = store.get_or_build("x", "a", {"v": 1}, lambda t: (t / "big.json").write_text('{"whole": 1}') and None)
+    assert folder == final and not verify_folder(folder)
+    assert json.loads((folder / "big.json").read_text()) == {"whole": 1}
+    # a file truncated after the fact is detected and rebuilt (tests/test_artifacts.py covers more)
+    (folder / "big.json").write_text('{"who')
+    with pytest.raises(ArtifactError, match="truncated"):
+        store.load_checked(folder)
+
+
+CONCURRENT_SCRIPT = textwrap.dedent("""
+    import os, sys, time
+    from mono_utils.artifacts import ArtifactStore
+    def build(tmp):
+        with open(sys.argv[2], "a") as f:
+            f.write(f"{os.getpid()}\\n")
+        time.sleep(1.0)
+        (tmp / "data.json").write_text('{"n": 1}')
+    while time.time() < float(sys.argv[3]):
+        time.sleep(0.005)
+    print(ArtifactStore(sys.argv[1]).get_or_build("x", "shared", {"v": 1}, build))
+""")
+
+
+def test_two_processes_building_the_same_artifact_build_it_once(tmp_path):
+    start = time.time() + 1.5
+    procs = [subprocess.Popen([sys.executable, "-c", CONCURRENT_SCRIPT, str(tmp_path / "s"), str(tmp_path / "log"),
+                               str(start)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                              env={**os.environ, "PYTHONPATH": str(REPO)}) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-1000:] for o in outs]
+    assert outs[0][0] == outs[1][0], "the two processes got different folders"
+    assert len((tmp_path / "log").read_text().split()) == 1, "the artifact was built twice"
+    assert not verify_folder(Path(outs[0][0].strip()))
+
+
+def _disk_full(monkeypatch, after: int = 0):
+    """Make the (after+1)-th and later fsync calls fail with ENOSPC, as a full disk does."""
+    calls = {"n": 0}
+    real = os.fsync
+
+    def fsync(fd):
+        calls["n"] += 1
+        if calls["n"] > after:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+def _tree(root: Path) -> dict:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_disk_full_while_saving_keeps_the_old_artifact(tmp_path, monkeypatch):
+    store, folder = _artifact(tmp_path)
+    before = _tree(store.root)
+    for after in (0, 1, 2):  # fail at the first, second, third write of the rebuild
+        with monkeypatch.context() as m:
+            _disk_full(m, after)
+            with pytest.raises(OSError, match="No space left"):
+                store.get_or_build("x", "a", {"v": 1}, lambda t: (t / "data.json").write_text('{"ok": 9}') and None,
+                                   force=True)
+        assert _tree(store.root) == before, "a failed rebuild changed the store"
+        assert not verify_folder(folder)
+    # a single JSON file (metrics, ratings, settings) keeps its old content too
+    atomic_write_json(tmp_path / "m.json", {"v": 1})
+    with monkeypatch.context() as m:
+        _disk_full(m)
+        with pytest.raises(OSError):
+            atomic_write_json(tmp_path / "m.json", {"v": 2})
+    assert json.loads((tmp_path / "m.json").read_text()) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".m.json")] == []
+
+
+def test_disk_full_while_saving_model_weights_or_a_bundle(tmp_path, monkeypatch):
+    from mono_utils.bundle import export_bundle
+    from mono_utils.model import load_weights, save_weights
+    lm = _tiny_lm()
+    save_weights(lm, tmp_path / "w.safetensors")
+    old = (tmp_path / "w.safetensors").read_bytes()
+    with torch.no_grad():
+        next(lm.parameters()).add_(1.0)
+    store, _ = _artifact(tmp_path)
+    bundle = export_bundle(tmp_path / "b.tar", store, verbose=False)
+    old_bundle = bundle.read_bytes()
+    with monkeypatch.context() as m:
+        _disk_full(m)
+        with pytest.raises(OSError):
+            save_weights(lm, tmp_path / "w.safetensors")
+        with pytest.raises(OSError):
+            export_bundle(tmp_path / "b.tar", store, verbose=False)
+    assert (tmp_path / "w.safetensors").read_bytes() == old
+    load_weights(_tiny_lm(), tmp_path / "w.safetensors")
+    assert bundle.read_bytes() == old_bundle
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
