@@ -97,3 +97,20 @@ def test_umap_deterministic():
     np.testing.assert_array_equal(a[["x", "y"]].to_numpy(), b[["x", "y"]].to_numpy())
     with pytest.raises(ValueError, match="at least two"):
         S.umap_layout({30: dec[30]})
+
+
+def test_tree_figure_and_lineage_widget():
+    from mono_utils import splitting_widgets as SW
+    g = S.link_activations(_constructed())
+    hover = {lv: [f"f{lv}.{i}" for i in range(s)] for lv, s in enumerate(g.sizes)}
+    fig = SW.family_tree_figure(g, 1, 5, hover)
+    pts = fig.data[1]
+    assert sorted(pts.text, key=int) == sorted(["1", "2", "5", "3", "9", "14"], key=int)
+    html = SW.lineage_html(g, 1, 5, hover)
+    assert "f0.1" in html and "f2.14" in html
+    w = SW.lineage_widget(g, hover, examples=lambda lv, f: f"<p>examples {lv}/{f}</p>", start=(0, 1))
+    w.children[0].children[1].value = 2          # pick another feature
+    assert "examples 0/2" in w.children[2].value
+    import pandas as pd
+    lay = pd.DataFrame({"size": [4, 4, 8], "feature": [0, 1, 0], "x": [0., 1., 2.], "y": [0., 1., 0.]})
+    assert len(SW.umap_figure(lay, {4: ["a", "b", "c", "d"], 8: ["e"] * 8}).data) == 2

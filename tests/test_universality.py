@@ -178,3 +178,32 @@ def test_compare_models_bad_input(tiny_model):
     with pytest.raises(ValueError, match="one label per token"):
         U.compare_models(tiny_model, tiny_model, sae, sae, tokens, labels={"x": (np.zeros((3, 16)), ["a"])},
                          progress=False)
+
+
+class _Tok:
+    def __len__(self):
+        return 64
+
+    def decode(self, ids, **kw):
+        return f"t{ids[0]}"
+
+
+def test_figures_and_pair_html(tiny_model):
+    from mono_utils import universality_widgets as UW
+    from mono_utils.model import ModelConfig, build_model
+    model_b = build_model(ModelConfig(d_vocab=64, d_model=32, n_heads=2, d_mlp=64, n_ctx=16, seed=1))
+    tokens = np.random.default_rng(0).integers(0, 64, (32, 16)).astype(np.int64)
+    sae_a = _planted_sae(tiny_model, tokens, 7, slot=3, d_sae=16, seed=0)
+    sae_b = _planted_sae(model_b, tokens, 7, slot=5, d_sae=16, seed=1)
+    res = U.compare_models(tiny_model, model_b, sae_a, sae_b, tokens, progress=False)
+    fig = UW.max_corr_histogram(res)
+    assert len(fig.data) == 2 and "median" in fig.data[0].name
+    assert len(UW.similarity_scatter(res).data) == 4
+    h = UW.pair_html(res, 3, tiny_model, model_b, sae_a, sae_b, _Tok())
+    assert f"B/1 feature {res.features.match[3]}" in h and "top examples" in h
+    w = UW.pair_browser(res, tiny_model, model_b, sae_a, sae_b, _Tok())
+    w.children[0].children[1].value = 1          # move the rank slider: the pair shown changes
+    assert "A/1 feature" in w.children[1].value
+    vocab = [f"t{i}" for i in range(64)]
+    tt = U.top_tokens(res.acts_a, tokens, vocab)
+    assert len(tt) == 16 and "t7" in tt[3]
