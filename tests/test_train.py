@@ -111,3 +111,23 @@ def test_bad_training_data():
         TrainSAEConfig(total_tokens=0)
     with pytest.raises(ValueError):
         TrainSAEConfig(total_tokens=100, lr=-1.0)
+
+
+def test_get_sae_builds_an_artifact_on_smoke(smoke_preset, smoke_store):
+    from mono_utils.sae import SparseAutoencoder
+    from mono_utils.sae_pipeline import feature_density, sae_history, sae_metrics
+    from mono_utils.train import get_sae
+    kw = dict(d_sae=256, total_tokens=40_960, store=smoke_store, progress=False)
+    sae = get_sae(smoke_preset, "A", **kw)
+    folder = sae.mono_folder
+    for name in ("cfg.json", "sae_weights.safetensors", "config.json", "metrics.json", "history.json",
+                 "feature_density.safetensors", "MANIFEST.json"):
+        assert (folder / name).exists(), name
+    m = sae_metrics(sae)
+    assert sae.cfg.d_in == smoke_preset.d_mlp and sae.cfg.d_sae == 256
+    assert 0 < m["l0"] < 256 and 0 <= m["fvu"] < 1 and m["ce_clean"] <= m["ce_sae"] <= m["ce_zero"] + 0.5
+    assert m["loss_recovered"] > 0.3 and m["dead"] + m["ultralow"] <= 256
+    assert len(feature_density(sae)) == 256 and sae_history(sae)[-1]["step"] == 40
+    again = get_sae(smoke_preset, "A", **kw)  # cached: loads, same weights
+    assert again.mono_folder == folder and torch.equal(again.W_dec, sae.W_dec)
+    assert torch.equal(SparseAutoencoder.load(folder).W_enc, sae.W_enc)
