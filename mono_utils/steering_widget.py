@@ -202,6 +202,22 @@ class SteeringWidget:
         finally:
             self.debounce_s = old
 
+    def pin(self, feature: int, multiple: float = 2.0, mode: str = "clamp"):
+        """The paper's demo: steer only ``feature``, clamped at ``multiple`` x its max activation."""
+        for f in [f for f in self.sliders if f != feature]:
+            self.sliders.pop(f)
+            self._rows.pop(f)
+        self.slider_box.children = tuple(self._rows[f] for f in self.sliders)
+        old, self.debounce_s = self.debounce_s, 0
+        try:
+            self.mode.value = mode
+            if self.range_k.value < multiple:
+                self.range_k.value = float(np.ceil(multiple))
+        finally:
+            self.debounce_s = old
+        self.set_value(feature, multiple * self._range(feature)[0])
+        return self
+
     def interventions(self, n_prompt: int | None = None) -> list[Intervention]:
         pos = None
         if self.where.value != "all positions" and n_prompt is not None:
