@@ -62,21 +62,22 @@ class SparseAccumulator:
         if start + m > self.n_tokens:
             raise ValueError(f"chunk {start}..{start + m} runs past the {self.n_tokens} tokens declared")
         self.max = torch.maximum(self.max, acts.max(0).values.clamp_min(0))
-        t = acts.T                                  # [units, m] view: non-zeros come out unit-major
-        mask = t > 0
-        idx = mask.nonzero()                        # [(unit, tok)] sorted by unit then tok
-        unit, tok = idx[:, 0], idx[:, 1]
-        vals = t[unit, tok]
-        pos = tok + start
-        self.counts.append(torch.bincount(unit, minlength=self.n_units).numpy())
-        self.pos.append(pos.to(torch.int32).numpy())
+        mask = acts > 0                             # [m, units]
+        t = acts.T.contiguous()                     # [units, m]: non-zeros come out unit-major
+        tmask = mask.T.contiguous()
+        tok = tmask.nonzero()[:, 1]                 # sorted by unit, then token
+        vals = t[tmask]
+        counts = tmask.sum(1)
+        self.counts.append(counts.numpy())
+        self.pos.append((tok + start).to(torch.int32).numpy())
         self.val.append(vals.to(torch.float16).numpy())
-        if self.domain is not None and self.n_domains:
-            self.dom_counts += torch.bincount(unit * self.n_domains + self.domain[pos],
-                                              minlength=self.dom_counts.numel())
-        if self.subdomain is not None and self.n_subdomains:
-            self.sub_counts += torch.bincount(unit * self.n_subdomains + self.subdomain[pos],
-                                              minlength=self.sub_counts.numel())
+        fm = None
+        for lab, n, store in ((self.domain, self.n_domains, self.dom_counts),
+                              (self.subdomain, self.n_subdomains, self.sub_counts)):
+            if lab is not None and n:               # firings per label: a small matmul, no gathers
+                onehot = torch.nn.functional.one_hot(lab[start:start + m], n).float()
+                fm = mask.float() if fm is None else fm
+                store += (fm.T @ onehot).round().to(torch.int64).reshape(-1)
         self.seen += m
 
     def finish(self, out_pos: np.ndarray | None = None, out_val: np.ndarray | None = None) -> dict:
