@@ -10,6 +10,7 @@ counted), never turned into NaN.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -287,6 +288,7 @@ class UniversalityResult:
     acts_a: sp.csc_matrix = field(repr=False, default=None)   # [tokens, d_sae_a]
     acts_b: sp.csc_matrix = field(repr=False, default=None)
     tokens: np.ndarray = field(repr=False, default=None)      # [rows, n_ctx]
+    seconds: dict = field(default_factory=dict)   # where the time went
 
     def best_feature_for(self, label: str, which: str = "A") -> tuple[int, float]:
         if label not in self.label_names:
@@ -331,6 +333,18 @@ def _onehot(ids: np.ndarray, n_labels: int) -> sp.csr_matrix:
     return sp.csr_matrix((np.ones(len(ids)), (np.arange(len(ids)), ids)), shape=(len(ids), n_labels))
 
 
+def label_correlation(acts, label_ids: np.ndarray, n_labels: int, chunk: int = 65536) -> np.ndarray:
+    """Pearson correlation [units, n_labels] of each unit with each per-token label indicator."""
+    acts = _csr(acts, np.float32)
+    ids = np.asarray(label_ids).reshape(-1)
+    if len(ids) != acts.shape[0]:
+        raise ValueError(f"{len(ids)} labels for {acts.shape[0]} tokens: pass one label per token")
+    st = CorrelationStats(acts.shape[1], n_labels)
+    for s in range(0, len(ids), chunk):
+        st.update(acts[s:s + chunk], _onehot(ids[s:s + chunk], n_labels))
+    return st.correlation()
+
+
 def compare_models(model_a, model_b, sae_a, sae_b, tokens: np.ndarray, labels: dict | None = None,
                    batch_rows: int = 64, min_count: int = 1, progress: bool = True) -> UniversalityResult:
     """Run A and B (with their SAEs) on the same ``tokens`` [rows, n_ctx]; match features and neurons.
@@ -366,12 +380,15 @@ def compare_models(model_a, model_b, sae_a, sae_b, tokens: np.ndarray, labels: d
     feat = CorrelationStats(ka, kb, min_count)
     lab_a, lab_b = CorrelationStats(ka, n_lab), CorrelationStats(kb, n_lab)
     chunks_a, chunks_b = [], []
+    secs = {"activations": 0.0, "correlation": 0.0}
     for s in tqdm(range(0, len(tokens), batch_rows), desc="A and B activations", disable=not progress):
+        t0 = time.perf_counter()
         tok = torch.from_numpy(tokens[s:s + batch_rows].astype(np.int64))
         xa = mlp_post(model_a, tok).reshape(-1, dm)
         xb = mlp_post(model_b, tok).reshape(-1, dm)
-        neu.update(xa, xb)
         fa, fb = _csr(_encode(sae_a, xa), np.float32), _csr(_encode(sae_b, xb), np.float32)
+        t1 = time.perf_counter()
+        neu.update(xa, xb)
         feat.update(fa, fb)
         if names:
             oh = sum(_onehot(ids[s:s + batch_rows] + off, n_lab) for ids, off in zip(lab_ids, offsets))
@@ -379,7 +396,13 @@ def compare_models(model_a, model_b, sae_a, sae_b, tokens: np.ndarray, labels: d
             lab_b.update(fb, oh)
         chunks_a.append(fa)
         chunks_b.append(fb)
+        t2 = time.perf_counter()
+        secs["activations"] += t1 - t0
+        secs["correlation"] += t2 - t1
+    t0 = time.perf_counter()
     features, neurons = match_units(feat), match_units(neu)
+    secs["correlation"] += time.perf_counter() - t0
+    t0 = time.perf_counter()
     acts_a, acts_b = sp.vstack(chunks_a).tocsr(), sp.vstack(chunks_b).tocsr()
     del chunks_a, chunks_b
     # logit weights and attribution for matched pairs
@@ -391,13 +414,14 @@ def compare_models(model_a, model_b, sae_a, sae_b, tokens: np.ndarray, labels: d
     neuron_logit_sim = rowwise_pearson(logit_weights(model_a, eye).numpy(),
                                        logit_weights(model_b, eye).numpy()[np.where(neurons.match >= 0, neurons.match, 0)])
     attribution_sim = _attribution_sim(acts_a, acts_b, lw_a, lw_b, m, tokens, features.live_a)
+    secs["logit_and_attribution"] = time.perf_counter() - t0
     n_tok = acts_a.shape[0]
     return UniversalityResult(
         features, neurons, logit_sim, attribution_sim, neuron_logit_sim.astype(np.float32),
         lab_a.correlation() if names else np.zeros((ka, 0), np.float32),
         lab_b.correlation() if names else np.zeros((kb, 0), np.float32), names,
         (feat.cx / n_tok).astype(np.float32), (feat.cy / n_tok).astype(np.float32),
-        acts_a.tocsc(), acts_b.tocsc(), tokens)
+        acts_a.tocsc(), acts_b.tocsc(), tokens, secs)
 
 
 def _attribution_sim(acts_a, acts_b, lw_a, lw_b, match, tokens, live, chunk: int = 65536) -> np.ndarray:

@@ -207,3 +207,16 @@ def test_figures_and_pair_html(tiny_model):
     vocab = [f"t{i}" for i in range(64)]
     tt = U.top_tokens(res.acts_a, tokens, vocab)
     assert len(tt) == 16 and "t7" in tt[3]
+
+
+def test_label_correlation():
+    rng = np.random.default_rng(5)
+    ids = rng.integers(0, 3, 500)
+    acts = _sparse_acts(rng, 500, 4, 0.3)
+    acts[:, 2] = (ids == 1) * 2.0
+    lc = U.label_correlation(acts, ids, 3, chunk=77)
+    ref = np.corrcoef(acts.T, np.eye(3)[ids].T)[:4, 4:]
+    np.testing.assert_allclose(lc, ref, atol=1e-5)
+    assert lc[2, 1] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="one label per token"):
+        U.label_correlation(acts, ids[:10], 3)
