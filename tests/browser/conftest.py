@@ -1,7 +1,7 @@
 """Fixtures for the real-browser tests (see harness.py); every test here is marked ``browser``."""
 import pytest
 
-from harness import browser_artifacts, browser_context, lab, lab_page  # noqa: F401
+from harness import browser_artifacts, browser_context, lab, lab_page, voila_page  # noqa: F401
 
 
 def pytest_collection_modifyitems(config, items):

@@ -272,21 +272,32 @@ class LabPage:
     def state(self) -> dict | None:
         return self.page.evaluate(JS_NOTEBOOK_STATE)
 
-    def command(self, name: str, args: dict | None = None):
-        return self.page.evaluate("([n, a]) => window.jupyterapp.commands.execute(n, a)", [name, args or {}])
+    def command(self, name: str, args: dict | None = None, wait: bool = True):
+        """Run a JupyterLab command; ``wait=False`` does not await its promise (Run All's resolves
+        only when every cell has run)."""
+        if wait:
+            return self.page.evaluate("([n, a]) => window.jupyterapp.commands.execute(n, a)", [name, args or {}])
+        return self.page.evaluate("([n, a]) => { window.jupyterapp.commands.execute(n, a); return true; }",
+                                  [name, args or {}])
 
     def run_all(self, timeout: float = 600) -> dict:
         """Run All; wait until every non-empty code cell ran, or one shows an error. Returns the state."""
         self.command("notebook:clear-all-cell-outputs")
-        self.command("notebook:run-all-cells")
-        deadline = time.monotonic() + timeout
-        st = None
+        self.command("notebook:run-all-cells", wait=False)
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        st, last = None, None
         while time.monotonic() < deadline:
             time.sleep(0.5)
             st = self.state()
             if st is None:
                 continue
             cells = [c for c in st["cells"] if not c["empty"]]
+            progress = (st["kernel"], sum(c["count"] is not None for c in cells), len(cells))
+            if progress != last:
+                print(f"[{time.monotonic() - t0:6.1f}s] {self.notebook}: kernel {progress[0]}, "
+                      f"{progress[1]}/{progress[2]} cells ran", flush=True)
+                last = progress
             if any(c["errors"] for c in cells):
                 return st
             if all(c["count"] is not None for c in cells) and st["kernel"] == "idle":
@@ -488,3 +499,52 @@ def need_notebook(name: str) -> None:
         if in_ci():
             pytest.fail(msg, pytrace=False)
         pytest.skip(msg)
+
+
+# ---------------------------------------------------------------- Voila apps
+class VoilaServer(Server):
+    """``mono_utils.apps.launch_app(name)`` (the documented command) on a free port."""
+
+    def __init__(self, name: str, artifacts: Path, folder: Path, extra_env: dict | None = None):
+        self.name, self.artifacts, self.extra_env = name, artifacts, extra_env or {}
+        port = free_port()
+        super().__init__([], {}, folder, f"http://127.0.0.1:{port}", folder / f"voila-{name}.log", "/")
+        self.port = port
+
+    def start(self, timeout: float = 60) -> "VoilaServer":
+        from mono_utils.apps import launch_app
+        self._logf = open(self.log, "wb")
+        env = {k: v for k, v in kernel_env(self.artifacts).items() if k.startswith(("MONO_", "PYTHONPATH", "TQDM"))}
+        self.proc = launch_app(self.name, self.port, env={**env, **self.extra_env}, wait=False, log=self._logf)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:  # wait for the port only: GET / would start a kernel
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"voila exited with {self.proc.returncode}:\n{self.log_tail()}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return self
+            time.sleep(0.3)
+        raise TimeoutError(f"voila did not listen on {self.port} within {timeout:.0f}s:\n{self.log_tail()}")
+
+
+@pytest.fixture()
+def voila_page(request, browser_context, browser_artifacts, tmp_path):
+    """``start(name, **env)`` serves an app and returns a :class:`LabPage` on it."""
+    servers, pages = [], []
+
+    def start(name: str, **env) -> LabPage:
+        srv = VoilaServer(name, browser_artifacts, tmp_path, env).start()
+        servers.append(srv)
+        lp = _new_page(request, browser_context, srv)
+        pages.append(lp)
+        browser_context.mono_requests.external.clear()
+        lp.page.goto(srv.url + "/", timeout=600_000)
+        return lp
+
+    yield start
+    rep = getattr(request.node, "rep_call", None)
+    for lp in pages:
+        if rep is not None and rep.failed:
+            lp.screenshot(f"{lp.name}-FAILED")
+        lp.page.close()
+    for srv in servers:
+        srv.stop()

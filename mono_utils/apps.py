@@ -1,0 +1,130 @@
+"""Classroom apps: the steering and rating widgets served by Voila (no code shown).
+
+``python -m mono_utils app steering`` (or ``rating``) runs :func:`launch_app`, which serves
+``apps/<name>_app.ipynb`` with Voila on http://127.0.0.1:8866 and opens nothing else; students
+only see the widgets. ``--ip 0.0.0.0`` (``launch_app(..., ip="0.0.0.0")``) serves a classroom
+network. The app notebooks are a few calls into :func:`steering_app` and :func:`rating_app`,
+which build everything they need from the artifact store (or build it first, on ``smoke``).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .artifacts import repo_root
+
+APPS = {"steering": "steering_app.ipynb", "rating": "rating_app.ipynb"}
+
+
+def app_path(name: str) -> Path:
+    if name not in APPS:
+        raise ValueError(f"unknown app {name!r}: choose one of {', '.join(APPS)}")
+    path = repo_root() / "apps" / APPS[name]
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: restore it from git (git checkout -- apps/)")
+    return path
+
+
+def voila_command(name: str, port: int = 8866, ip: str = "127.0.0.1", open_browser: bool = False) -> list[str]:
+    """The Voila command line that serves app ``name`` (sources stripped, no browser opened)."""
+    if not isinstance(port, int) or not 0 < port < 65536:
+        raise ValueError(f"port must be an integer in 1..65535, got {port!r}")
+    cmd = [sys.executable, "-m", "voila", str(app_path(name)), f"--port={port}", f"--Voila.ip={ip}",
+           "--strip_sources=True", "--theme=light", "--show_tracebacks=False",
+           f"--Voila.root_dir={repo_root() / 'apps'}"]
+    if not open_browser:
+        cmd.append("--no-browser")
+    return cmd
+
+
+def launch_app(name: str, port: int = 8866, *, ip: str = "127.0.0.1", open_browser: bool = False,
+               env: dict | None = None, wait: bool = True, log=None):
+    """Serve app ``name`` ("steering" or "rating") with Voila.
+
+    ``wait=True`` (the CLI) blocks until Ctrl-C and returns the exit status; ``wait=False``
+    returns the running ``subprocess.Popen`` (tests). ``env`` adds environment variables for
+    the app's kernel (e.g. ``MONO_PRESET``, ``MONO_ARTIFACTS``).
+    """
+    try:
+        import voila  # noqa: F401
+    except ImportError as e:
+        raise ImportError("the apps need Voila: pip install voila (it is in requirements.txt)") from e
+    cmd = voila_command(name, port, ip, open_browser)
+    full_env = {**os.environ, **(env or {})}
+    full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo_root()), full_env.get("PYTHONPATH", "")) if p)
+    if wait:
+        print(f"serving the {name} app on http://{ip}:{port}/ (Ctrl-C to stop)", flush=True)
+        try:
+            return subprocess.call(cmd, env=full_env, cwd=repo_root() / "apps")
+        except KeyboardInterrupt:
+            return 0
+    return subprocess.Popen(cmd, env=full_env, cwd=repo_root() / "apps", stdout=log or subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT if log else subprocess.DEVNULL, start_new_session=True)
+
+
+# ---------------------------------------------------------------- the apps' contents
+def steering_app(preset=None, store=None, which: str = "A", prompt: str | None = None):
+    """The steering widget on the demo prompt with the DNA feature (or the first live one) pinned."""
+    from . import pipeline
+    from .index import load_sae
+    from .steering_catalog import DEMO_PROMPT, feature_catalog
+    from .steering_widget import SteeringWidget
+    p = pipeline._preset(preset)
+    model = pipeline.get_model(p, which, store, progress=False)
+    tok = pipeline.get_tokenizer(p, store)
+    data = pipeline.get_tokens(p, store)
+    sae = load_sae(p, which, store=store, progress=False)
+    tv, _, sv = data.split("val")
+    rows = min(len(tv), max(16, p.eval_tokens // p.n_ctx))
+    catalog = feature_catalog(model, sae, tv[:rows], sv[:rows], data.subdomain_names, tok, progress=False)
+    feature = None
+    if "dna" in data.subdomain_names:
+        feature = catalog.domain_feature("dna")
+    if feature is None:
+        feature = int(catalog.search("")[0])
+    return SteeringWidget(model, tok, sae, catalog, prompt=prompt or DEMO_PROMPT, features=[int(feature)])
+
+
+def rating_app(preset=None, store=None, which: str = "A", seed: int = 0, n_features: int = 20,
+               n_neurons: int = 20, folder=None):
+    """A name box, then the blinded rating form for that rater (saved after every unit)."""
+    import html
+
+    import ipywidgets as W
+
+    from . import pipeline
+    from .index import get_index, load_sae
+    from .rating import RatingSession
+    from .widgets import RatingWidget, make_renderer
+    p = pipeline._preset(preset)
+    model = pipeline.get_model(p, which, store, progress=False)
+    tok = pipeline.get_tokenizer(p, store)
+    sae = load_sae(p, which, store=store, progress=False)
+    index = get_index(p, which, store=store, sae=sae, model=model, progress=False)
+    render = make_renderer(index, model, tok, sae)
+    name = W.Text(value=os.environ.get("MONO_RATER", ""), placeholder="your name (letters, digits, - or _)",
+                  description="rater")
+    start = W.Button(description="start rating", button_style="primary")
+    status = W.HTML()
+    box = W.VBox([W.HTML("<h3>Rate features and neurons (blinded)</h3>"), W.HBox([name, start]), status])
+    name.add_class("mono-app-rater")
+    start.add_class("mono-app-start")
+    status.add_class("mono-app-status")
+
+    def begin(_=None):
+        try:
+            session = RatingSession(index, name.value, seed=seed, n_features=n_features,
+                                    n_neurons=n_neurons, folder=folder)
+        except ValueError as e:
+            status.value = f"<span style='color:#b00'>{html.escape(str(e))}</span>"
+            return
+        form = RatingWidget(session, render)
+        box.children = [W.HTML(f"<small>ratings are saved to {html.escape(str(session.path))}</small>"),
+                        form.widget]
+        box.form = form
+
+    start.on_click(begin)
+    box.begin = begin
+    return box
