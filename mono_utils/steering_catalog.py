@@ -251,7 +251,7 @@ def measure_effect(model, tokenizer, sae, feature: int, value: float, proxy: str
 
 
 def demo_effects(model, tokenizer, sae, catalog: FeatureCatalog, domains=DEMO_DOMAINS,
-                 multiples=(1.0, 2.0, 4.0), headline: float = 2.0, **kw) -> dict:
+                 multiples=(1.0, 4.0, 10.0, 30.0), headline: float = 10.0, **kw) -> dict:
     """``measure_effect`` for each domain's most specific feature, clamped at each multiple of
     its max observed activation. Returns {domain: {...headline..., "by_multiple": [...]}}."""
     from .steering import FastLM

@@ -44,7 +44,7 @@ def render_tokens(toks: list[str], acts, n_prompt: int, vmax: float, title: str 
 
 class SteeringWidget:
     def __init__(self, model, tokenizer, sae, catalog: FeatureCatalog, prompt: str = DEMO_PROMPT,
-                 features=(), k: float = 4.0, debounce_s: float = 0.08, n_shift: int = 8):
+                 features=(), k: float = 10.0, debounce_s: float = 0.08, n_shift: int = 8):
         import ipywidgets as W
         self.W = W
         self.model, self.tokenizer, self.sae, self.catalog = model, tokenizer, sae, catalog
@@ -67,7 +67,7 @@ class SteeringWidget:
         self.keep_error = W.Checkbox(value=True, description="keep SAE error (x + Δdecode)", indent=False)
         self.where = W.Dropdown(options=["all positions", "generated only", "prompt only"],
                                 value="all positions", description="where")
-        self.range_k = W.FloatSlider(value=k, min=1.0, max=10.0, step=0.5, description="range ×max")
+        self.range_k = W.FloatSlider(value=k, min=1.0, max=30.0, step=0.5, description="range ×max")
         self.temperature = W.FloatSlider(value=0.8, min=0.0, max=2.0, step=0.05,
                                          description="temperature", tooltip="0 = greedy")
         self.top_k = W.IntSlider(value=40, min=0, max=200, description="top-k (0 off)")
@@ -202,7 +202,7 @@ class SteeringWidget:
         finally:
             self.debounce_s = old
 
-    def pin(self, feature: int, multiple: float = 2.0, mode: str = "clamp"):
+    def pin(self, feature: int, multiple: float = 10.0, mode: str = "clamp"):
         """The paper's demo: steer only ``feature``, clamped at ``multiple`` x its max activation."""
         for f in [f for f in self.sliders if f != feature]:
             self.sliders.pop(f)
