@@ -194,7 +194,7 @@ def score_units(source, units, backend, *, seed: int = 0, cfg: ProtocolConfig = 
 
     t0 = time.time()
     workers = max(1, int(getattr(backend, "concurrency", 1)))
-    bar = tqdm(total=len(units), desc=f"autointerp {source.kind}s ({backend.name})", disable=not progress)
+    bar = tqdm(total=len(units), desc=f"autointerp {source.kind} units ({backend.name})", disable=not progress)
     rows = []
     if workers == 1:
         for u in units:
