@@ -42,15 +42,15 @@ class SparseAccumulator:
         if n_tokens >= 2**31:
             raise ValueError(f"{n_tokens} tokens do not fit int32 positions: index fewer tokens")
         self.n_units, self.n_tokens = int(n_units), int(n_tokens)
-        self.domain = None if domain is None else torch.from_numpy(np.asarray(domain).reshape(-1).astype(np.int64))
-        self.subdomain = None if subdomain is None else torch.from_numpy(np.asarray(subdomain).reshape(-1).astype(np.int64))
+        self.domain = None if domain is None else np.asarray(domain).reshape(-1).astype(np.int64)
+        self.subdomain = None if subdomain is None else np.asarray(subdomain).reshape(-1).astype(np.int64)
         self.n_domains, self.n_subdomains = int(n_domains), int(n_subdomains)
         self.pos: list[np.ndarray] = []
         self.val: list[np.ndarray] = []
         self.counts: list[np.ndarray] = []
         self.max = torch.zeros(self.n_units)
-        self.dom_counts = torch.zeros(self.n_units * max(1, self.n_domains), dtype=torch.int64)
-        self.sub_counts = torch.zeros(self.n_units * max(1, self.n_subdomains), dtype=torch.int64)
+        self.dom_counts = np.zeros(self.n_units * max(1, self.n_domains), dtype=np.int64)
+        self.sub_counts = np.zeros(self.n_units * max(1, self.n_subdomains), dtype=np.int64)
         self.seen = 0
 
     @torch.no_grad()
@@ -61,23 +61,23 @@ class SparseAccumulator:
         m = acts.shape[0]
         if start + m > self.n_tokens:
             raise ValueError(f"chunk {start}..{start + m} runs past the {self.n_tokens} tokens declared")
-        self.max = torch.maximum(self.max, acts.max(0).values.clamp_min(0))
-        mask = acts > 0                             # [m, units]
-        t = acts.T.contiguous()                     # [units, m]: non-zeros come out unit-major
-        tmask = mask.T.contiguous()
-        tok = tmask.nonzero()[:, 1]                 # sorted by unit, then token
-        vals = t[tmask]
-        counts = tmask.sum(1)
-        self.counts.append(counts.numpy())
-        self.pos.append((tok + start).to(torch.int32).numpy())
-        self.val.append(vals.to(torch.float16).numpy())
-        fm = None
+        acts = acts.contiguous()
+        flat = (acts > 0).view(-1).nonzero().squeeze(1)     # token-major flat indices
+        vals = acts.view(-1)[flat]
+        self.max = torch.maximum(self.max, torch.zeros(self.n_units).scatter_reduce(
+            0, flat % self.n_units, vals, "amax"))
+        tok, unit = np.divmod(flat.numpy(), self.n_units)
+        unit = unit.astype(np.int16 if self.n_units < 2**15 else np.int32)
+        order = np.argsort(unit, kind="stable")    # radix sort: unit-major, tokens ascending within a unit
+        tok, unit = tok[order], unit[order]
+        self.counts.append(np.bincount(unit, minlength=self.n_units))
+        self.pos.append((tok + start).astype(np.int32))
+        self.val.append(vals.numpy()[order].astype(np.float16))
         for lab, n, store in ((self.domain, self.n_domains, self.dom_counts),
                               (self.subdomain, self.n_subdomains, self.sub_counts)):
-            if lab is not None and n:               # firings per label: a small matmul, no gathers
-                onehot = torch.nn.functional.one_hot(lab[start:start + m], n).float()
-                fm = mask.float() if fm is None else fm
-                store += (fm.T @ onehot).round().to(torch.int64).reshape(-1)
+            if lab is not None and n:
+                key = unit.astype(np.int64) * n + lab[start:start + m][tok]
+                store += np.bincount(key, minlength=store.size)
         self.seen += m
 
     def finish(self, out_pos: np.ndarray | None = None, out_val: np.ndarray | None = None) -> dict:
@@ -106,8 +106,8 @@ class SparseAccumulator:
         nd, ns = max(1, self.n_domains), max(1, self.n_subdomains)
         return {"indptr": indptr, "pos": pos_out, "val": val_out, "count": total,
                 "max": self.max.numpy().astype(np.float32),
-                "domain_counts": self.dom_counts.numpy().reshape(self.n_units, nd),
-                "subdomain_counts": self.sub_counts.numpy().reshape(self.n_units, ns),
+                "domain_counts": self.dom_counts.reshape(self.n_units, nd),
+                "subdomain_counts": self.sub_counts.reshape(self.n_units, ns),
                 "n_tokens": self.n_tokens}
 
 
