@@ -188,7 +188,6 @@ def select_examples(acts: np.ndarray, corpus: EvalCorpus, seed: int = 0,
         ex = _make(acts, tokens, r, row_arg[r], cfg.explain_window if k >= n_sim_top else cfg.sim_window, "top")
         (sim if k < n_sim_top else explain).append(ex)
         used[r] = True
-    top_rows = set(int(r) for r in top)
 
     # other intervals: equal-width bins of each row's max activation below the top rows
     rest = active[len(top):]
@@ -240,22 +239,16 @@ def select_examples(acts: np.ndarray, corpus: EvalCorpus, seed: int = 0,
             taken += 1
 
     # importance weights: post-stratify the held-out rows by their max activation
-    population = Counter()
-    sampled = Counter()
-
-    def stratum(r):
-        if r in top_rows:
-            return "top"
-        return f"i{bin_of[r]}" if row_max[r] > 0 else "silent"
-
-    held_out = np.flatnonzero(~np.isin(np.arange(rows), [e.row for e in explain]))
-    for r in held_out:
-        population[stratum(int(r))] += 1
+    code = np.where(row_max > 0, bin_of, cfg.n_intervals)          # interval bins, then "silent"
+    code[top] = cfg.n_intervals + 1                                 # the top rows
+    names = [f"i{b}" for b in range(cfg.n_intervals)] + ["silent", "top"]
+    held_out = np.ones(rows, bool)
+    held_out[[e.row for e in explain]] = False
+    population = np.bincount(code[held_out], minlength=len(names))
+    sampled = Counter(int(code[e.row]) for e in sim)
     for e in sim:
-        e.stratum = stratum(e.row)
-        sampled[e.stratum] += 1
-    for e in sim:
-        e.weight = population[e.stratum] / sampled[e.stratum]
+        c = int(code[e.row])
+        e.stratum, e.weight = names[c], float(population[c] / sampled[c])
     sim = [sim[i] for i in rng.permutation(len(sim))]
     return UnitExamples(explain, sim, max_act, top_ids, bool(single))
 
