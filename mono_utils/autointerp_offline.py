@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter, defaultdict
+from functools import lru_cache
 
 import numpy as np
 
@@ -20,7 +21,8 @@ from .autointerp import ExplainInput, LogitInput, ParseFailure, SimulateInput
 _JSON_STR = r'"(?:[^"\\]|\\.)*"'
 _ENTRY = re.compile(rf"({_JSON_STR}) \((\d)\)")
 _TOKEN = re.compile(_JSON_STR)
-SECTIONS = ("Fires on the tokens:", "Also fires right after:", "Output promotes:", "Seen in contexts like:")
+SECTIONS = ("Fires on the tokens:", "Also fires on other tokens of these kinds:", "Also fires right after:",
+            "Output promotes:", "Seen in contexts like:")
 
 
 def _q(s: str) -> str:
@@ -37,25 +39,39 @@ def _sections(text: str) -> dict[str, str]:
     return out
 
 
-def _char_class(tok: str) -> str:
+@lru_cache(maxsize=65536)
+def token_class(tok: str) -> str:
+    """A coarse, readable class of a token (script, ACGT letters, digits, word shape...)."""
     t = tok.strip()
     if not t:
-        return "space"
+        return "whitespace"
+    if "\ufffd" in t:
+        return "partial character bytes"
     if any(ord(c) > 127 for c in t):
         from .data import script_of
-        return "script:" + script_of(t)
+        return f"{script_of(t)} script"
+    if len(t) >= 2 and set(t) <= set("ACGT"):
+        return "ACGT letters"
     if t.isdigit():
-        return "digit"
+        return "digits"
     if t.isalpha():
-        return ("sp-" if tok[:1] == " " else "") + ("upper" if t.isupper() else "lower" if t.islower() else "alpha")
+        shape = "uppercase" if t.isupper() else "lowercase" if t.islower() else "capitalised" if t[0].isupper() else "mixed-case"
+        return f"{shape} {'word' if tok[:1] == ' ' else 'piece'}"
     if t.isalnum():
-        return "alnum"
-    return "punct"
+        return "letters and digits"
+    return "punctuation"
 
 
-def _predict(toks: list[str], on: dict, after: dict) -> np.ndarray:
-    """A token's predicted activation: its own entry, or its predecessor's, whichever is larger."""
-    return np.array([max(on.get(t, 0), after.get(toks[i - 1], 0) if i else 0) for i, t in enumerate(toks)], float)
+def _predict(toks: list[str], on: dict, after: dict, classes: dict | None = None) -> np.ndarray:
+    """A token's own entry (else its class's), or its predecessor's entry, whichever is larger."""
+    classes = classes or {}
+    out = np.zeros(len(toks))
+    for i, t in enumerate(toks):
+        v = on[t] if t in on else classes.get(token_class(t), 0) if classes else 0
+        if i and toks[i - 1] in after:
+            v = max(v, after[toks[i - 1]])
+        out[i] = v
+    return out
 
 
 class OfflineBackend:
@@ -70,8 +86,10 @@ class OfflineBackend:
     name = "offline"
     concurrency = 1
 
-    def __init__(self, max_tokens: int = 30, max_after: int = 10, min_mean: float = 1.0, shrink: float = 1.0):
-        self.max_tokens, self.max_after, self.min_mean, self.shrink = max_tokens, max_after, min_mean, shrink
+    def __init__(self, max_tokens: int = 30, max_after: int = 10, max_classes: int = 4, min_mean: float = 1.0,
+                 shrink: float = 1.0):
+        self.max_tokens, self.max_after, self.max_classes = max_tokens, max_after, max_classes
+        self.min_mean, self.shrink = min_mean, shrink
 
     def explain(self, inp: ExplainInput) -> str:
         cur, prev = defaultdict(list), defaultdict(list)
@@ -86,12 +104,21 @@ class OfflineBackend:
                     best = (ex, a)
         on = self._table(cur, self.max_tokens, self.min_mean)
         aft = self._table(prev, self.max_after, self.min_mean)
-        # keep the account (current token, previous token, or both) that fits the examples best
-        options = [(on, []), ([], aft), (on, aft)]
-        errors = [self._sse(inp.examples, dict((t, m) for m, t in o), dict((t, m) for m, t in f)) for o, f in options]
-        on, aft = options[int(np.argmin(errors))]
+        known = {t for _, t in on}
+        by_class = defaultdict(list)       # token classes, on positions the token table does not cover
+        for ex in inp.examples:
+            for t, a in zip(ex["tokens"], ex["acts"]):
+                if t not in known:
+                    by_class[token_class(t)].append(a)
+        cls = self._table(by_class, self.max_classes, self.min_mean)
+        # keep the account that fits the explanation examples best (simplest first on ties)
+        options = [(on, [], []), ([], aft, []), (on, aft, []), (on, [], cls), (on, aft, cls)]
+        errors = [self._sse(inp.examples, *(dict((t, m) for m, t in x) for x in o)) for o in options]
+        on, aft, cls = options[int(np.argmin(errors))]
         parts = ["Statistical explanation (offline baseline)."]
         parts.append("Fires on the tokens: " + (", ".join(f"{_q(t)} ({m})" for m, t in on) or "none") + ".")
+        if cls:
+            parts.append("Also fires on other tokens of these kinds: " + ", ".join(f"{_q(t)} ({m})" for m, t in cls) + ".")
         if aft:
             parts.append("Also fires right after: " + ", ".join(f"{_q(t)} ({m})" for m, t in aft) + ".")
         if inp.top_logits:
@@ -111,16 +138,17 @@ class OfflineBackend:
         return [(m, t) for _, t, m in rows[:limit]]
 
     @staticmethod
-    def _sse(examples, on: dict, after: dict) -> float:
+    def _sse(examples, on: dict, after: dict, classes: dict) -> float:
         err = 0.0
         for ex in examples:
             toks = ex["tokens"]
-            pred = _predict(toks, on, after)
+            pred = _predict(toks, on, after, classes)
             err += float(np.sum((np.asarray(ex["acts"], float) - pred) ** 2))
         return err
 
     @staticmethod
-    def parse_explanation(text: str) -> tuple[dict, dict, list[str]]:
+    def parse_explanation(text: str) -> dict:
+        """``{"on", "classes", "after": {token or class: 0-9}, "promoted": [token]}`` from the text."""
         sec = _sections(text)
         if "Fires on the tokens:" not in sec:
             raise ParseFailure("the explanation has no 'Fires on the tokens:' section (not an offline "
@@ -128,22 +156,23 @@ class OfflineBackend:
         def entries(s):
             return {json.loads(t): int(v) for t, v in _ENTRY.findall(s)}
         promoted = [json.loads(t) for t in _TOKEN.findall(sec.get("Output promotes:", ""))]
-        return entries(sec["Fires on the tokens:"]), entries(sec.get("Also fires right after:", "")), promoted
+        return {"on": entries(sec["Fires on the tokens:"]), "after": entries(sec.get("Also fires right after:", "")),
+                "classes": entries(sec.get("Also fires on other tokens of these kinds:", "")), "promoted": promoted}
 
     def simulate(self, inp: SimulateInput) -> list[list[float]]:
-        on, after, _ = self.parse_explanation(inp.explanation)
-        return [_predict(toks, on, after).tolist() for toks in inp.examples]
+        e = self.parse_explanation(inp.explanation)
+        return [_predict(toks, e["on"], e["after"], e["classes"]).tolist() for toks in inp.examples]
 
     def label_logits(self, inp: LogitInput) -> list[bool]:
         """Rank tokens by likeness to the promoted (and firing) tokens; label the top half."""
-        on, _, promoted = self.parse_explanation(inp.explanation)
-        ref = promoted or list(on)
-        classes = Counter(_char_class(t) for t in ref)
+        e = self.parse_explanation(inp.explanation)
+        ref = e["promoted"] or list(e["on"])
+        classes = Counter(token_class(t) for t in ref)
         grams = {t.strip().lower()[i:i + 2] for t in ref for i in range(max(1, len(t.strip()) - 1))}
         def sim(t):
             s = t.strip().lower()
             g = {s[i:i + 2] for i in range(max(1, len(s) - 1))}
-            return classes.get(_char_class(t), 0) / max(1, len(ref)) + len(g & grams) / max(1, len(g))
+            return classes.get(token_class(t), 0) / max(1, len(ref)) + len(g & grams) / max(1, len(g))
         scores = np.array([sim(t) for t in inp.tokens])
         order = np.argsort(-scores, kind="stable")
         out = np.zeros(len(scores), bool)

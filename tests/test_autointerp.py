@@ -256,3 +256,15 @@ def test_randomized_model_shuffles_each_tensor(tiny_model):
     assert any(not torch.equal(p, dict(r3.named_parameters())[n]) for n, p in r1.named_parameters())
     toks = torch.arange(16)[None] % 64
     assert not torch.allclose(tiny_model(toks), r1(toks))
+
+
+def test_offline_backend_generalises_to_a_token_class():
+    corpus, rng = word_corpus(vocab=400)
+    vocab = corpus.vocab_strs
+    for i in range(200, 400):                       # a "script" of 200 tokens, fired on as a whole
+        vocab[i] = " " + chr(0x05D0 + i % 27) + chr(0x05D0 + (i // 27) % 27)
+    corpus = EvalCorpus(corpus.tokens, vocab)
+    acts = np.where(corpus.tokens >= 200, 2.0, 0.0).astype(np.float32)
+    r = run_unit(OfflineBackend(), acts, corpus, 0)
+    assert '"hebrew script"' in r.explanation
+    assert r.spearman > 0.8
