@@ -117,14 +117,16 @@ class CorrelationStats:
         """Pearson correlation [n_x, n_y] (float32); 0 for units without variance."""
         self._check()
         n = self.n
-        cov = self.sxy - np.outer(self.sx, self.sy) / n
         vx, vy = self._var()
-        sdx = np.sqrt(np.clip(vx, 0, None) * n)
-        sdy = np.sqrt(np.clip(vy, 0, None) * n)
         lx, ly = self.live_x, self.live_y
-        inv_x = np.where(lx, 1.0 / np.where(lx, sdx, 1.0), 0.0)
-        inv_y = np.where(ly, 1.0 / np.where(ly, sdy, 1.0), 0.0)
-        return np.clip(cov * inv_x[:, None] * inv_y[None, :], -1, 1).astype(np.float32)
+        inv_x = np.where(lx, 1.0 / np.sqrt(np.where(lx, vx * n, 1.0)), 0.0)
+        inv_y = np.where(ly, 1.0 / np.sqrt(np.where(ly, vy * n, 1.0)), 0.0)
+        out = np.outer(self.sx / n, self.sy)          # in place from here: one [n_x, n_y] buffer
+        np.subtract(self.sxy, out, out=out)
+        out *= inv_x[:, None]
+        out *= inv_y[None, :]
+        np.clip(out, -1, 1, out=out)
+        return out.astype(np.float32)
 
     def cosine(self) -> np.ndarray:
         """Uncentred cosine similarity [n_x, n_y] (float32); 0 for units that never fire."""
