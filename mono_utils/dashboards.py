@@ -7,6 +7,7 @@ index plus a few small forward passes; ``render_dashboard`` turns them into self
 """
 from __future__ import annotations
 
+import contextlib
 import html
 import math
 import time
@@ -59,6 +60,18 @@ def logit_weights(model, kind: str, unit: int, sae=None) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- ablation
+@contextlib.contextmanager
+def _threads(n: int | None):
+    old = torch.get_num_threads()
+    if n is not None and n < old:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != old:
+            torch.set_num_threads(old)
+
+
 def ablation_hook(kind: str, unit: int, sae=None):
     """A hook for ``blocks.0.mlp.hook_post`` that removes the unit on every token."""
     _check_kind(kind)
@@ -87,9 +100,15 @@ def ablation_effects(model, tokens, kind: str, unit: int, sae=None) -> np.ndarra
     Position 0 (nothing predicts it) is 0.
     """
     t = torch.as_tensor(np.asarray(tokens, dtype=np.int64))
-    clean = -lm_loss(model(t), t, reduce=False)
-    ablated = -lm_loss(model.run_with_hooks(t, fwd_hooks=[(HOOK_MLP_POST, ablation_hook(kind, unit, sae))]),
-                       t, reduce=False)
+    b = t.shape[0]
+    ablate = ablation_hook(kind, unit, sae)
+
+    def second_half(act, hook=None):  # one forward pass: rows [0, b) clean, rows [b, 2b) ablated
+        return torch.cat([act[:b], ablate(act[b:])])
+    both = torch.cat([t, t])
+    with _threads(1 if both.numel() <= 16384 else None):  # small batches: one thread is as fast, and steady
+        lp = -lm_loss(model.run_with_hooks(both, fwd_hooks=[(HOOK_MLP_POST, second_half)]), both, reduce=False)
+    clean, ablated = lp[:b], lp[b:]
     out = np.zeros(t.shape, np.float32)
     out[:, 1:] = (clean - ablated).numpy()
     return out
@@ -108,8 +127,13 @@ def _context(index: ActivationIndex, acts_row: np.ndarray, eff_row: np.ndarray |
 
 def dashboard_data(index: ActivationIndex, kind: str, unit: int, model, tokenizer, sae=None, k_top: int = 10,
                    n_intervals: int = 11, per_interval: int = 2, seed: int = 0, before: int = 12, after: int = 4,
-                   ablation: bool = True, n_logits: int = 10, interval_mode: str = "quantile") -> dict:
-    """Everything a dashboard shows, as plain numbers and strings (see module doc)."""
+                   ablation: bool = True, n_logits: int = 10, interval_mode: str = "quantile",
+                   rel_effect: float = 0.2, min_effect: float = 0.01) -> dict:
+    """Everything a dashboard shows, as plain numbers and strings (see module doc).
+
+    Ablation effects are underlined where ``|effect| >= max(min_effect, rel_effect * largest |effect|)``
+    among the shown contexts (nats), so the marks pick out where the unit matters most.
+    """
     t0 = time.time()
     unit = index.check_unit(kind, unit)
     if kind == "feature" and sae is None:
@@ -142,6 +166,8 @@ def dashboard_data(index: ActivationIndex, kind: str, unit: int, model, tokenize
         if ablation:
             eff = ablation_effects(model, index.tokens[row_ids], kind, unit, sae)
             effects = dict(zip(rows, eff))
+    shown = [np.abs(e) for e in effects.values()]
+    data["effect_threshold"] = max(min_effect, rel_effect * float(max(a.max() for a in shown))) if shown else 0.0
     ctx = lambda r, p: _context(index, acts[r], effects.get(r), r, p, vocab, before, after)  # noqa: E731
     data["top"] = [ctx(r, p) for r, p, _ in top]
     data["intervals"] = [{"lo": it["lo"], "hi": it["hi"], "n": it["n"], "examples": [ctx(r, p) for r, p, _ in it["examples"]]}
@@ -190,7 +216,7 @@ def _bars(counts, edges, color, height=60, log=False) -> str:
             f"{' (log count)' if log else ''}</div>")
 
 
-def _tokens_html(ctx: dict, max_act: float) -> str:
+def _tokens_html(ctx: dict, max_act: float, eff_thr: float = 0.0) -> str:
     out = []
     for j, (s, a) in enumerate(zip(ctx["tokens"], ctx["acts"])):
         alpha = 0.0 if max_act <= 0 else min(1.0, max(0.0, a / max_act))
@@ -198,13 +224,13 @@ def _tokens_html(ctx: dict, max_act: float) -> str:
         tip = f"act {a:.3f}"
         if ctx["effects"] is not None:
             e = ctx["effects"][j]
-            if abs(e) > 1e-3:
+            if abs(e) >= eff_thr and abs(e) > 1e-4:
                 col = "#1f6fd1" if e > 0 else "#d62728"
                 style += f";border-bottom:{min(4, 1 + int(abs(e) * 4))}px solid {col}"
             tip += f" | ablation {'helped' if e > 0 else 'hurt'} {e:+.3f} nats"
         if ctx["start"] + j == ctx["pos"]:
             style += ";outline:1px solid #333"
-        out.append(f"<span title='{html.escape(tip)}' style='{style}'>{html.escape(show_token(s))}</span>")
+        out.append(f"<bdi title='{html.escape(tip)}' style='{style}'>{html.escape(show_token(s))}</bdi>")
     return "".join(out)
 
 
@@ -225,7 +251,8 @@ def render_dashboard(data: dict, blind: bool = False, label: str | None = None) 
             f"fires on {data['count']:,} of {data['n_tokens']:,} tokens, max activation {data['max_act']:.3g}"
             f" {' '.join(flags)}</div>")
     mx = data["max_act"]
-    lg = lambda lst, col: "".join(f"<div><span style='background:{col};padding:0 3px'>{html.escape(show_token(s))}</span> "  # noqa: E731
+    thr = data.get("effect_threshold", 0.0)
+    lg = lambda lst, col: "".join(f"<div><bdi style='background:{col};padding:0 3px'>{html.escape(show_token(s))}</bdi> "  # noqa: E731
                                   f"<span style='color:#555'>{v:+.3f}</span></div>" for s, v in lst)
     left = (f"<div style='font-weight:bold'>Activations (non-zero)</div>"
             f"{_bars(data['act_hist']['counts'], data['act_hist']['edges'], '#ff6400', log=True)}"
@@ -240,17 +267,18 @@ def render_dashboard(data: dict, blind: bool = False, label: str | None = None) 
             + ("<div style='color:#555'>top subdomains: " + ", ".join(f"{html.escape(d['name'])} {d['share']:.0%}"
                                                                      for d in data["subdomains"]) + "</div>"
                if data["subdomains"] else ""))
-    legend = ("<div style='color:#666;font-size:11px'>orange = activation; underline = ablating the unit "
+    legend = ("<div style='color:#666;font-size:11px'>orange = activation; underline (|effect| &ge; "
+              f"{thr:.3f} nats) = ablating the unit "
               "<span style='color:#1f6fd1'>lowers (it helped)</span> / <span style='color:#d62728'>raises "
               "(it hurt)</span> the log-likelihood of that token; outlined = the example's token. Hover for numbers.</div>")
     ex = [f"<div style='font-weight:bold'>Top activations</div>{legend}"]
-    ex += [f"<div>{c['act']:.2f} &nbsp;{_tokens_html(c, mx)}</div>" for c in data["top"]] or ["<div>(none)</div>"]
+    ex += [f"<div>{c['act']:.2f} &nbsp;{_tokens_html(c, mx, thr)}</div>" for c in data["top"]] or ["<div>(none)</div>"]
     for i, it in enumerate(data["intervals"]):
         if not it["examples"]:
             continue
         ex.append(f"<div style='font-weight:bold;margin-top:6px'>Interval {len(data['intervals']) - 1 - i}: "
                   f"{it['lo']:.2f}&ndash;{it['hi']:.2f} <span style='color:#888;font-weight:normal'>({it['n']:,} tokens)</span></div>")
-        ex += [f"<div>{c['act']:.2f} &nbsp;{_tokens_html(c, mx)}</div>" for c in it["examples"]]
+        ex += [f"<div>{c['act']:.2f} &nbsp;{_tokens_html(c, mx, thr)}</div>" for c in it["examples"]]
     return (f"<div style='{_BOX};border:1px solid #ccc;padding:8px;border-radius:6px'>{head}"
             f"<div style='display:flex;gap:18px;align-items:flex-start;margin-top:6px'>"
             f"<div style='flex:0 0 330px'>{left}</div><div style='flex:1;min-width:0;overflow-x:auto'>{''.join(ex)}</div>"

@@ -26,8 +26,11 @@ def make_renderer(index: ActivationIndex, model, tokenizer, sae=None, **kw):
 
 @torch.no_grad()
 def _unit_acts_on(model, sae, tokens: np.ndarray, kind: str) -> torch.Tensor:
+    from .dashboards import _threads
     from .model import mlp_post
-    x = mlp_post(model, torch.as_tensor(np.asarray(tokens, np.int64)))
+    t = torch.as_tensor(np.asarray(tokens, np.int64))
+    with _threads(1 if t.numel() <= 16384 else None):
+        x = mlp_post(model, t)
     if kind == "neuron":
         return x.float()
     if sae is None:

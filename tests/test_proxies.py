@@ -12,15 +12,16 @@ def _enc(tok, text):
 
 
 @pytest.fixture(scope="module")
-def tok(smoke_tokenizer):
-    return smoke_tokenizer
+def tok(smoke_tokenizer, smoke_tokens):
+    tok = smoke_tokenizer
+    tok._test_lpu = px.unigram_logp(smoke_tokens.train, len(px.token_bytes(tok)))  # P(s) on the corpus
+    return tok
 
 
-def _llr(tok, text, name, extra_tokens=None):
+def _llr(tok, text, name):
     tb = px.token_bytes(tok)
     ids = _enc(tok, text)
-    lpu = px.unigram_logp(extra_tokens if extra_tokens is not None else np.arange(len(tb)), len(tb))
-    return ids, px.proxy_llr(ids[None], tb, name, lpu)[0]
+    return ids, px.proxy_llr(ids[None], tb, name, tok._test_lpu)[0]
 
 
 def test_token_bytes_roundtrip(tok):
@@ -36,9 +37,9 @@ def test_proxies_on_hand_made_strings(tok):
         for name in px.LLR_PROXIES[:1] + ("hebrew", "arabic"):
             assert not (_llr(tok, text, name)[1] > 0).any(), (text, name)
     ids, heb = _llr(tok, "שלום עולם ברוכים הבאים", "hebrew")
-    assert (heb > 0).mean() > 0.8 and not (_llr(tok, "שלום עולם", "arabic")[1] > 0).any()
+    assert (heb > -np.inf).mean() > 0.8 and (heb > 0).mean() > 0.6 and not (_llr(tok, "שלום עולם", "arabic")[1] > 0).any()
     _, ara = _llr(tok, "مرحبا بالعالم كيف حالك", "arabic")
-    assert (ara > 0).mean() > 0.8 and not (_llr(tok, "مرحبا بالعالم", "hebrew")[1] > 0).any()
+    assert (ara > -np.inf).mean() > 0.8 and (ara > 0).mean() > 0.6 and not (_llr(tok, "مرحبا بالعالم", "hebrew")[1] > 0).any()
     _, b64 = _llr(tok, "aGVsbG8gd29ybGQgdGhpcyBpcyBiYXNlNjQ=", "base64")
     assert (b64 > -np.inf).all()
     # a lone "A" in English is not DNA (runs of >= 2 tokens only)
