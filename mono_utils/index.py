@@ -20,7 +20,7 @@ import torch
 
 KINDS = ("feature", "neuron")
 ULTRALOW_DENSITY = 1e-5   # the paper's ultralow cluster sits near 1e-7, the live one near 1e-5
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 
 
 def _check_kind(kind: str) -> str:
@@ -51,6 +51,10 @@ class SparseAccumulator:
         self.max = torch.zeros(self.n_units)
         self.dom_counts = np.zeros(self.n_units * max(1, self.n_domains), dtype=np.int64)
         self.sub_counts = np.zeros(self.n_units * max(1, self.n_subdomains), dtype=np.int64)
+        self.dom_sums = np.zeros(self.n_units * max(1, self.n_domains))
+        self.sub_sums = np.zeros(self.n_units * max(1, self.n_subdomains))
+        self.sum = np.zeros(self.n_units)
+        self.sumsq = np.zeros(self.n_units)
         self.seen = 0
 
     @torch.no_grad()
@@ -72,12 +76,17 @@ class SparseAccumulator:
         tok, unit = tok[order], unit[order]
         self.counts.append(np.bincount(unit, minlength=self.n_units))
         self.pos.append((tok + start).astype(np.int32))
-        self.val.append(vals.numpy()[order].astype(np.float16))
-        for lab, n, store in ((self.domain, self.n_domains, self.dom_counts),
-                              (self.subdomain, self.n_subdomains, self.sub_counts)):
+        v16 = vals.numpy()[order].astype(np.float16)
+        self.val.append(v16)
+        v = v16.astype(np.float64)                  # sums of the stored (fp16) values, for exact proxies
+        self.sum += np.bincount(unit, weights=v, minlength=self.n_units)
+        self.sumsq += np.bincount(unit, weights=v * v, minlength=self.n_units)
+        for lab, n, store, sums in ((self.domain, self.n_domains, self.dom_counts, self.dom_sums),
+                                    (self.subdomain, self.n_subdomains, self.sub_counts, self.sub_sums)):
             if lab is not None and n:
                 key = unit.astype(np.int64) * n + lab[start:start + m][tok]
                 store += np.bincount(key, minlength=store.size)
+                sums += np.bincount(key, weights=v, minlength=sums.size)
         self.seen += m
 
     def finish(self, out_pos: np.ndarray | None = None, out_val: np.ndarray | None = None) -> dict:
@@ -108,6 +117,9 @@ class SparseAccumulator:
                 "max": self.max.numpy().astype(np.float32),
                 "domain_counts": self.dom_counts.reshape(self.n_units, nd),
                 "subdomain_counts": self.sub_counts.reshape(self.n_units, ns),
+                "domain_sums": self.dom_sums.reshape(self.n_units, nd),
+                "subdomain_sums": self.sub_sums.reshape(self.n_units, ns),
+                "sum": self.sum, "sumsq": self.sumsq,
                 "n_tokens": self.n_tokens}
 
 
@@ -173,7 +185,7 @@ def build_index(model, sae, tokens: np.ndarray, domain: np.ndarray, subdomain: n
         arrays = acc.finish(pos, val)
         pos.flush(); val.flush()
         del pos, val
-        for name in ("indptr", "count", "max", "domain_counts", "subdomain_counts"):
+        for name in ("indptr", "count", "max", *_OPTIONAL, "domain_counts", "subdomain_counts"):
             np.save(out / f"{kind}_{name}.npy", arrays[name])
         dens = arrays["count"] / max(1, n_tok)
         metrics[kind] = {"units": int(acc.n_units), "nonzeros": nnz, "dead": int((arrays["count"] == 0).sum()),
@@ -196,6 +208,14 @@ class _Unitset:
     max: np.ndarray
     domain_counts: np.ndarray
     subdomain_counts: np.ndarray
+    sum: np.ndarray | None = None            # per unit, of the stored values (float64)
+    sumsq: np.ndarray | None = None
+    domain_sums: np.ndarray | None = None    # [n_units, n_labels] activation mass per label
+    subdomain_sums: np.ndarray | None = None
+
+
+_REQUIRED = ("indptr", "pos", "val", "count", "max", "domain_counts", "subdomain_counts")
+_OPTIONAL = ("sum", "sumsq", "domain_sums", "subdomain_sums")
 
 
 @dataclass
@@ -222,7 +242,7 @@ class ActivationIndex:
         units = {}
         for kind in info["kinds"]:
             arr = {n: np.load(folder / f"{kind}_{n}.npy", mmap_mode=mode if n in ("pos", "val") else None)
-                   for n in ("indptr", "pos", "val", "count", "max", "domain_counts", "subdomain_counts")}
+                   for n in _REQUIRED + _OPTIONAL if n in _REQUIRED or (folder / f"{kind}_{n}.npy").exists()}
             units[kind] = _Unitset(**arr)
         return cls(np.load(folder / "tokens.npy"), np.load(folder / "domain.npy"), np.load(folder / "subdomain.npy"),
                    info["domain_names"], info["subdomain_names"], units, folder, info)
@@ -230,8 +250,7 @@ class ActivationIndex:
     @classmethod
     def from_arrays(cls, tokens, domain, subdomain, domain_names, subdomain_names, arrays: dict) -> "ActivationIndex":
         """An in-memory index from ``{kind: build_index_arrays(...)}`` (tests, small data)."""
-        units = {k: _Unitset(**{n: a[n] for n in ("indptr", "pos", "val", "count", "max", "domain_counts",
-                                                    "subdomain_counts")}) for k, a in arrays.items()}
+        units = {k: _Unitset(**{n: a[n] for n in _REQUIRED + _OPTIONAL if n in a}) for k, a in arrays.items()}
         return cls(np.asarray(tokens), np.asarray(domain), np.asarray(subdomain), list(domain_names),
                    list(subdomain_names), units)
 

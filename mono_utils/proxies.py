@@ -174,10 +174,29 @@ def _unit_sums(index: ActivationIndex, kind: str, y: np.ndarray, block: int = 4_
     return out
 
 
-def pearson_all(index: ActivationIndex, kind: str, y: np.ndarray) -> np.ndarray:
-    """Pearson correlation of every unit's activation with the binary proxy ``y`` (0 where undefined)."""
+def _label_sums(index: ActivationIndex, kind: str, label: str | None):
+    """Stored per-unit sums for a ``domain:x`` / ``subdomain:x`` proxy (no pass over the data), or None."""
+    u = index._u(kind)
+    if label is None or u.sum is None or u.domain_sums is None or ":" not in label:
+        return None
+    level, name = label.split(":", 1)
+    names = {"domain": index.domain_names, "subdomain": index.subdomain_names}.get(level)
+    if names is None or name not in names:
+        return None
+    j = names.index(name)
+    sums = (u.domain_sums if level == "domain" else u.subdomain_sums)[:, j]
+    counts = (u.domain_counts if level == "domain" else u.subdomain_counts)[:, j]
+    return np.stack([u.sum, u.sumsq, sums, counts])
+
+
+def pearson_all(index: ActivationIndex, kind: str, y: np.ndarray, label: str | None = None) -> np.ndarray:
+    """Pearson correlation of every unit's activation with the binary proxy ``y`` (0 where undefined).
+
+    ``label`` (``"domain:code"``, ``"subdomain:dna"``) uses the sums stored in the index instead of a pass.
+    """
     N = index.n_tokens
-    s_a, s_aa, s_ay, _ = _unit_sums(index, kind, y)
+    stats = _label_sums(index, kind, label)
+    s_a, s_aa, s_ay, _ = stats if stats is not None else _unit_sums(index, kind, y)
     p = float(y.mean())
     mean_a = s_a / N
     cov = s_ay / N - mean_a * p
@@ -217,13 +236,14 @@ def score_unit(index: ActivationIndex, kind: str, unit: int, y: np.ndarray) -> d
             "unit_density": float(on.mean())}
 
 
-def best_units(index: ActivationIndex, y: np.ndarray, kinds=("feature", "neuron"), live_only: bool = True) -> dict:
+def best_units(index: ActivationIndex, y: np.ndarray, kinds=("feature", "neuron"), live_only: bool = True,
+               label: str | None = None) -> dict:
     """For each kind, the unit best correlated with ``y`` and its scores."""
     out = {}
     for kind in kinds:
         if kind not in index.units:
             continue
-        r = pearson_all(index, kind, y)
+        r = pearson_all(index, kind, y, label)
         if live_only:
             mask = np.zeros(len(r), bool)
             mask[index.live_units(kind)] = True
@@ -243,7 +263,7 @@ def proxy_table(index: ActivationIndex, tokenizer, masks: dict | None = None, mi
         n = int(y.sum())
         if n < min_tokens or n == y.size:
             continue
-        for kind, s in best_units(index, y).items():
+        for kind, s in best_units(index, y, label=name if name.startswith(("domain:", "subdomain:")) else None).items():
             rows.append({"proxy": name, "proxy_tokens": n, "proxy_share": n / y.size, **s})
     return pd.DataFrame(rows)
 

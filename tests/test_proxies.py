@@ -87,3 +87,15 @@ def test_best_units_find_a_planted_detector():
     assert len(fig.data) == 4
     with pytest.raises(ValueError, match="not in the table"):
         px.proxy_figure(idx, table, "dna", {"s2": y})
+
+
+def test_label_fast_path_equals_a_pass(tiny_model, tmp_path):
+    from _mono_standins import planted_index
+    idx, _ = planted_index(tiny_model, tmp_path)
+    for j, name in enumerate(idx.subdomain_names):
+        y = idx.subdomain == j
+        for kind in ("feature", "neuron"):
+            np.testing.assert_allclose(px.pearson_all(idx, kind, y, f"subdomain:{name}"), px.pearson_all(idx, kind, y),
+                                       atol=1e-9)
+    y = idx.domain == 1
+    np.testing.assert_allclose(px.pearson_all(idx, "neuron", y, "domain:b"), px.pearson_all(idx, "neuron", y), atol=1e-9)
