@@ -187,7 +187,7 @@ def train_sae(cfg: SAEConfig, source, tc: TrainSAEConfig, *, device=None, checkp
         done = step + 1
         if done in resamples:
             dead = (done - last_fired) >= window
-            pool = torch.cat([source.batch(max(0, step - j)).to(dev).float() for j in range(tc.resample_batches)])
+            pool = torch.cat([source.batch(j).to(dev).float() for j in _pool_steps(source, step, tc)])
             k = resample_dead(sae, opt, dead, pool * sae.input_scale, seed=tc.seed * 1009 + done)
             last_fired[dead] = done
             if k:
@@ -213,6 +213,13 @@ def train_sae(cfg: SAEConfig, source, tc: TrainSAEConfig, *, device=None, checkp
             break
     sae.eval()
     return sae, history
+
+
+def _pool_steps(source, step: int, tc: TrainSAEConfig) -> list[int]:
+    """Recent batches for the resampling loss pool, staying inside the current block of a stream."""
+    per_block = getattr(source, "block_size", 0) // tc.batch_size
+    first = (step // per_block) * per_block if per_block else 0
+    return [j for j in range(step, step - tc.resample_batches, -1) if j >= first] or [step]
 
 
 def _adam(sae, lr, dev):
