@@ -99,6 +99,15 @@ def get_sae_family(preset=None, which: str = "A", sizes=None, architecture: str 
     return {n: get_sae(p, which, n, architecture, l1_coeff, store, progress, cache=cache, **kw) for n in sizes}
 
 
+def get_sae_l1_sweep(preset=None, which: str = "A", l1_coeffs=None, d_sae: int | None = None,
+                     store: ArtifactStore | None = None, progress: bool = True, cache: bool = True,
+                     **kw) -> dict[float, SparseAutoencoder]:
+    """One SAE per L1 coefficient (default: preset.l1_coeff x 0.5, 1, 2) at one width."""
+    p = _preset(preset)
+    coeffs = tuple(l1_coeffs) if l1_coeffs is not None else tuple(p.l1_coeff * m for m in (0.5, 1.0, 2.0))
+    return {c: get_sae(p, which, d_sae, "relu", c, store, progress, cache=cache, **kw) for c in coeffs}
+
+
 def sae_metrics(sae) -> dict:
     return read_json(Path(sae.mono_folder) / "metrics.json")
 

@@ -280,4 +280,4 @@ class _null:
         return False
 
 
-from .sae_pipeline import get_sae, get_sae_family, sae_train_config  # noqa: E402,F401  (entry points)
+from .sae_pipeline import get_sae, get_sae_family, get_sae_l1_sweep, sae_train_config  # noqa: E402,F401  (entry points)
