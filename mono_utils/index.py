@@ -38,7 +38,11 @@ class SparseAccumulator:
     """
 
     def __init__(self, n_units: int, n_tokens: int, domain: np.ndarray | None = None,
-                 n_domains: int = 0, subdomain: np.ndarray | None = None, n_subdomains: int = 0):
+                 n_domains: int = 0, subdomain: np.ndarray | None = None, n_subdomains: int = 0,
+                 spill_dir: str | Path | None = None):
+        self.spill_dir = None if spill_dir is None else Path(spill_dir)
+        if self.spill_dir is not None:
+            self.spill_dir.mkdir(parents=True, exist_ok=True)
         if n_tokens >= 2**31:
             raise ValueError(f"{n_tokens} tokens do not fit int32 positions: index fewer tokens")
         self.n_units, self.n_tokens = int(n_units), int(n_tokens)
@@ -75,9 +79,8 @@ class SparseAccumulator:
         order = np.argsort(unit, kind="stable")    # radix sort: unit-major, tokens ascending within a unit
         tok, unit = tok[order], unit[order]
         self.counts.append(np.bincount(unit, minlength=self.n_units))
-        self.pos.append((tok + start).astype(np.int32))
         v16 = vals.numpy()[order].astype(np.float16)
-        self.val.append(v16)
+        self._keep((tok + start).astype(np.int32), v16)
         v = v16.astype(np.float64)                  # sums of the stored (fp16) values, for exact proxies
         self.sum += np.bincount(unit, weights=v, minlength=self.n_units)
         self.sumsq += np.bincount(unit, weights=v * v, minlength=self.n_units)
@@ -88,6 +91,22 @@ class SparseAccumulator:
                 store += np.bincount(key, minlength=store.size)
                 sums += np.bincount(key, weights=v, minlength=sums.size)
         self.seen += m
+
+    def _keep(self, pos: np.ndarray, val: np.ndarray) -> None:
+        """Hold a chunk's entries in memory, or on disk (memory-mapped later) with ``spill_dir``."""
+        if self.spill_dir is None:
+            self.pos.append(pos)
+            self.val.append(val)
+            return
+        c = len(self.pos)
+        for name, arr, lst in (("pos", pos, self.pos), ("val", val, self.val)):
+            path = self.spill_dir / f"chunk{c:06d}_{name}.npy"
+            np.save(path, arr)
+            lst.append(path)
+
+    def _chunk(self, lst: list, c: int) -> np.ndarray:
+        x = lst[c]
+        return np.load(x, mmap_mode="r") if isinstance(x, Path) else x
 
     def finish(self, out_pos: np.ndarray | None = None, out_val: np.ndarray | None = None) -> dict:
         """CSR arrays. ``out_pos``/``out_val`` may be pre-made (e.g. memory-mapped) outputs."""
@@ -108,10 +127,13 @@ class SparseAccumulator:
                 np.cumsum(cnt[:-1], out=starts[1:])
                 unit = np.repeat(units, cnt)
                 dest = indptr[unit] + before[unit] + (np.arange(n) - starts[unit])
-                pos_out[dest] = self.pos[c]
-                val_out[dest] = self.val[c]
+                pos_out[dest] = self._chunk(self.pos, c)
+                val_out[dest] = self._chunk(self.val, c)
             before += cnt
-            self.pos[c] = self.val[c] = None        # free as we go
+            for lst in (self.pos, self.val):        # free as we go
+                if isinstance(lst[c], Path):
+                    lst[c].unlink(missing_ok=True)
+                lst[c] = None
         nd, ns = max(1, self.n_domains), max(1, self.n_subdomains)
         return {"indptr": indptr, "pos": pos_out, "val": val_out, "count": total,
                 "max": self.max.numpy().astype(np.float32),
@@ -162,9 +184,10 @@ def build_index(model, sae, tokens: np.ndarray, domain: np.ndarray, subdomain: n
     d_mlp = model.mono_config.d_mlp
     d_sae = int(sae.cfg.d_sae) if sae is not None else 0
     nd, ns = len(domain_names), len(subdomain_names)
-    accs = {"neuron": SparseAccumulator(d_mlp, n_tok, domain, nd, subdomain, ns)}
+    spill = out / ".chunks"                     # chunk entries wait on disk, not in memory
+    accs = {"neuron": SparseAccumulator(d_mlp, n_tok, domain, nd, subdomain, ns, spill / "neuron")}
     if sae is not None:
-        accs["feature"] = SparseAccumulator(d_sae, n_tok, domain, nd, subdomain, ns)
+        accs["feature"] = SparseAccumulator(d_sae, n_tok, domain, nd, subdomain, ns, spill / "feature")
     t0 = time.time()
     n_ctx = tokens.shape[1]
     with tqdm(total=n_tok, desc="indexing activations", unit="tok", disable=not progress) as bar:
@@ -191,6 +214,8 @@ def build_index(model, sae, tokens: np.ndarray, domain: np.ndarray, subdomain: n
         metrics[kind] = {"units": int(acc.n_units), "nonzeros": nnz, "dead": int((arrays["count"] == 0).sum()),
                          "ultralow": int(((dens > 0) & (dens < ULTRALOW_DENSITY)).sum()),
                          "mean_l0": nnz / max(1, n_tok), "bytes": nnz * 6}
+    import shutil
+    shutil.rmtree(spill, ignore_errors=True)
     info = {"domain_names": list(domain_names), "subdomain_names": list(subdomain_names),
             "kinds": list(accs), "version": INDEX_VERSION, **(meta or {})}
     (out / "index.json").write_text(json.dumps(info, indent=1))

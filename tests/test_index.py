@@ -69,6 +69,7 @@ def test_index_equals_brute_force_on_tiny_model(tiny_model, tiny_index):
             brute = np.argsort(-dense[..., u].numpy().reshape(-1), kind="stable")[:len(top)]
             assert [r * 16 + p for r, p, _ in top] == [int(b) for b in brute] or \
                 np.allclose([a for *_, a in top], dense[..., u].numpy().reshape(-1)[brute], rtol=2e-3)
+    assert not (idx.folder / ".chunks").exists()   # spilled chunks are cleaned up
     # the planted feature is a copy of neuron 7
     np.testing.assert_allclose(idx.unit_acts("feature", 5), idx.unit_acts("neuron", 7))
 
