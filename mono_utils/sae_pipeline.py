@@ -60,6 +60,8 @@ def get_sae(preset=None, which: str = "A", d_sae: int | None = None, architectur
     sae_cfg = cfg.to_dict()
     sae_cfg.pop("input_scale")
     config = {"model": model_cfg, "sae": sae_cfg, "train": tc.to_dict(), "stream": stream_kw, "version": 1}
+    if cache:  # fp16-cached activations give (slightly) different SAEs: a different artifact
+        config["fp16_cache"] = True
     name = sae_name(which, d_sae, architecture, p)
 
     def build(tmp: Path):
@@ -92,15 +94,15 @@ def get_sae(preset=None, which: str = "A", d_sae: int | None = None, architectur
 
 def get_sae_family(preset=None, which: str = "A", sizes=None, architecture: str = "relu",
                    l1_coeff: float | None = None, store: ArtifactStore | None = None, progress: bool = True,
-                   cache: bool = True, **kw) -> dict[int, SparseAutoencoder]:
-    """A/0, A/1, ...: one SAE per dictionary size (shared lambda), sharing one activation cache."""
+                   cache: bool = False, **kw) -> dict[int, SparseAutoencoder]:
+    """A/0, A/1, ...: one SAE per dictionary size (shared lambda); ``cache=True`` harvests once (fp16)."""
     p = _preset(preset)
     sizes = tuple(sizes) if sizes is not None else p.sae_sizes
     return {n: get_sae(p, which, n, architecture, l1_coeff, store, progress, cache=cache, **kw) for n in sizes}
 
 
 def get_sae_l1_sweep(preset=None, which: str = "A", l1_coeffs=None, d_sae: int | None = None,
-                     store: ArtifactStore | None = None, progress: bool = True, cache: bool = True,
+                     store: ArtifactStore | None = None, progress: bool = True, cache: bool = False,
                      **kw) -> dict[float, SparseAutoencoder]:
     """One SAE per L1 coefficient (default: preset.l1_coeff x 0.5, 1, 2) at one width."""
     p = _preset(preset)
