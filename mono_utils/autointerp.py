@@ -238,10 +238,16 @@ def select_examples(acts: np.ndarray, corpus: EvalCorpus, seed: int = 0,
             used[r] = True
             taken += 1
 
-    # importance weights: post-stratify the held-out rows by their max activation
-    code = np.where(row_max > 0, bin_of, cfg.n_intervals)          # interval bins, then "silent"
-    code[top] = cfg.n_intervals + 1                                 # the top rows
-    names = [f"i{b}" for b in range(cfg.n_intervals)] + ["silent", "top"]
+    # importance weights: post-stratify the held-out rows by their max activation (interval bin,
+    # "silent" or "top") and by whether they hold a top token, so that the over-sampled strata
+    # (top rows, high intervals, top tokens out of context) count as much as they occur
+    code = np.where(row_max > 0, bin_of, cfg.n_intervals)
+    code[top] = cfg.n_intervals + 1
+    has_top = np.zeros(rows, bool)
+    has_top[occ // n_ctx] = True
+    code = code * 2 + has_top
+    base = [f"i{b}" for b in range(cfg.n_intervals)] + ["silent", "top"]
+    names = [f"{b}{'+top-token' if t else ''}" for b in base for t in (0, 1)]
     held_out = np.ones(rows, bool)
     held_out[[e.row for e in explain]] = False
     population = np.bincount(code[held_out], minlength=len(names))
