@@ -269,3 +269,20 @@ def test_offline_backend_generalises_to_a_token_class():
     r = run_unit(OfflineBackend(), acts, corpus, 0)
     assert '"hebrew script"' in r.explanation
     assert r.spearman > 0.8
+
+
+def test_widget_and_figures_offline():
+    from mono_utils.autointerp_widget import autointerp_widget, score_all, score_figure, summary_table
+    corpus, rng = word_corpus()
+    acts = planted_units(corpus, rng)
+    sources = {"feature": ArraySource(corpus, acts[:2], rng.normal(size=(2, 150))),
+               "neuron": ArraySource(corpus, acts[2:], rng.normal(size=(1, 150)), kind="neuron")}
+    results = score_all(sources, OfflineBackend(), progress=False)
+    fig = score_figure(results)
+    assert len(fig.data) >= 2
+    table = summary_table(results)
+    assert set(table.units) == {"features", "neurons"}
+    w = autointerp_widget(sources, default_n=5)
+    w.controls["n"].value = 5
+    w.run()
+    assert set(w.state["results"]) == {"feature", "neuron"}
