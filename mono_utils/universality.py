@@ -86,7 +86,8 @@ class CorrelationStats:
                 cnt += np.bincount(s.indices, minlength=s.shape[1])
         else:
             xd, yd = _dense(x), _dense(y)
-            self.sxy += (torch.from_numpy(xd).T @ torch.from_numpy(yd)).numpy()
+            # fp32 matmul within a chunk (fast), float64 across chunks
+            self.sxy += (torch.from_numpy(xd).float().T @ torch.from_numpy(yd).float()).numpy()
             for d, sums, sq, cnt in ((xd, self.sx, self.sxx, self.cx), (yd, self.sy, self.syy, self.cy)):
                 sums += d.sum(0)
                 sq += (d * d).sum(0)
