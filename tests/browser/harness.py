@@ -40,6 +40,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage"]
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+RATER = "browser-test"  # the rating form's rater in the kernels (data/ratings/browser-test.csv)
 INSTALL_HINT = "install it with: apt-get install -y chromium chromium-driver"
 
 
@@ -87,7 +88,7 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, lo
 
 def kernel_env(artifacts: Path, preset: str = "smoke") -> dict:
     env = dict(os.environ)
-    env.update({"MONO_PRESET": preset, "MONO_ARTIFACTS": str(artifacts),
+    env.update({"MONO_PRESET": preset, "MONO_ARTIFACTS": str(artifacts), "MONO_RATER": RATER,
                 "PYTHONPATH": os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
                 "TQDM_DISABLE": env.get("TQDM_DISABLE", "0")})
     env.pop("JUPYTER_PLATFORM_DIRS", None)
@@ -329,14 +330,23 @@ class LabPage:
         loc.scroll_into_view_if_needed(timeout=timeout)
         return loc
 
-    def drag_slider(self, css_class: str, fraction: float = 0.85, steps: int = 12) -> str:
-        """Drag the slider's handle with the mouse to ``fraction`` of its track; returns the readout."""
-        root = self.widget(css_class)
+    def slider_by_label(self, label: str):
+        """An ipywidgets slider found by its description label (for widgets without CSS classes)."""
+        loc = self.page.locator(f".widget-slider:has(.widget-label:text-is({json.dumps(label)}))").first
+        loc.wait_for(state="attached", timeout=30_000)
+        loc.scroll_into_view_if_needed(timeout=30_000)
+        return loc
+
+    def drag_slider(self, target, fraction: float = 0.85, steps: int = 12) -> str:
+        """Drag a slider's handle with the real mouse to ``fraction`` of its track; returns the readout.
+
+        ``target``: a CSS class (``add_class``) or a Playwright locator of the slider widget."""
+        root = self.widget(target) if isinstance(target, str) else target
         handle = root.locator(".noUi-handle").first
         track = root.locator(".noUi-target").first
         handle.wait_for(state="visible", timeout=30_000)
         hb, tb = handle.bounding_box(), track.bounding_box()
-        assert hb and tb, f"slider .{css_class} has no visible handle/track"
+        assert hb and tb, f"slider {target} has no visible handle/track"
         x0, y0 = hb["x"] + hb["width"] / 2, hb["y"] + hb["height"] / 2
         x1 = tb["x"] + tb["width"] * fraction
         m = self.page.mouse
@@ -346,11 +356,13 @@ class LabPage:
             m.move(x0 + (x1 - x0) * k / steps, y0)
             time.sleep(0.02)
         m.up()
-        return self.readout(css_class)
+        return self.readout(root)
 
-    def readout(self, css_class: str) -> str:
-        r = self.page.locator(f".{css_class}").first.locator(".widget-readout")
-        return r.first.inner_text().strip() if r.count() else ""
+    def readout(self, target) -> str:
+        root = self.page.locator(f".{target}").first if isinstance(target, str) else target
+        r = root.locator(".widget-readout")
+        # ipywidgets shows negative numbers with a Unicode minus; outputs use ASCII '-'
+        return r.first.inner_text().strip().replace("\u2212", "-") if r.count() else ""
 
     def text(self, css_class: str) -> str:
         return self.widget(css_class).inner_text()
@@ -382,19 +394,23 @@ class LabPage:
             time.sleep(0.25)
         raise TimeoutError(f".{css_class} never matched {pattern!r}; last text {cur[:300]!r}")
 
+    @staticmethod
+    def _plots(css_class: str | None, inner: str = "") -> str:
+        """Selector of plotly plots, scoped to ``css_class`` (on the plot itself or an ancestor)."""
+        if not css_class:
+            return f".js-plotly-plot{inner}"
+        return f".{css_class}.js-plotly-plot{inner}, .{css_class} .js-plotly-plot{inner}"
+
     def plot_signature(self, css_class: str | None = None) -> str:
         """The SVG of the plotly plots (inside ``css_class`` if given): changes when a plot redraws."""
-        scope = f".{css_class} " if css_class else ""
         return self.page.evaluate(
             "(sel) => Array.from(document.querySelectorAll(sel)).map(e => e.innerHTML).join('|')",
-            f"{scope}.js-plotly-plot .main-svg")
+            self._plots(css_class, " .main-svg"))
 
     def count_plots(self, css_class: str | None = None) -> int:
         """Rendered plotly plots (a ``.js-plotly-plot`` holding a drawn ``.main-svg``)."""
-        scope = f".{css_class} " if css_class else ""
-        return self.page.locator(f"{scope}.js-plotly-plot .main-svg").count() and \
-            self.page.evaluate("(s) => Array.from(document.querySelectorAll(s)).filter("
-                               "p => p.querySelector('.main-svg')).length", f"{scope}.js-plotly-plot")
+        return self.page.evaluate("(s) => Array.from(document.querySelectorAll(s)).filter("
+                                  "p => p.querySelector('.main-svg')).length", self._plots(css_class))
 
     def wait_for_plots(self, n: int = 1, css_class: str | None = None, timeout: float = 60) -> int:
         deadline = time.monotonic() + timeout
@@ -411,6 +427,13 @@ class LabPage:
         return self.page.evaluate(
             "() => Array.from(document.querySelectorAll('[id^=\"circuits-vis-\"]'))"
             ".filter(e => e.childElementCount > 0).length")
+
+    def assert_circuitsvis_rendered(self) -> int:
+        """Every circuitsvis container on the page rendered (an empty one means it tried a CDN)."""
+        total = self.page.locator('[id^="circuits-vis-"]').count()
+        ok = self.count_circuitsvis()
+        assert ok == total, f"{total - ok} of {total} circuitsvis view(s) are empty (CDN import offline?)"
+        return total
 
     # ------------------------------------------------ network + screenshots
     def assert_offline(self) -> None:
