@@ -233,7 +233,7 @@ class SparseAutoencoder(nn.Module):
         cfg = {"d_in": c.d_in, "d_sae": c.d_sae, "dtype": "float32", "device": "cpu",
                "apply_b_dec_to_input": True, "normalize_activations": "none", "reshape_activations": "none",
                "architecture": "standard" if c.architecture == "relu" else "topk",
-               "metadata": {"hook_name": c.hook_name, "model_name": c.model_name, "produced_by": FORMAT}}
+               "metadata": {"hook_name": c.hook_name, "model_name": c.model_name}}
         if c.architecture == "topk":
             cfg.update(k=c.k, rescale_acts_by_decoder_norm=False)
         return cfg
