@@ -38,7 +38,10 @@ FIELDS = ["rater", "seed", "sae", "item", "kind", "unit", "interpretation", *SCO
 
 
 def default_folder() -> Path:
-    return repo_root() / "data" / "ratings"
+    """``data/ratings/`` in the repo, or ``$MONO_RATINGS_DIR`` (tests, a shared class folder)."""
+    import os
+    env = os.environ.get("MONO_RATINGS_DIR")
+    return Path(env) if env else repo_root() / "data" / "ratings"
 
 
 def rater_file(rater: str, folder: str | Path | None = None) -> Path:
