@@ -19,6 +19,21 @@ import torch
 from .universality import CorrelationStats, _csr
 
 PAPER_THRESHOLD = 0.4
+DENSE_MAX_CELLS = 64 * 2**20   # larger pairs of sizes (paper preset) accumulate co-firing pairs sparsely
+
+
+def _sparse_cosine(xs: sp.csr_matrix, ys: sp.csr_matrix, chunk: int) -> sp.csc_matrix:
+    """Uncentred cosine of every co-firing pair (x unit, y unit), as a sparse matrix."""
+    acc = None
+    for s0 in range(0, xs.shape[0], chunk):
+        a, b = xs[s0:s0 + chunk].astype(np.float64), ys[s0:s0 + chunk].astype(np.float64)
+        prod = a.T.tocsr() @ b
+        acc = prod if acc is None else acc + prod
+    nx = np.sqrt(np.asarray(xs.multiply(xs).sum(0), np.float64).ravel())
+    ny = np.sqrt(np.asarray(ys.multiply(ys).sum(0), np.float64).ravel())
+    inv_x = np.where(nx > 0, 1 / np.where(nx > 0, nx, 1), 0)
+    inv_y = np.where(ny > 0, 1 / np.where(ny > 0, ny, 1), 0)
+    return sp.csc_matrix(sp.diags(inv_x) @ acc @ sp.diags(inv_y))
 
 
 def _check_family(sizes) -> list[int]:
@@ -124,16 +139,26 @@ def link_activations(acts: dict, threshold: float = PAPER_THRESHOLD, chunk: int 
     parent, psim, links = [np.full(sizes[0], -1)], [np.zeros(sizes[0], np.float32)], []
     live = [np.asarray(mats[sizes[0]].getnnz(0) > 0)]
     for small, large in zip(sizes, sizes[1:]):
-        st = CorrelationStats(small, large)
-        for s0 in range(0, n[small], chunk):
-            st.update(mats[small][s0:s0 + chunk], mats[large][s0:s0 + chunk])
-        cos = st.cosine()
-        p = cos.argmax(0)
-        ps = cos[p, np.arange(large)]
+        if small * large <= DENSE_MAX_CELLS:
+            st = CorrelationStats(small, large)
+            for s0 in range(0, n[small], chunk):
+                st.update(mats[small][s0:s0 + chunk], mats[large][s0:s0 + chunk])
+            cos = st.cosine()
+            p = cos.argmax(0)
+            ps = cos[p, np.arange(large)]
+            r, c = np.nonzero(cos > threshold)
+            links.append(sp.coo_matrix((cos[r, c], (r, c)), shape=cos.shape))
+        else:
+            cos = _sparse_cosine(mats[small], mats[large], chunk)
+            p = np.asarray(cos.argmax(axis=0)).ravel()
+            ps = np.asarray(cos.max(axis=0).toarray()).ravel()
+            keep = cos.tocoo()
+            m = keep.data > threshold
+            links.append(sp.coo_matrix((keep.data[m], (keep.row[m], keep.col[m])), shape=cos.shape))
+        del cos
         ok = ps > threshold
         parent.append(np.where(ok, p, -1))
         psim.append(ps.astype(np.float32))
-        links.append(sp.coo_matrix(np.where(cos > threshold, cos, 0)))
         live.append(np.asarray(mats[large].getnnz(0) > 0))
     return SplitGraph(sizes, parent, psim, float(threshold), live, links)
 

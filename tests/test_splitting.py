@@ -47,6 +47,17 @@ def test_one_direction_splits_into_two():
     assert s["4->8"]["parents_that_split"] == 1
 
 
+def test_sparse_path_agrees(monkeypatch):
+    acts = _constructed(seed=1)
+    dense = S.link_activations(acts)
+    monkeypatch.setattr(S, "DENSE_MAX_CELLS", 0)
+    sparse = S.link_activations(acts, chunk=900)
+    for lv in range(3):
+        np.testing.assert_array_equal(dense.parent[lv], sparse.parent[lv])
+        np.testing.assert_allclose(dense.parent_sim[lv], sparse.parent_sim[lv], atol=1e-5)
+    assert dense.links[1].nnz == sparse.links[1].nnz
+
+
 def test_threshold_matters():
     acts = _constructed()
     assert len(S.link_activations(acts, threshold=0.75).children(0, 1)) == 0
