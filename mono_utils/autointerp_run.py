@@ -67,11 +67,10 @@ class IndexSource:
 @torch.no_grad()
 def logit_weight_matrix(model, sae=None) -> np.ndarray:
     """Each unit's direct effect on the logits: [units, d_vocab] (features: W_dec_raw @ W_out @ W_U)."""
-    from .model import W_U, W_out
-    w = W_out(model).float() @ W_U(model).float()
-    if sae is not None:
-        w = sae.W_dec_raw.float().to(w.device) @ w
-    return w.cpu().numpy()
+    import torch
+    from .model import direction_logit_weights, model_config_of
+    dirs = sae.W_dec_raw.detach() if sae is not None else torch.eye(model_config_of(model).d_mlp)
+    return direction_logit_weights(model, dirs).cpu().numpy()
 
 
 # ---------------------------------------------------------------- one unit

@@ -122,6 +122,17 @@ def W_U(model) -> torch.Tensor:
     return model.W_U
 
 
+@torch.no_grad()
+def direction_logit_weights(model, directions: torch.Tensor) -> torch.Tensor:
+    """Logit weights of directions in MLP-activation space: [k, d_mlp] -> [k, d_vocab].
+
+    The paper's definition: the direction through the MLP output weights and the unembedding
+    (the final LayerNorm is left out, as the paper does). One definition for the whole suite:
+    dashboards, autointerp, universality and steering all call this.
+    """
+    return directions.float() @ W_out(model).detach().float() @ W_U(model).detach().float()
+
+
 # ---------------------------------------------------------------- forward helpers
 class _StopForward(Exception):
     pass

@@ -259,16 +259,9 @@ class DiagonalStats:
 
 # ---------------------------------------------------------------- two models, same tokens
 def logit_weights(model, directions: torch.Tensor) -> torch.Tensor:
-    """Each direction in MLP-activation space [k, d_mlp] through W_out, the final LayerNorm's
-    scale (linearised: centre, then scale) and the unembedding -> [k, d_vocab]."""
-    from .model import W_U, W_out
-    with torch.no_grad():
-        v = directions.float() @ W_out(model).float()
-        v = v - v.mean(-1, keepdim=True)
-        ln = getattr(getattr(model, "ln_final", None), "weight", None)
-        if ln is not None:
-            v = v * ln.float()
-        return v @ W_U(model).float()
+    """Each direction in MLP-activation space [k, d_mlp] -> its logit weights [k, d_vocab]."""
+    from .model import direction_logit_weights
+    return direction_logit_weights(model, directions)
 
 
 def _encode(sae, acts: torch.Tensor) -> torch.Tensor:
