@@ -54,7 +54,7 @@ PRESETS: dict[str, Preset] = {
         name="smoke", corpus_bytes=600_000, vocab_size=1024,
         d_model=64, n_heads=2, d_mlp=128, n_ctx=64,
         model_tokens=200_000, model_batch=32, model_lr=3e-3,
-        sae_sizes=(128, 256, 512), sae_main=512, l1_coeff=3e-3, topk_k=16,
+        sae_sizes=(128, 256, 512), sae_main=512, l1_coeff=2e-2, topk_k=16,
         sae_tokens=200_000, sae_batch=1024, sae_lr=1e-3,
         eval_tokens=16_384, index_tokens=32_768, universality_tokens=16_384,
     ),
