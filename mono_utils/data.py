@@ -283,6 +283,18 @@ def build_documents(total_bytes: int, seed: int = 0) -> list[Document]:
         budget = int(total_bytes * weights[domain] / norm)
         docs += _take(SOURCES[domain](rng), budget, rng)
     random.Random(seed).shuffle(docs)
+    return relabel_by_script(docs)
+
+
+def relabel_by_script(docs: list[Document]) -> list[Document]:
+    """Label each multilingual document by the script of its own text.
+
+    A catalog is labelled by its dominant script while it is read, but one chunk of it can be
+    mostly Latin (untranslated strings, names); the per-token labels must say what the text is.
+    """
+    for d in docs:
+        if d.domain == "multilingual":
+            d.subdomain = script_of(d.text)
     return docs
 
 

@@ -98,10 +98,11 @@ def get_tokens(preset=None, store=None) -> TokenData:
     from . import data
     from . import tokenizer as tk
     p, s = _preset(preset), _store(store)
-    cfg = {"tokenizer": tokenizer_config(p), "n_ctx": p.n_ctx, "val_frac": 0.05, "version": 1}
+    # version 2: multilingual labels by each document's own script
+    cfg = {"tokenizer": tokenizer_config(p), "n_ctx": p.n_ctx, "val_frac": 0.05, "version": 2}
 
     def build(tmp: Path):
-        docs = get_documents(p, s)
+        docs = data.relabel_by_script(get_documents(p, s))
         tok = get_tokenizer(p, s)
         tokens, dom, sub, dnames, snames, counts = tk.pack_documents(docs, tok, p.n_ctx)
         perm = np.random.default_rng(CORPUS_SEED).permutation(len(tokens))
