@@ -47,8 +47,8 @@ def build_stages(preset, store):
 
 def cmd_build(args) -> int:
     from .artifacts import ArtifactStore
-    from .presets import get_preset
-    preset = get_preset(args.preset)
+    from .presets import PRESETS, validate
+    preset = validate(PRESETS[args.preset])  # the flag wins over $MONO_PRESET
     store = ArtifactStore(args.artifacts)
     rows = []
     for name, fn in build_stages(preset, store):
@@ -129,7 +129,8 @@ def cmd_import(args) -> int:
 
 def cmd_app(args) -> int:
     from .apps import launch_app
-    return launch_app(args.name, port=args.port) or 0
+    env = {"MONO_ARTIFACTS": str(Path(args.artifacts).resolve())} if args.artifacts else None
+    return launch_app(args.name, port=args.port, ip=args.ip, env=env) or 0
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -163,6 +164,7 @@ def make_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("app", help="serve the steering or rating widget as a Voila app")
     a.add_argument("name", choices=["steering", "rating"])
     a.add_argument("--port", type=int, default=8866)
+    a.add_argument("--ip", default="127.0.0.1", help="0.0.0.0 to serve a classroom network")
     a.set_defaults(fn=cmd_app)
     return ap
 
@@ -174,9 +176,6 @@ def main(argv=None) -> int:
         if args.preset not in PRESETS:
             print(f"error: unknown preset {args.preset!r}: choose one of {', '.join(PRESETS)}", file=sys.stderr)
             return 2
-        os.environ["MONO_PRESET"] = args.preset
-    if args.artifacts:
-        os.environ["MONO_ARTIFACTS"] = str(Path(args.artifacts).resolve())
     try:
         return args.fn(args)
     except KeyboardInterrupt:
