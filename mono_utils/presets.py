@@ -63,7 +63,7 @@ PRESETS: dict[str, Preset] = {
         name="default", corpus_bytes=20_000_000, vocab_size=4096,
         d_model=128, n_heads=4, d_mlp=512, n_ctx=128,
         model_tokens=8_000_000, model_batch=32, model_lr=2e-3,
-        sae_sizes=(512, 2048, 4096, 8192), sae_main=4096, l1_coeff=3e-3, topk_k=24,
+        sae_sizes=(512, 2048, 4096, 8192), sae_main=4096, l1_coeff=6e-3, topk_k=24,
         sae_tokens=4_000_000, sae_batch=4096, sae_lr=1e-3,
         eval_tokens=262_144, index_tokens=1_048_576, universality_tokens=262_144,
     ),
