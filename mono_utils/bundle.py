@@ -23,13 +23,12 @@ import os
 import re
 import shutil
 import tarfile
-import tempfile
 import time
 import uuid
 import zlib
 from pathlib import Path, PurePosixPath
 
-from .artifacts import ArtifactStore, file_lock, sha256_file, verify_folder
+from .artifacts import ArtifactStore, atomic_output, file_lock, sha256_file, verify_folder
 
 FORMAT = "mono-bundle"
 VERSION = 1
@@ -88,10 +87,7 @@ def export_bundle(path: str | Path, store: ArtifactStore | None = None, *,
         index["mono_utils"] = __version__
     except ImportError:  # pragma: no cover
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         with tarfile.open(tmp, "w:gz" if _gz(path) else "w", format=tarfile.PAX_FORMAT) as tar:
             raw = json.dumps(index, indent=1, sort_keys=True).encode()
             _add_bytes(tar, INDEX, raw)
@@ -100,13 +96,6 @@ def export_bundle(path: str | Path, store: ArtifactStore | None = None, *,
                 info.size, info.mtime, info.mode = p.stat().st_size, int(p.stat().st_mtime), 0o644
                 with open(p, "rb") as f:
                     tar.addfile(info, f)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
     if verbose:
         size = path.stat().st_size / 2**20
         print(f"bundle {path}: {len(artifacts)} artifacts, {len(files)} files, {size:.1f} MB, "
