@@ -35,7 +35,7 @@ def _tree_rss(pid: int) -> int:
 def execute_notebook(path: str | Path, out: str | Path, preset: str | None = None,
                      timeout: int = 3600, env: dict | None = None) -> dict:
     """Run one notebook in a child process; returns wall time, peak RSS (process tree) and status."""
-    path, out = Path(path), Path(out)
+    path, out = Path(path).resolve(), Path(out).resolve()  # the child runs in the notebook folder
     out.parent.mkdir(parents=True, exist_ok=True)
     child_env = dict(os.environ if env is None else env)
     if preset:
