@@ -30,3 +30,17 @@ def test_notebook_runs_top_to_bottom(path, smoke_store, tmp_path):
     errors = [o for c in executed["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
               if o.get("output_type") == "error"]
     assert not errors
+
+
+def test_runner_accepts_a_relative_output_path(tmp_path, monkeypatch):
+    import nbformat
+    nb_dir = tmp_path / "nbs"
+    nb_dir.mkdir()
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1 + 1\nprint(x)")]),
+                   nb_dir / "00_tiny.ipynb")
+    monkeypatch.chdir(tmp_path)
+    r = execute_notebook(nb_dir / "00_tiny.ipynb", "out/00_tiny.ipynb", timeout=120)
+    assert r["ok"], r["log"]
+    out = json.loads((tmp_path / "out" / "00_tiny.ipynb").read_text(encoding="utf-8"))
+    assert "".join(out["cells"][0]["outputs"][0]["text"]) == "2\n"
+    assert r["peak_mb"] > 0
