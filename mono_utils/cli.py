@@ -27,15 +27,11 @@ def build_stages(preset, store):
         ("model B", lambda: pipeline.get_model(preset, "B", store)),
     ]
     from . import autointerp_run, index, sae_pipeline
-    sweep = [("SAE A sweep lambda x%s" % m,
-              (lambda m=m: sae_pipeline.get_sae(preset, "A", l1_coeff=preset.l1_coeff * m, store=store,
-                                                total_tokens=preset.sae_tokens // 2)))
-             for m in (0.5, 2.0)]
     stages += [
         ("SAE A/1", lambda: sae_pipeline.get_sae(preset, "A", store=store)),
         ("SAE B/1", lambda: sae_pipeline.get_sae(preset, "B", store=store)),
         ("SAE A/1 TopK", lambda: sae_pipeline.get_sae(preset, "A", architecture="topk", store=store)),
-        *sweep,
+        ("SAE A lambda sweep", lambda: sae_pipeline.get_lambda_sweep(preset, "A", store=store)),
         ("SAE family A", lambda: sae_pipeline.get_sae_family(preset, "A", store=store)),
         ("index A/1", lambda: index.get_index(preset, "A", store=store)),
         ("index B/1", lambda: index.get_index(preset, "B", store=store)),

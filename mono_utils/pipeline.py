@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import ArtifactStore, read_json
+from .artifacts import ArtifactStore, config_hash, read_json
 from .presets import Preset, get_preset
 
 CORPUS_SEED = 0
@@ -152,7 +152,7 @@ def get_model(preset=None, which: str = "A", store=None, on_step=None, progress:
         data = get_tokens(p, s)
         model = mm.build_model(mcfg, tokenizer=tok)
         # the checkpoint lives outside tmp so that a killed build resumes where it stopped
-        ckpt = s.root / "model" / f".ckpt-model{which}-{p.name}-{mm_hash(cfg)}.pt"
+        ckpt = s.root / "model" / f".ckpt-model{which}-{p.name}-{config_hash(cfg)}.pt"
         hist = mm.train_model(model, data.train, tcfg, checkpoint=ckpt, on_step=on_step, progress=progress)
         mm.save_weights(model, tmp / "model.safetensors")
         tv, dv, _ = data.split("val")
@@ -171,11 +171,6 @@ def get_model(preset=None, which: str = "A", store=None, on_step=None, progress:
 
 
 SAMPLE_PROMPTS = ["def ", "The ", "GET /", "1,2,3,4,5,6,7,8,9,10"]
-
-
-def mm_hash(cfg: dict) -> str:
-    from .artifacts import config_hash
-    return config_hash(cfg)
 
 
 def model_metrics(model) -> dict:

@@ -110,6 +110,21 @@ def get_sae_l1_sweep(preset=None, which: str = "A", l1_coeffs=None, d_sae: int |
     return {c: get_sae(p, which, d_sae, "relu", c, store, progress, cache=cache, **kw) for c in coeffs}
 
 
+SWEEP_MULTIPLIERS = (0.5, 2.0)
+
+
+def get_lambda_sweep(preset=None, which: str = "A", multipliers=SWEEP_MULTIPLIERS,
+                     store: ArtifactStore | None = None, progress: bool = True) -> dict[float, SparseAutoencoder]:
+    """The small L0 vs loss-recovered sweep of notebook 01: lambda x each multiplier, half the tokens.
+
+    One definition shared by the notebook and ``python -m mono_utils build`` so both name the
+    same artifacts.
+    """
+    p = _preset(preset)
+    return {m: get_sae(p, which, l1_coeff=p.l1_coeff * m, store=store, progress=progress,
+                       total_tokens=p.sae_tokens // 2) for m in multipliers}
+
+
 def sae_metrics(sae) -> dict:
     return read_json(Path(sae.mono_folder) / "metrics.json")
 
