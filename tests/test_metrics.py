@@ -86,3 +86,28 @@ def test_evaluate_rejects_wrong_width(tiny_model):
     tokens = np.zeros((2, 16), dtype=np.uint16)
     with pytest.raises(ValueError, match="d_in = 32"):
         evaluate_sae(SparseAutoencoder(SAEConfig(d_in=32, d_sae=64)), tiny_model, tokens)
+
+
+def test_ablation_baselines_are_cached_per_model_and_tokens(tiny_model):
+    """The zero/mean-ablation losses are computed once per (model weights, tokens) and reused."""
+    from mono_utils import metrics
+    tokens = np.random.default_rng(1).integers(0, 64, size=(6, 16)).astype(np.uint16)
+    metrics._BASELINES.clear()
+    m1 = evaluate_sae(_perfect_sae(64), tiny_model, tokens)
+    assert len(metrics._BASELINES) == 1
+    m2 = evaluate_sae(_perfect_sae(64), tiny_model, tokens)
+    assert len(metrics._BASELINES) == 1 and m2["ce_zero"] == m1["ce_zero"] and m2["ce_mean"] == m1["ce_mean"]
+    # other tokens: a new entry
+    evaluate_sae(_perfect_sae(64), tiny_model, tokens[:3])
+    assert len(metrics._BASELINES) == 2
+    # changed weights: never the stale baseline
+    params = dict(tiny_model.named_parameters())
+    name = next(n for n in params if "head" in n)  # the unembedding
+    with torch.no_grad():
+        params[name].mul_(2.0)
+    try:
+        m3 = evaluate_sae(_perfect_sae(64), tiny_model, tokens)
+        assert len(metrics._BASELINES) == 3 and m3["ce_zero"] != m1["ce_zero"]
+    finally:
+        with torch.no_grad():
+            params[name].mul_(0.5)
