@@ -24,7 +24,7 @@ browser-deps:
 
 # Build everything on the preset, then execute every notebook top to bottom (timings table at the end)
 run: env
-	$(BIN)/python -m mono_utils build --preset $(PRESET)
+	$(BIN)/python -m mono_utils build --preset $(PRESET) --jobs 2
 	$(BIN)/python -m mono_utils run-notebooks --preset $(PRESET)
 
 # The whole test suite: unit tests, every notebook on `smoke`, real-browser widget tests

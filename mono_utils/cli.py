@@ -41,13 +41,31 @@ def build_stages(preset, store):
     return stages
 
 
+# What each stage needs built first: with --jobs N independent stages run side by side.
+STAGE_DEPS = {
+    "corpus": (), "tokenizer": ("corpus",), "tokens": ("tokenizer",),
+    "model A": ("tokens",), "model B": ("tokens",),
+    "SAE A/1": ("model A",), "SAE B/1": ("model B",), "SAE A/1 TopK": ("model A",),
+    "SAE A lambda sweep": ("model A",), "SAE family A": ("SAE A/1",),
+    "index A/1": ("SAE A/1",), "index B/1": ("SAE B/1",),
+    "SAE randomized": ("model A",), "index randomized": ("SAE randomized", "tokens"),
+}
+
+
 def cmd_build(args) -> int:
     from .artifacts import ArtifactStore
     from .presets import PRESETS, validate
     preset = validate(PRESETS[args.preset])  # the flag wins over $MONO_PRESET
     store = ArtifactStore(args.artifacts)
+    if args.jobs > 1 and not args.stage:
+        from .build_parallel import run_parallel
+        names = [n for n, _ in build_stages(preset, store)
+                 if not args.only or any(o.lower() in n.lower() for o in args.only)]
+        return run_parallel(names, STAGE_DEPS, args.jobs, preset.name, store.root)
     rows = []
     for name, fn in build_stages(preset, store):
+        if args.stage and name != args.stage:
+            continue
         if args.only and not any(o.lower() in name.lower() for o in args.only):
             continue
         t = time.time()
@@ -141,6 +159,9 @@ def make_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="build everything the notebooks need for a preset")
     b.add_argument("--preset", default=os.environ.get("MONO_PRESET", "default"), help="smoke | default | paper")
     b.add_argument("--only", nargs="*", help="only stages whose name contains one of these words (e.g. model)")
+    b.add_argument("--jobs", type=int, default=1,
+                   help="build independent stages side by side in this many processes (e.g. 2 on 2 cores)")
+    b.add_argument("--stage", default=None, help=argparse.SUPPRESS)  # one stage by exact name (--jobs workers)
     b.set_defaults(fn=cmd_build)
     i = sub.add_parser("info", help="what is built, where, with metrics")
     i.add_argument("--json", action="store_true")

@@ -27,6 +27,11 @@ def sae_train_config(p: Preset, architecture: str = "relu", **overrides):
               log_every=max(1, min(10, p.sae_tokens // p.sae_batch // 50)))
     if p.name == "paper":  # long runs: the paper's constant schedule
         kw.update(lr_decay_frac=0.0, l1_warmup_frac=0.0)
+    else:
+        # Short runs: features keep dying until late (measured on default: from 40% to 80% of
+        # the run), so resampling continues to 80%, and the second half anneals the lr so
+        # the revived features settle instead of dying again.
+        kw.update(lr_decay_frac=0.5, resample_fracs=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8))
     kw.update(overrides)
     return TrainSAEConfig(**kw)
 
@@ -98,7 +103,15 @@ def get_sae_family(preset=None, which: str = "A", sizes=None, architecture: str 
     """A/0, A/1, ...: one SAE per dictionary size (shared lambda); ``cache=True`` harvests once (fp16)."""
     p = _preset(preset)
     sizes = tuple(sizes) if sizes is not None else p.sae_sizes
-    return {n: get_sae(p, which, n, architecture, l1_coeff, store, progress, cache=cache, **kw) for n in sizes}
+    out = {}
+    for n in sizes:
+        extra = dict(kw)
+        if n != p.sae_main and "total_tokens" not in kw and p.name != "paper":
+            # the other sizes only serve the splitting lesson: half the main run's tokens
+            # (the 8x-wider dictionary would otherwise cost as much as the rest of the build)
+            extra["total_tokens"] = p.sae_tokens // 2
+        out[n] = get_sae(p, which, n, architecture, l1_coeff, store, progress, cache=cache, **extra)
+    return out
 
 
 def get_sae_l1_sweep(preset=None, which: str = "A", l1_coeffs=None, d_sae: int | None = None,

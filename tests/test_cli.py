@@ -47,3 +47,23 @@ def test_errors_are_one_line(tmp_path, capsys, monkeypatch):
             action.set_defaults(fn=cli.cmd_info)
     assert cli.main(["info"]) == 1
     assert capsys.readouterr().err.strip() == "error: bad thing: do X"
+
+
+def test_stage_dependencies_cover_every_stage_in_order():
+    from mono_utils.artifacts import ArtifactStore
+    from mono_utils.presets import get_preset
+    names = [n for n, _ in cli.build_stages(get_preset("smoke"), ArtifactStore("/nonexistent"))]
+    assert set(names) == set(cli.STAGE_DEPS)
+    for i, n in enumerate(names):  # every dependency comes earlier: the sequential order is valid too
+        assert all(d in names[:i] for d in cli.STAGE_DEPS[n]), n
+
+
+def test_parallel_build_runs_stages_in_worker_processes(smoke_store, smoke_model):
+    import os
+    env = dict(os.environ, MONO_ARTIFACTS=str(smoke_store.root))
+    r = run("build", "--preset", "smoke", "--jobs", "2", "--only", "corpus", "tokenizer", "tokens", "model",
+            "--artifacts", str(smoke_store.root), env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for stage in ("corpus", "tokenizer", "tokens", "model A", "model B"):
+        assert f"   {stage} done in" in r.stdout
+    assert "total wall time (2 jobs" in r.stdout
