@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -56,8 +57,29 @@ def execute_notebook(path: str | Path, out: str | Path, preset: str | None = Non
     t.start()
     output, _ = proc.communicate()
     t.join()
+    first = None
+    marks = out.with_suffix(".first_picture")
+    if marks.exists():  # written by the child: seconds from its start to the first picture
+        first = float(marks.read_text())
+        marks.unlink()
     return {"notebook": path.name, "ok": proc.returncode == 0, "seconds": time.time() - start,
-            "peak_mb": peak[0] / 2**20, "log": output.decode("utf-8", "replace")[-4000:], "output": str(out)}
+            "peak_mb": peak[0] / 2**20, "first_picture_s": first,
+            "log": output.decode("utf-8", "replace")[-4000:], "output": str(out)}
+
+
+# What a person sees as a picture: a plot, a widget, an image or rendered HTML.
+PICTURE_MIME = ("application/vnd.plotly.v1+json", "application/vnd.jupyter.widget-view+json",
+                "image/png", "image/svg+xml", "text/html")
+
+
+def is_picture(output: dict) -> bool:
+    """A displayed plot, widget, image or HTML, not a progress bar."""
+    if output.get("output_type") not in ("display_data", "execute_result"):
+        return False
+    data = output.get("data", {})
+    if re.search(r"\d+%\|", str(data.get("text/plain", ""))):  # a tqdm bar is a widget too
+        return False
+    return any(m in data for m in PICTURE_MIME)
 
 
 def _run_here(path: str, out: str, timeout: str) -> int:
@@ -66,8 +88,17 @@ def _run_here(path: str, out: str, timeout: str) -> int:
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
     nb = nbformat.read(path, as_version=4)
+    t0 = time.time()
+    seen = []
+
+    def on_cell_executed(cell, **_):
+        if not seen and any(is_picture(o) for o in cell.get("outputs", [])):
+            seen.append(time.time() - t0)
+            Path(out).with_suffix(".first_picture").write_text(f"{seen[0]:.2f}")
+
     client = NotebookClient(nb, timeout=int(timeout), kernel_name="python3",
-                            resources={"metadata": {"path": str(Path(path).parent)}})
+                            resources={"metadata": {"path": str(Path(path).parent)}},
+                            on_cell_executed=on_cell_executed)
     code = 0
     try:
         client.execute()
@@ -80,11 +111,14 @@ def _run_here(path: str, out: str, timeout: str) -> int:
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ["| notebook | status | wall time (s) | peak memory (MB) |", "|---|---|---:|---:|"]
+    lines = ["| notebook | status | wall time (s) | first picture (s) | peak memory (MB) |",
+             "|---|---|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['notebook']} | {'ok' if r['ok'] else 'FAILED'} | {r['seconds']:.0f} | {r['peak_mb']:.0f} |")
+        first = r.get("first_picture_s")
+        lines.append(f"| {r['notebook']} | {'ok' if r['ok'] else 'FAILED'} | {r['seconds']:.0f} | "
+                     f"{'-' if first is None else f'{first:.0f}'} | {r['peak_mb']:.0f} |")
     total = sum(r["seconds"] for r in rows)
-    lines.append(f"| **total** | | {total:.0f} | {max((r['peak_mb'] for r in rows), default=0):.0f} |")
+    lines.append(f"| **total** | | {total:.0f} | | {max((r['peak_mb'] for r in rows), default=0):.0f} |")
     return "\n".join(lines)
 
 
