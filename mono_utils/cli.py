@@ -57,6 +57,8 @@ def cmd_build(args) -> int:
     from .presets import PRESETS, validate
     preset = validate(PRESETS[args.preset])  # the flag wins over $MONO_PRESET
     store = ArtifactStore(args.artifacts)
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
     if args.jobs > 1 and not args.stage:
         from .build_parallel import run_parallel
         names = [n for n, _ in build_stages(preset, store)

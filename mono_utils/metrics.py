@@ -103,7 +103,7 @@ def _fingerprint(model, tokens: np.ndarray) -> tuple:
 
 @torch.no_grad()
 def _ablation_baselines(model, tokens: np.ndarray, batches, d_mlp: int, progress: bool):
-    """(mean MLP activation, summed CE with the MLP zero- and mean-ablated) on ``tokens``."""
+    """Summed next-token CE on ``tokens`` with the MLP zero-ablated and mean-ablated."""
     from tqdm.auto import tqdm
     key = _fingerprint(model, tokens)
     if key in _BASELINES:
@@ -120,8 +120,8 @@ def _ablation_baselines(model, tokens: np.ndarray, batches, d_mlp: int, progress
             ce[key_] += float(lm_loss(logits, tok, reduce=False).sum())
     if len(_BASELINES) > 8:
         _BASELINES.clear()
-    _BASELINES[key] = (mean_act, ce)
-    return mean_act, ce
+    _BASELINES[key] = ce
+    return ce
 
 
 @torch.no_grad()
@@ -138,7 +138,7 @@ def evaluate_sae(sae, model, tokens: np.ndarray, max_tokens: int | None = None, 
     tokens = tokens[:rows]
     sae = sae.to("cpu").eval()
     batches = [torch.from_numpy(tokens[s:s + batch_rows].astype(np.int64)) for s in range(0, rows, batch_rows)]
-    _, ce_ablated = _ablation_baselines(model, tokens, batches, d_mlp, progress)
+    ce_ablated = _ablation_baselines(model, tokens, batches, d_mlp, progress)
     acc = _Acc(sae.cfg.d_in, sae.cfg.d_sae)
     ce = {"clean": 0.0, "sae": 0.0, **ce_ablated}
     kl_sum, n_pred = 0.0, 0

@@ -63,8 +63,9 @@ PRESETS: dict[str, Preset] = {
         name="default", corpus_bytes=20_000_000, vocab_size=4096,
         d_model=128, n_heads=4, d_mlp=512, n_ctx=128,
         model_tokens=4_000_000, model_batch=32, model_lr=2e-3,
-        # small batches, many steps: measured on A/1 (4M activations) 91% loss recovered at
-        # L0 30 with 3% dead at batch 512, against 82% with 43% dead at batch 4096 (lr 1e-3)
+        # small SAE batches, many steps: A/1 on 4M activations reached 92% loss recovered at
+        # L0 26 (batch 512, lr 3.5e-4), against 82% with 43% dead at batch 4096 (lr 1e-3);
+        # see benchmarks/RESULTS.md
         sae_sizes=(512, 2048, 4096, 8192), sae_main=4096, l1_coeff=5.6e-3, topk_k=24,
         sae_tokens=4_000_000, sae_batch=512, sae_lr=3.5e-4,
         eval_tokens=262_144, index_tokens=1_048_576, universality_tokens=262_144,

@@ -67,3 +67,8 @@ def test_parallel_build_runs_stages_in_worker_processes(smoke_store, smoke_model
     for stage in ("corpus", "tokenizer", "tokens", "model A", "model B"):
         assert f"   {stage} done in" in r.stdout
     assert "total wall time (2 jobs" in r.stdout
+
+
+def test_build_rejects_zero_jobs(capsys):
+    assert cli.main(["build", "--preset", "smoke", "--jobs", "0"]) == 1
+    assert capsys.readouterr().err.strip() == "error: --jobs must be at least 1, got 0"
