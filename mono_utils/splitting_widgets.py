@@ -11,6 +11,22 @@ from .splitting import SplitGraph
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
 
 
+def family_quality_figure(metrics_by_size: dict[int, dict]) -> go.Figure:
+    """L0 and loss recovered of each dictionary size (from each SAE's ``metrics.json``)."""
+    from plotly.subplots import make_subplots
+    sizes = sorted(metrics_by_size)
+    labels = [f"{n:,}" for n in sizes]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["L0 (features active per token)", "loss recovered"])
+    fig.add_bar(x=labels, y=[metrics_by_size[n]["l0"] for n in sizes], showlegend=False,
+                marker_color=COLORS[0], row=1, col=1)
+    fig.add_bar(x=labels, y=[100 * metrics_by_size[n]["loss_recovered"] for n in sizes], showlegend=False,
+                marker_color=COLORS[2], row=1, col=2)
+    fig.update_yaxes(title_text="%", row=1, col=2)
+    fig.update_xaxes(title_text="dictionary size")
+    fig.update_layout(height=300, title="The family: one lambda, growing dictionaries", margin=dict(t=70, b=40))
+    return fig
+
+
 def _label(hover, level, f) -> str:
     if hover is None:
         return ""

@@ -125,3 +125,11 @@ def test_tree_figure_and_lineage_widget():
     import pandas as pd
     lay = pd.DataFrame({"size": [4, 4, 8], "feature": [0, 1, 0], "x": [0., 1., 2.], "y": [0., 1., 0.]})
     assert len(SW.umap_figure(lay, {4: ["a", "b", "c", "d"], 8: ["e"] * 8}).data) == 2
+
+
+def test_family_quality_figure_shows_each_size_in_order():
+    from mono_utils.splitting_widgets import family_quality_figure
+    fig = family_quality_figure({2048: {"l0": 20.0, "loss_recovered": 0.9}, 512: {"l0": 10.0, "loss_recovered": 0.8}})
+    l0, rec = fig.data
+    assert list(l0.x) == ["512", "2,048"] and list(l0.y) == [10.0, 20.0]
+    assert list(rec.y) == pytest.approx([80.0, 90.0])
