@@ -26,6 +26,20 @@ from .steering import MODES, FastLM, Intervention, generate, next_token_shift, o
 from .steering_catalog import DEMO_PROMPT, FeatureCatalog
 
 
+def next_token_figure(first_logits, tokenizer, k: int = 12, title: str = "next-token probabilities"):
+    """A bar chart of the ``k`` most likely next tokens (plotly)."""
+    import plotly.graph_objects as go
+    import torch
+    from .tokenizer import str_tokens
+    p = torch.softmax(first_logits.float(), -1)
+    top = p.topk(max(1, min(k, p.numel())))
+    names = [repr(t) for t in str_tokens(tokenizer, top.indices.tolist())]
+    fig = go.Figure(go.Bar(x=names, y=top.values.tolist()))
+    fig.update_layout(title=title, xaxis_title="next token", yaxis_title="probability", height=300,
+                      margin=dict(t=50, b=40))
+    return fig
+
+
 def render_tokens(toks: list[str], acts, n_prompt: int, vmax: float, title: str = "") -> str:
     """Tokens as HTML spans, background by activation (orange), the prompt in grey italics."""
     out = [f"<div style='font-weight:600;margin-bottom:4px'>{html.escape(title)}</div>"] if title else []

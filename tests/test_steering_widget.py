@@ -105,3 +105,17 @@ def test_add_remove_features_and_render_time(widget, parts):
     widget.remove_feature(other)
     assert other not in widget.sliders
     assert widget.last_ms < 2000
+
+
+def test_next_token_figure_shows_the_most_likely_tokens(parts):
+    from mono_utils.steering import generate
+    from mono_utils.steering_widget import next_token_figure
+    from mono_utils.tokenizer import str_tokens
+    lm, tok, sae, _ = parts
+    logits = generate(lm, tok, sae, "1,2,3", max_new_tokens=1, seed=0).first_logits
+    fig = next_token_figure(logits, tok, k=5)
+    bar = fig.data[0]
+    p = torch.softmax(logits.float(), -1)
+    assert list(bar.y) == pytest.approx(p.topk(5).values.tolist())
+    assert list(bar.x) == [repr(t) for t in str_tokens(tok, p.topk(5).indices.tolist())]
+    assert all(a >= b for a, b in zip(bar.y, bar.y[1:]))
