@@ -28,8 +28,8 @@ class TrainSAEConfig:
     lr_decay_frac: float = 0.2         # linear decay to 0 over the last fraction (0: constant, as the paper)
     l1_warmup_frac: float = 0.05       # lambda ramps up from 0 (0: constant, as the paper)
     resample: bool = True              # the paper's dead-feature resampling (ReLU SAEs)
-    # paper: 25k..100k of 1M steps. Short runs lose features late (measured on default: none dead
-    # before 50% of the run, half dead by the end), so resampling continues to 70%.
+    # paper: 25k..100k of 1M steps, scaled to the run. The presets' short runs resample longer
+    # still (to 80%) and anneal the lr over the second half: see sae_pipeline.sae_train_config.
     resample_fracs: tuple = (0.1, 0.25, 0.4, 0.55, 0.7)
     dead_window_frac: float = 0.05     # "did not fire in the last ... steps" (paper: 12.5k of 1M)
     resample_batches: int = 16         # loss pool = this many recent batches (paper: 819,200 inputs)
