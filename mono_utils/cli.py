@@ -30,7 +30,7 @@ def build_stages(preset, store):
     stages += [
         ("SAE A/1", lambda: sae_pipeline.get_sae(preset, "A", store=store)),
         ("SAE B/1", lambda: sae_pipeline.get_sae(preset, "B", store=store)),
-        ("SAE A/1 TopK", lambda: sae_pipeline.get_sae(preset, "A", architecture="topk", store=store)),
+        ("SAE A/1 TopK", lambda: sae_pipeline.get_topk_sae(preset, "A", store=store)),
         ("SAE A lambda sweep", lambda: sae_pipeline.get_lambda_sweep(preset, "A", store=store)),
         ("SAE family A", lambda: sae_pipeline.get_sae_family(preset, "A", store=store)),
         ("index A/1", lambda: index.get_index(preset, "A", store=store)),

@@ -7,7 +7,9 @@ All metrics are computed on held-out tokens (``pipeline.get_tokens(...).val``):
   sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 (``fvu_about_zero`` divides by sum ||x||^2
   instead, a known bug that flatters SAEs; reported only to show the difference).
 - ``l0``: mean number of active features per token.
-- ``dead``: features that never fired on the evaluation tokens; ``ultralow``: density below
+- ``dead``: features that never fired on the density tokens (the evaluation tokens and, with
+  ``density_tokens``, more held-out tokens through the encoder only: 1M on default, enough to
+  resolve the paper's ultralow-density cluster); ``ultralow``: density below
   ``ultralow_density`` (but not dead); ``density_hist``: log10 feature-density histogram.
 - ``ce_clean`` / ``ce_sae`` / ``ce_zero`` / ``ce_mean``: next-token cross entropy of the clean
   model, with the SAE's reconstruction spliced in for the MLP activations, with them zeroed,
@@ -22,12 +24,14 @@ splicing and ablations apply to positions 1.., and its identical loss cancels in
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .model import HOOK_MLP_POST, lm_loss, mlp_post
+from .sae import check_activations
 
 
 def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> float:
@@ -88,7 +92,8 @@ def _splice(value):
 
 
 # The ablation baselines depend on the model and the tokens only, not on the SAE: a build
-# evaluates several SAEs of one model on one evaluation set, so they are computed once.
+# evaluates several SAEs of one model on one evaluation set, in several processes, so they are
+# computed once and kept in memory and, for a model from the artifact store, on disk.
 _BASELINES: dict = {}
 
 
@@ -102,12 +107,8 @@ def _fingerprint(model, tokens: np.ndarray) -> tuple:
 
 
 @torch.no_grad()
-def _ablation_baselines(model, tokens: np.ndarray, batches, d_mlp: int, progress: bool):
-    """Summed next-token CE on ``tokens`` with the MLP zero-ablated and mean-ablated."""
+def _compute_baselines(model, tokens: np.ndarray, batches, d_mlp: int, progress: bool) -> dict:
     from tqdm.auto import tqdm
-    key = _fingerprint(model, tokens)
-    if key in _BASELINES:
-        return _BASELINES[key]
     n_ctx = tokens.shape[1]
     total = torch.zeros(d_mlp, dtype=torch.float64)
     for tok in batches:
@@ -118,16 +119,56 @@ def _ablation_baselines(model, tokens: np.ndarray, batches, d_mlp: int, progress
         for key_, value in (("zero", torch.zeros(d_mlp)), ("mean", mean_act)):
             logits = model.run_with_hooks(tok, fwd_hooks=[(HOOK_MLP_POST, _splice(value))])
             ce[key_] += float(lm_loss(logits, tok, reduce=False).sum())
+    return ce
+
+
+def _ablation_baselines(model, tokens: np.ndarray, batches, d_mlp: int, progress: bool, store=None):
+    """Summed next-token CE on ``tokens`` with the MLP zero-ablated and mean-ablated."""
+    key = _fingerprint(model, tokens)
+    if key in _BASELINES:
+        return _BASELINES[key]
+    if getattr(model, "mono_folder", None) is not None:
+        from .results import cached_result, input_id
+        config = {"model": input_id(model), "weights_sha1": key[0], "tokens_sha1": key[1],
+                  "shape": list(key[2]), "version": 1}
+        _, ce = cached_result("ablation-baselines", config,
+                              lambda: ({}, _compute_baselines(model, tokens, batches, d_mlp, progress)), store)
+    else:
+        ce = _compute_baselines(model, tokens, batches, d_mlp, progress)
     if len(_BASELINES) > 8:
         _BASELINES.clear()
     _BASELINES[key] = ce
     return ce
 
 
+def _decode(sae, f: torch.Tensor) -> torch.Tensor:
+    """``sae.decode(f)``, through a sparse product when few features are active (the usual case)."""
+    if f.ndim == 2 and float((f != 0).float().mean()) < 0.05:
+        with warnings.catch_warnings():   # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore")
+            x_hat = torch.sparse.mm(f.to_sparse_csr(), sae.W_dec) + sae.b_dec
+        return x_hat / sae.input_scale
+    return sae.decode(f)
+
+
+def _fire_counts(sae, x: torch.Tensor) -> torch.Tensor:
+    """How many rows of raw activations ``x`` each feature fires on (encoder only)."""
+    check_activations(x, sae.cfg.d_in)
+    if sae.cfg.architecture == "relu":
+        return (sae.pre_acts(x * sae.input_scale) > 0).sum(0)
+    return (sae.encode(x) > 0).sum(0)
+
+
 @torch.no_grad()
 def evaluate_sae(sae, model, tokens: np.ndarray, max_tokens: int | None = None, batch_rows: int = 32,
-                 ultralow_density: float = 1e-5, progress: bool = False, return_density: bool = False):
-    """All metrics above on token rows ``tokens`` [rows, n_ctx] (up to ``max_tokens`` tokens)."""
+                 ultralow_density: float = 1e-5, progress: bool = False, return_density: bool = False,
+                 density_tokens: int | None = None, store=None):
+    """All metrics above on token rows ``tokens`` [rows, n_ctx].
+
+    Loss, reconstruction and L0 use up to ``max_tokens`` tokens; feature density, dead and
+    ultralow counts use up to ``density_tokens`` (default: the same rows), the rows after
+    those going through the model only up to the MLP and through the encoder only.
+    """
     from tqdm.auto import tqdm
     d_mlp = model.mono_config.d_mlp if hasattr(model, "mono_config") else model.cfg.d_mlp
     if sae.cfg.d_in != d_mlp:
@@ -135,10 +176,11 @@ def evaluate_sae(sae, model, tokens: np.ndarray, max_tokens: int | None = None, 
                          f"use an SAE trained on this model (same preset)")
     n_ctx = tokens.shape[1]
     rows = len(tokens) if max_tokens is None else max(1, min(len(tokens), max_tokens // n_ctx))
-    tokens = tokens[:rows]
+    drows = rows if density_tokens is None else max(rows, min(len(tokens), density_tokens // n_ctx))
+    all_tokens, tokens = tokens, tokens[:rows]
     sae = sae.to("cpu").eval()
     batches = [torch.from_numpy(tokens[s:s + batch_rows].astype(np.int64)) for s in range(0, rows, batch_rows)]
-    ce_ablated = _ablation_baselines(model, tokens, batches, d_mlp, progress)
+    ce_ablated = _ablation_baselines(model, tokens, batches, d_mlp, progress, store)
     acc = _Acc(sae.cfg.d_in, sae.cfg.d_sae)
     ce = {"clean": 0.0, "sae": 0.0, **ce_ablated}
     kl_sum, n_pred = 0.0, 0
@@ -152,17 +194,28 @@ def evaluate_sae(sae, model, tokens: np.ndarray, max_tokens: int | None = None, 
         clean = model.run_with_hooks(tok, fwd_hooks=[(HOOK_MLP_POST, grab)])
         x = box["act"][:, 1:].reshape(-1, d_mlp).float()
         f = sae.encode(x)
-        x_hat = sae.decode(f)
+        x_hat = _decode(sae, f)
         acc.add(x, x_hat, f)
         rec = x_hat.reshape(len(tok), n_ctx - 1, d_mlp)
         spliced = model.run_with_hooks(tok, fwd_hooks=[(HOOK_MLP_POST, _splice(rec))])
-        for key, logits in (("clean", clean), ("sae", spliced)):
-            ce[key] += float(lm_loss(logits, tok, reduce=False).sum())
-        kl_sum += float(kl_divergence(clean[:, :-1], spliced[:, :-1]).sum())
+        # one log-softmax per run serves both the cross entropy and the KL divergence
+        lp_clean = F.log_softmax(clean[:, :-1].float(), -1)
+        lp_sae = F.log_softmax(spliced[:, :-1].float(), -1)
+        target = tok[:, 1:, None]
+        ce["clean"] -= float(lp_clean.gather(-1, target).sum())
+        ce["sae"] -= float(lp_sae.gather(-1, target).sum())
+        kl_sum += float((lp_clean.exp() * (lp_clean - lp_sae)).sum())
         n_pred += tok.shape[0] * (n_ctx - 1)
     ce = {k: v / n_pred for k, v in ce.items()}
     var = acc.sxx - float((acc.sx.pow(2)).sum()) / acc.n
-    density = (acc.fires / acc.n).float()
+    fires, n_density = acc.fires.clone(), acc.n
+    extra = range(rows, drows, batch_rows)
+    for s in tqdm(extra, desc="feature density", disable=not progress or not len(extra)):
+        tok = torch.from_numpy(all_tokens[s:min(s + batch_rows, drows)].astype(np.int64))
+        x = mlp_post(model, tok)[:, 1:].reshape(-1, d_mlp).float()
+        fires += _fire_counts(sae, x).double()
+        n_density += len(x)
+    density = (fires / n_density).float()
     dead = int((density == 0).sum())
     ultralow = int(((density > 0) & (density < ultralow_density)).sum())
     m = {"mse": acc.sq / (acc.n * d_mlp), "fvu": acc.sq / var if var > 0 else float("nan"),
@@ -173,7 +226,10 @@ def evaluate_sae(sae, model, tokens: np.ndarray, max_tokens: int | None = None, 
          "ce_clean": ce["clean"], "ce_sae": ce["sae"], "ce_zero": ce["zero"], "ce_mean": ce["mean"],
          "loss_recovered": loss_recovered(ce["clean"], ce["sae"], ce["zero"]),
          "loss_recovered_mean": loss_recovered(ce["clean"], ce["sae"], ce["mean"]),
-         "kl_sae": kl_sum / n_pred, "eval_tokens": acc.n, "min_resolvable_density": 1.0 / acc.n}
+         "kl_sae": kl_sum / n_pred, "eval_tokens": acc.n, "density_tokens": n_density,
+         # dead on the loss-evaluation tokens alone, for comparison with runs that report that
+         "dead_on_eval_tokens": int((acc.fires == 0).sum()),
+         "min_resolvable_density": 1.0 / n_density}
     for k, v in m.items():
         if isinstance(v, float) and not math.isfinite(v):
             m[k] = None

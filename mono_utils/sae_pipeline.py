@@ -64,7 +64,8 @@ def get_sae(preset=None, which: str = "A", d_sae: int | None = None, architectur
     stream_kw = {"tokens_per_context": None, "block_size": 1 << 17, "skip_bos": True}
     sae_cfg = cfg.to_dict()
     sae_cfg.pop("input_scale")
-    config = {"model": model_cfg, "sae": sae_cfg, "train": tc.to_dict(), "stream": stream_kw, "version": 1}
+    config = {"model": model_cfg, "sae": sae_cfg, "train": tc.to_dict(), "stream": stream_kw,
+              "eval": {"eval_tokens": p.eval_tokens, "density_tokens": p.density_tokens}, "version": 1}
     if cache:  # fp16-cached activations give (slightly) different SAEs: a different artifact
         config["fp16_cache"] = True
     name = sae_name(which, d_sae, architecture, p)
@@ -82,7 +83,8 @@ def get_sae(preset=None, which: str = "A", d_sae: int | None = None, architectur
         sae = sae.cpu()
         sae.save(tmp)
         tv, _, _ = data.split("val")
-        metrics, density = evaluate_sae(sae, model, tv, p.eval_tokens, progress=progress, return_density=True)
+        metrics, density = evaluate_sae(sae, model, tv, p.eval_tokens, progress=progress, return_density=True,
+                                        density_tokens=p.density_tokens, store=s)
         save_safetensors_atomic({"density": density}, tmp / "feature_density.safetensors")
         (tmp / "history.json").write_text(json.dumps(hist))
         last = hist[-1] if hist else {}
@@ -107,11 +109,33 @@ def get_sae_family(preset=None, which: str = "A", sizes=None, architecture: str 
     for n in sizes:
         extra = dict(kw)
         if n != p.sae_main and "total_tokens" not in kw and p.name != "paper":
-            # the other sizes only serve the splitting lesson: half the main run's tokens
-            # (the 8x-wider dictionary would otherwise cost as much as the rest of the build)
-            extra["total_tokens"] = p.sae_tokens // 2
+            extra["total_tokens"] = family_tokens(p, n)
         out[n] = get_sae(p, which, n, architecture, l1_coeff, store, progress, cache=cache, **extra)
     return out
+
+
+def family_tokens(p: Preset, d_sae: int) -> int:
+    """Training tokens of a family member other than the main size (not on ``paper``).
+
+    The other sizes only serve the splitting lesson: half the main run's tokens, and at most
+    half its compute (tokens x width), so the 8x-wider dictionary does not cost as much as the
+    rest of the build.
+    """
+    return max(p.sae_batch, min(p.sae_tokens // 2, p.sae_tokens * p.sae_main // (2 * d_sae)))
+
+
+def topk_tokens(p: Preset) -> int:
+    """TopK trains on half the main run's tokens (not on ``paper``): it converges faster (no L1
+    shrinkage to balance, AuxK keeps latents alive) and only serves the side-by-side comparison."""
+    return p.sae_tokens if p.name == "paper" else max(p.sae_batch, p.sae_tokens // 2)
+
+
+def get_topk_sae(preset=None, which: str = "A", store: ArtifactStore | None = None, progress: bool = True,
+                 live=None, **kw) -> SparseAutoencoder:
+    """The TopK SAE of notebook 01 at A/1's width (AuxK for dead latents), on ``topk_tokens``."""
+    p = _preset(preset)
+    kw.setdefault("total_tokens", topk_tokens(p))
+    return get_sae(p, which, architecture="topk", store=store, progress=progress, live=live, **kw)
 
 
 def get_sae_l1_sweep(preset=None, which: str = "A", l1_coeffs=None, d_sae: int | None = None,
@@ -128,14 +152,16 @@ SWEEP_MULTIPLIERS = (0.5, 2.0)
 
 def get_lambda_sweep(preset=None, which: str = "A", multipliers=SWEEP_MULTIPLIERS,
                      store: ArtifactStore | None = None, progress: bool = True) -> dict[float, SparseAutoencoder]:
-    """The small L0 vs loss-recovered sweep of notebook 01: lambda x each multiplier, half the tokens.
+    """The small L0 vs loss-recovered sweep of notebook 01: lambda x each multiplier, a quarter of
+    the main run's tokens (the paper preset: all of them).
 
     One definition shared by the notebook and ``python -m mono_utils build`` so both name the
     same artifacts.
     """
     p = _preset(preset)
+    tokens = p.sae_tokens if p.name == "paper" else max(p.sae_batch, p.sae_tokens // 4)
     return {m: get_sae(p, which, l1_coeff=p.l1_coeff * m, store=store, progress=progress,
-                       total_tokens=p.sae_tokens // 2) for m in multipliers}
+                       total_tokens=tokens) for m in multipliers}
 
 
 def sae_metrics(sae) -> dict:

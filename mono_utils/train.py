@@ -267,6 +267,14 @@ class LivePlot:
         self.records.append(rec)
         if len(self.records) % self.every:
             return
+        self._redraw()
+
+    def replay(self, records: list[dict]) -> None:
+        """Draw a finished run's history at once (one redraw, not one per record)."""
+        self.records.extend(records)
+        self._redraw()
+
+    def _redraw(self) -> None:
         xs = [r["tokens"] for r in self.records]
         with self.figure.batch_update() if hasattr(self.figure, "batch_update") else _null():
             for i, key in enumerate(self.PANELS):

@@ -111,3 +111,48 @@ def test_ablation_baselines_are_cached_per_model_and_tokens(tiny_model):
     finally:
         with torch.no_grad():
             params[name].mul_(0.5)
+
+
+def test_density_counts_more_tokens_than_the_loss_evaluation(tiny_model):
+    """density_tokens: dead/density over all requested rows (brute force), losses over the first ones."""
+    from mono_utils.model import mlp_post
+    tokens = np.random.default_rng(2).integers(0, 64, size=(20, 16)).astype(np.uint16)
+    sae = SparseAutoencoder(SAEConfig(d_in=64, d_sae=96, seed=3))
+    with torch.no_grad():
+        sae.b_enc.fill_(-0.3)   # many rare features, so that more tokens revive some "dead" ones
+    small = evaluate_sae(sae, tiny_model, tokens, max_tokens=4 * 16, batch_rows=3)
+    m, density = evaluate_sae(sae, tiny_model, tokens, max_tokens=4 * 16, batch_rows=3,
+                              density_tokens=20 * 16, return_density=True)
+    assert m["eval_tokens"] == 4 * 15 and m["density_tokens"] == 20 * 15
+    for k in ("mse", "l0", "ce_sae", "loss_recovered", "kl_sae"):   # the loss side is unchanged
+        assert m[k] == pytest.approx(small[k], rel=1e-6, abs=1e-9)
+    acts = mlp_post(tiny_model, torch.from_numpy(tokens.astype(np.int64)))[:, 1:].reshape(-1, 64)
+    brute = (sae.encode(acts) > 0).float().mean(0)
+    torch.testing.assert_close(density, brute)
+    assert m["dead"] == int((brute == 0).sum()) and m["dead_on_eval_tokens"] == small["dead"]
+    assert m["dead"] <= m["dead_on_eval_tokens"]
+
+
+def test_sparse_decode_equals_dense():
+    from mono_utils.metrics import _decode
+    sae = SparseAutoencoder(SAEConfig(d_in=16, d_sae=64, seed=0))
+    sae.set_input_scale(2.5)
+    f = torch.zeros(10, 64)
+    f[torch.arange(10), torch.arange(10) * 3] = torch.rand(10) + 0.1
+    torch.testing.assert_close(_decode(sae, f), sae.decode(f), rtol=1e-5, atol=1e-6)
+
+
+def test_ablation_baselines_persist_on_disk_for_stored_models(tiny_model, tmp_path, monkeypatch):
+    """A model from the artifact store: another process (empty memory cache) loads the baselines."""
+    from mono_utils import metrics
+    from mono_utils.artifacts import ArtifactStore
+    store = ArtifactStore(tmp_path)
+    tokens = np.random.default_rng(4).integers(0, 64, size=(6, 16)).astype(np.uint16)
+    monkeypatch.setattr(tiny_model, "mono_folder", tmp_path / "modelA-tiny-abc", raising=False)
+    metrics._BASELINES.clear()
+    m1 = evaluate_sae(_perfect_sae(64), tiny_model, tokens, store=store)
+    assert list((tmp_path / "result").glob("ablation-baselines-*"))
+    metrics._BASELINES.clear()
+    monkeypatch.setattr(metrics, "_compute_baselines", lambda *a, **k: pytest.fail("recomputed"))
+    m2 = evaluate_sae(_perfect_sae(64), tiny_model, tokens, store=store)
+    assert m2["ce_zero"] == m1["ce_zero"] and m2["ce_mean"] == m1["ce_mean"]
