@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 KINDS = ("feature", "neuron")
-ULTRALOW_DENSITY = 1e-5   # the paper's ultralow cluster sits near 1e-7, the live one near 1e-5
-INDEX_VERSION = 2
+ULTRALOW_DENSITY = 1e-5   # fallback only: each index locates its own ultralow cluster (metrics.ultralow_threshold)
+INDEX_VERSION = 3   # 3: the ultralow cutoff is located in the feature-density histogram
 
 
 def _check_kind(kind: str) -> str:
@@ -201,6 +201,7 @@ def build_index(model, sae, tokens: np.ndarray, domain: np.ndarray, subdomain: n
     np.save(out / "domain.npy", np.asarray(domain, np.uint8))
     np.save(out / "subdomain.npy", np.asarray(subdomain, np.uint8))
     metrics = {"tokens": n_tok, "rows": int(tokens.shape[0]), "n_ctx": int(n_ctx), "seconds_acts": round(t_acts, 2)}
+    finished = {}
     for kind, acc in accs.items():
         nnz = int(sum(int(c.sum()) for c in acc.counts))
         pos = np.lib.format.open_memmap(out / f"{kind}_pos.npy", mode="w+", dtype=np.int32, shape=(nnz,))
@@ -210,14 +211,20 @@ def build_index(model, sae, tokens: np.ndarray, domain: np.ndarray, subdomain: n
         del pos, val
         for name in ("indptr", "count", "max", *_OPTIONAL, "domain_counts", "subdomain_counts"):
             np.save(out / f"{kind}_{name}.npy", arrays[name])
-        dens = arrays["count"] / max(1, n_tok)
-        metrics[kind] = {"units": int(acc.n_units), "nonzeros": nnz, "dead": int((arrays["count"] == 0).sum()),
-                         "ultralow": int(((dens > 0) & (dens < ULTRALOW_DENSITY)).sum()),
+        finished[kind] = (arrays["count"] / max(1, n_tok), nnz, acc.n_units)
+    from .metrics import ultralow_threshold
+    # one cutoff for features and neurons (so a comparison leaves out the same kind of unit),
+    # located in the features' density histogram; neurons alone show no ultralow cluster
+    cutoff = ultralow_threshold(finished["feature"][0]) if "feature" in finished else ULTRALOW_DENSITY
+    metrics["ultralow_density"] = cutoff
+    for kind, (dens, nnz, n_units) in finished.items():
+        metrics[kind] = {"units": int(n_units), "nonzeros": nnz, "dead": int((dens == 0).sum()),
+                         "ultralow": int(((dens > 0) & (dens < cutoff)).sum()),
                          "mean_l0": nnz / max(1, n_tok), "bytes": nnz * 6}
     import shutil
     shutil.rmtree(spill, ignore_errors=True)
     info = {"domain_names": list(domain_names), "subdomain_names": list(subdomain_names),
-            "kinds": list(accs), "version": INDEX_VERSION, **(meta or {})}
+            "kinds": list(accs), "version": INDEX_VERSION, "ultralow_density": cutoff, **(meta or {})}
     (out / "index.json").write_text(json.dumps(info, indent=1))
     metrics["seconds_total"] = round(time.time() - t0, 2)
     return metrics
@@ -270,14 +277,19 @@ class ActivationIndex:
                    for n in _REQUIRED + _OPTIONAL if n in _REQUIRED or (folder / f"{kind}_{n}.npy").exists()}
             units[kind] = _Unitset(**arr)
         return cls(np.load(folder / "tokens.npy"), np.load(folder / "domain.npy"), np.load(folder / "subdomain.npy"),
-                   info["domain_names"], info["subdomain_names"], units, folder, info)
+                   info["domain_names"], info["subdomain_names"], units, folder, info,
+                   float(info.get("ultralow_density", ULTRALOW_DENSITY)))
 
     @classmethod
     def from_arrays(cls, tokens, domain, subdomain, domain_names, subdomain_names, arrays: dict) -> "ActivationIndex":
         """An in-memory index from ``{kind: build_index_arrays(...)}`` (tests, small data)."""
+        from .metrics import ultralow_threshold
         units = {k: _Unitset(**{n: a[n] for n in _REQUIRED + _OPTIONAL if n in a}) for k, a in arrays.items()}
-        return cls(np.asarray(tokens), np.asarray(domain), np.asarray(subdomain), list(domain_names),
-                   list(subdomain_names), units)
+        index = cls(np.asarray(tokens), np.asarray(domain), np.asarray(subdomain), list(domain_names),
+                    list(subdomain_names), units)
+        if "feature" in units:
+            index.ultralow_density = ultralow_threshold(index.density("feature"))
+        return index
 
     # -- basic facts
     @property

@@ -9,8 +9,9 @@ All metrics are computed on held-out tokens (``pipeline.get_tokens(...).val``):
 - ``l0``: mean number of active features per token.
 - ``dead``: features that never fired on the density tokens (the evaluation tokens and, with
   ``density_tokens``, more held-out tokens through the encoder only: 1M on default, enough to
-  resolve the paper's ultralow-density cluster); ``ultralow``: density below
-  ``ultralow_density`` (but not dead); ``density_hist``: log10 feature-density histogram.
+  resolve the paper's ultralow-density cluster); ``ultralow``: live features of the low mode of
+  the bimodal density histogram (``ultralow_threshold`` locates it; the paper excludes them
+  from analyses); ``density_hist``: log10 feature-density histogram.
 - ``ce_clean`` / ``ce_sae`` / ``ce_zero`` / ``ce_mean``: next-token cross entropy of the clean
   model, with the SAE's reconstruction spliced in for the MLP activations, with them zeroed,
   and with them replaced by their mean.
@@ -60,6 +61,42 @@ def density_histogram(density, lo: float = -8.0, hi: float = 0.0, width: float =
     edges = np.arange(lo, hi + width / 2, width)
     counts, _ = np.histogram(np.clip(np.log10(live), lo, hi - 1e-9), bins=edges)
     return {"edges": [round(float(e), 4) for e in edges], "counts": counts.tolist(), "dead": int((d == 0).sum())}
+
+
+ULTRALOW_DEFAULT = 1e-5   # used when the density histogram shows no separate low mode
+
+
+def ultralow_threshold(density, default: float = ULTRALOW_DEFAULT, width: float = 0.25,
+                       min_gap: float = 1.0) -> float:
+    """The density below which a live feature belongs to the *ultralow-density cluster*.
+
+    The paper finds the log10 feature-density histogram bimodal and leaves the low mode out of
+    every analysis (mostly uninterpretable features whose encoder vectors are nearly parallel).
+    Where that mode sits depends on the model, the SAE and the data, so it is located, not
+    assumed: the emptiest bin between the two highest modes (at least ``min_gap`` decades
+    apart) of the smoothed histogram. ``default`` when there is no such low mode: one mode
+    only, a shallow dip (the trough above half the lower peak), or a "low mode" holding half
+    the live features or more (then it is the main mode, not a cluster to exclude).
+    """
+    d = np.asarray(density, dtype=np.float64)
+    ld = np.log10(d[d > 0])
+    if len(ld) < 20:
+        return default
+    edges = np.arange(np.floor(ld.min()), np.ceil(ld.max()) + width + 1e-9, width)
+    counts, edges = np.histogram(ld, bins=edges)
+    smooth = np.convolve(np.pad(counts.astype(float), 1, mode="edge"), [0.25, 0.5, 0.25], mode="valid")
+    gap = int(round(min_gap / width))
+    p1 = int(np.argmax(smooth))
+    far = [i for i in range(len(smooth)) if abs(i - p1) >= gap]
+    if not far:
+        return default
+    p2 = max(far, key=lambda i: smooth[i])
+    lo, hi = sorted((p1, p2))
+    trough = lo + int(np.argmin(smooth[lo:hi + 1]))
+    threshold = 10 ** edges[trough]
+    if smooth[trough] > 0.5 * min(smooth[lo], smooth[hi]) or (ld < np.log10(threshold)).mean() >= 0.5:
+        return default
+    return float(threshold)
 
 
 class _Acc:
@@ -161,7 +198,7 @@ def _fire_counts(sae, x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_sae(sae, model, tokens: np.ndarray, max_tokens: int | None = None, batch_rows: int = 32,
-                 ultralow_density: float = 1e-5, progress: bool = False, return_density: bool = False,
+                 ultralow_density: float | None = None, progress: bool = False, return_density: bool = False,
                  density_tokens: int | None = None, store=None):
     """All metrics above on token rows ``tokens`` [rows, n_ctx].
 
@@ -217,11 +254,14 @@ def evaluate_sae(sae, model, tokens: np.ndarray, max_tokens: int | None = None, 
         n_density += len(x)
     density = (fires / n_density).float()
     dead = int((density == 0).sum())
+    if ultralow_density is None:
+        ultralow_density = ultralow_threshold(density.numpy())
     ultralow = int(((density > 0) & (density < ultralow_density)).sum())
     m = {"mse": acc.sq / (acc.n * d_mlp), "fvu": acc.sq / var if var > 0 else float("nan"),
          "fvu_about_zero": acc.sq / acc.sxx if acc.sxx > 0 else float("nan"),
          "l0": acc.l0 / acc.n, "dead": dead, "dead_frac": dead / sae.cfg.d_sae,
          "ultralow": ultralow, "ultralow_frac": ultralow / sae.cfg.d_sae, "ultralow_density": ultralow_density,
+         "ultralow_below_1e-5": int(((density > 0) & (density < 1e-5)).sum()),
          "density_hist": density_histogram(density.numpy()),
          "ce_clean": ce["clean"], "ce_sae": ce["sae"], "ce_zero": ce["zero"], "ce_mean": ce["mean"],
          "loss_recovered": loss_recovered(ce["clean"], ce["sae"], ce["zero"]),

@@ -156,3 +156,17 @@ def test_ablation_baselines_persist_on_disk_for_stored_models(tiny_model, tmp_pa
     monkeypatch.setattr(metrics, "_compute_baselines", lambda *a, **k: pytest.fail("recomputed"))
     m2 = evaluate_sae(_perfect_sae(64), tiny_model, tokens, store=store)
     assert m2["ce_zero"] == m1["ce_zero"] and m2["ce_mean"] == m1["ce_mean"]
+
+
+def test_ultralow_cutoff_is_located_in_a_bimodal_histogram():
+    from mono_utils.metrics import ultralow_threshold
+    rng = np.random.default_rng(0)
+    main = 10 ** rng.normal(-2.5, 0.35, 3000)
+    low = 10 ** rng.normal(-5.3, 0.2, 900)
+    t = ultralow_threshold(np.concatenate([main, low, np.zeros(40)]))   # dead features are ignored
+    assert 10 ** -4.8 < t < 10 ** -3.4
+    assert ((low < t).mean() > 0.97) and ((main < t).mean() < 0.01)
+    # one mode only, or a "low mode" that is most features: the fixed fallback
+    assert ultralow_threshold(main) == 1e-5
+    assert ultralow_threshold(np.concatenate([main[:500], 10 ** rng.normal(-5.3, 0.2, 2000)])) == 1e-5
+    assert ultralow_threshold(np.zeros(10)) == 1e-5
