@@ -8,6 +8,8 @@
   (``mono_utils.index``); :class:`ArraySource` holds arrays (tests, small data).
 * :func:`randomized_model` shuffles each weight tensor of a trained model (the paper's
   control); :func:`get_randomized_index` trains an SAE on it and indexes its features.
+* :func:`get_offline_scores` / :func:`cached_offline_scores`: the offline backend's scores of
+  every source, kept as a cached result (``mono_utils.results``) so notebook 03 opens in seconds.
 """
 from __future__ import annotations
 
@@ -48,10 +50,12 @@ class IndexSource:
     """One kind of unit ("feature" or "neuron") of an :class:`mono_utils.index.ActivationIndex`."""
 
     def __init__(self, index, kind: str, vocab_strs: list[str], logit_matrix: np.ndarray | None = None,
-                 corpus: EvalCorpus | None = None, label: str | None = None):
+                 corpus: EvalCorpus | None = None, label: str | None = None, logit_id: str | None = None):
         self.index, self.index_kind, self.kind = index, kind, label or kind
         self.corpus = corpus or EvalCorpus(index.tokens, vocab_strs)
         self._logits = logit_matrix
+        # names the artifacts the logit matrix came from, so cached scores need not hash it
+        self.logit_id = logit_id
 
     @property
     def units(self) -> list[int]:
@@ -248,8 +252,12 @@ def randomized_model(model, seed: int = 0):
     return new
 
 
-def get_randomized_sae(preset=None, store=None, seed: int = 0, progress: bool = True, **train_overrides):
-    """``(randomized model A, its SAE)``: the paper's control, trained like A/1 (an artifact)."""
+def get_randomized_sae(preset=None, store=None, seed: int = 0, progress: bool = True, model=None,
+                       **train_overrides):
+    """``(randomized model A, its SAE)``: the paper's control, trained like A/1 (an artifact).
+
+    ``model``: model A if already loaded (it is only shuffled, never changed).
+    """
     from . import pipeline
     from .activations import ActivationStream
     from .metrics import evaluate_sae
@@ -257,7 +265,7 @@ def get_randomized_sae(preset=None, store=None, seed: int = 0, progress: bool = 
     from .sae_pipeline import sae_train_config
     from .train import train_sae
     p, s = pipeline._preset(preset), pipeline._store(store)
-    rmodel = randomized_model(pipeline.get_model(p, "A", s, progress=progress), seed)
+    rmodel = randomized_model(model if model is not None else pipeline.get_model(p, "A", s, progress=progress), seed)
     _, model_cfg = pipeline.model_dir(p, "A", s)
     cfg = SAEConfig(d_in=p.d_mlp, d_sae=p.sae_main, l1_coeff=p.l1_coeff, seed=seed,
                     model_name=f"mono-1l-A-randomized{seed}-{p.name}")
@@ -284,12 +292,12 @@ def get_randomized_sae(preset=None, store=None, seed: int = 0, progress: bool = 
     return rmodel, sae
 
 
-def get_randomized_index(preset=None, store=None, seed: int = 0, progress: bool = True):
+def get_randomized_index(preset=None, store=None, seed: int = 0, progress: bool = True, model=None):
     """``(index, randomized model, its SAE)``: activations of the control's features and neurons."""
     from . import pipeline
     from .index import ActivationIndex, build_index, index_source, sae_identity
     p, s = pipeline._preset(preset), pipeline._store(store)
-    rmodel, sae = get_randomized_sae(p, s, seed, progress)
+    rmodel, sae = get_randomized_sae(p, s, seed, progress, model=model)
     config = {"sae": sae_identity(sae), "index_tokens": p.index_tokens, "version": 1}
 
     def build(tmp):
@@ -312,13 +320,18 @@ def preset_sources(preset=None, store=None, randomized: bool = True, progress: b
     sae = get_sae(p, "A", store=s, progress=progress)
     index = get_index(p, "A", store=s, progress=progress, sae=sae, model=model)
     corpus = EvalCorpus.from_tokenizer(index.tokens, tok)
-    out = {"feature": IndexSource(index, "feature", corpus.vocab_strs, logit_weight_matrix(model, sae), corpus),
-           "neuron": IndexSource(index, "neuron", corpus.vocab_strs, logit_weight_matrix(model), corpus)}
+    from .results import input_id
+    mid = input_id(model)
+    out = {"feature": IndexSource(index, "feature", corpus.vocab_strs, logit_weight_matrix(model, sae), corpus,
+                                  logit_id=f"{mid}|{input_id(sae)}"),
+           "neuron": IndexSource(index, "neuron", corpus.vocab_strs, logit_weight_matrix(model), corpus,
+                                 logit_id=mid)}
     if randomized:
-        rindex, rmodel, rsae = get_randomized_index(p, s, progress=progress)
+        rindex, rmodel, rsae = get_randomized_index(p, s, progress=progress, model=model)
         rcorpus = corpus if np.array_equal(rindex.tokens, index.tokens) else EvalCorpus(rindex.tokens, corpus.vocab_strs)
+        # the randomized SAE's folder names model A's config and the shuffle seed
         out["randomized"] = IndexSource(rindex, "feature", corpus.vocab_strs, logit_weight_matrix(rmodel, rsae),
-                                        rcorpus, label="randomized")
+                                        rcorpus, label="randomized", logit_id=input_id(rsae))
     return out
 
 
@@ -328,3 +341,99 @@ def sample_units(source, n: int | None, seed: int = 0) -> list[int]:
     if n is not None and n < len(units):
         units = np.sort(np.random.default_rng(seed).choice(units, size=n, replace=False))
     return [int(u) for u in units]
+
+
+def score_all(sources: dict, backend, n_units: int | None = None, seed: int = 0, progress: bool = True) -> dict:
+    """``{kind: DataFrame}`` for every source; ``n_units`` live units per kind (None: all)."""
+    return {k: score_units(src, sample_units(src, n_units, seed), backend, seed=seed, progress=progress)
+            for k, src in sources.items()}
+
+
+# ---------------------------------------------------------------- cached offline scores (notebook 03, the build)
+OFFLINE_SCORES_VERSION = 1
+
+
+def default_n_units(preset) -> int | None:
+    """Units scored per kind in notebook 03 and the build: all live ones, a sample on ``paper``."""
+    return 500 if preset.name == "paper" else None
+
+
+def source_identity(src) -> dict:
+    """What a source's scores depend on: its index folder, unit kind, logit matrix and vocabulary."""
+    import hashlib
+
+    from .results import input_id
+    if not isinstance(src, IndexSource):
+        raise ValueError(f"cached scores need sources over a stored activation index (IndexSource), not "
+                         f"{type(src).__name__}: score it with score_all instead")
+    logits = src.logit_id
+    if logits is None and src._logits is not None:
+        logits = "sha:" + hashlib.sha256(np.ascontiguousarray(src._logits).tobytes()).hexdigest()[:16]
+    vocab = hashlib.sha256("\0".join(src.corpus.vocab_strs).encode("utf-8")).hexdigest()[:16]
+    corpus = hashlib.sha256(np.ascontiguousarray(src.corpus.tokens).tobytes()).hexdigest()[:16]
+    return {"index": input_id(src.index), "index_kind": src.index_kind, "label": src.kind, "logits": logits,
+            "vocab": vocab, "corpus": corpus}
+
+
+def _frame_to_parts(prefix: str, df) -> tuple[dict, dict]:
+    """Numeric columns as arrays, text columns (explanations, status) as JSON."""
+    from .results import frame_to_json
+    num = [c for c in df.columns if df[c].dtype.kind in "biuf"]
+    text = [c for c in df.columns if c not in num]
+    return ({f"{prefix}.{c}": df[c].to_numpy() for c in num},
+            {"columns": list(df.columns), "numeric": num, "text": frame_to_json(df[text]), "attrs": dict(df.attrs)})
+
+
+def _frame_from_parts(prefix: str, arrays: dict, meta: dict):
+    from .results import frame_from_json
+    df = frame_from_json(meta["text"])
+    for c in meta["numeric"]:
+        df[c] = arrays[f"{prefix}.{c}"]
+    df = df[meta["columns"]]
+    df.attrs.update(meta["attrs"])
+    return df
+
+
+def cached_offline_scores(sources: dict, n_units: int | None = None, seed: int = 0, store=None, *,
+                          backend=None, progress: bool = True, force: bool = False) -> dict:
+    """``score_all(sources, offline backend, n_units, seed)``, computed once and then loaded.
+
+    Only the offline backend is cached here: it is deterministic, so its scores are a function of
+    the sources, its parameters and the seed. LLM backends cache their replies themselves (use
+    ``score_all``).
+    """
+    from .autointerp_offline import OfflineBackend
+    from .results import cached_result
+    backend = backend if backend is not None else OfflineBackend()
+    if getattr(backend, "name", None) != "offline":
+        raise ValueError(f"cached_offline_scores caches the offline backend only, not {backend.name!r}: "
+                         f"use score_all (LLM replies are cached on disk by the backend)")
+    config = {"sources": {k: source_identity(src) for k, src in sources.items()},
+              "backend": {"name": backend.name, **{k: v for k, v in sorted(vars(backend).items())}},
+              "protocol": asdict(ProtocolConfig()), "n_units": n_units, "seed": int(seed),
+              "version": OFFLINE_SCORES_VERSION}
+
+    def compute():
+        results = score_all(sources, backend, n_units, seed, progress)
+        arrays, meta = {}, {"kinds": list(results)}
+        for k, df in results.items():
+            a, m = _frame_to_parts(k, df)
+            arrays.update(a)
+            meta[k] = m
+        return arrays, meta
+
+    arrays, meta = cached_result("autointerp-offline", config, compute, store, force=force)
+    return {k: _frame_from_parts(k, arrays, meta[k]) for k in meta["kinds"]}
+
+
+def get_offline_scores(preset=None, store=None, *, sources: dict | None = None, progress: bool = True) -> dict:
+    """Offline autointerp scores of A/1's features, A's neurons and the randomized control.
+
+    The build stage and notebook 03 call this (``default_n_units`` units per kind, seed 0); pass
+    ``sources`` from ``preset_sources`` if already loaded. Needs: tokenizer, model A, SAE A/1,
+    index A/1, SAE randomized, index randomized (built if missing).
+    """
+    from . import pipeline
+    p, s = pipeline._preset(preset), pipeline._store(store)
+    sources = sources if sources is not None else preset_sources(p, s, progress=progress)
+    return cached_offline_scores(sources, default_n_units(p), 0, s, progress=progress)

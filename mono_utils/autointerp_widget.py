@@ -5,17 +5,11 @@ import html
 
 import numpy as np
 
-from .autointerp_run import sample_units, score_units, summarize
+from .autointerp_run import score_all, summarize  # noqa: F401  (score_all: also imported from here)
 
 GROUPS = {"feature": "features", "neuron": "neurons", "randomized": "randomized-transformer features"}
 PAPER_LOGIT = {"feature": 0.74, "neuron": 0.53, "randomized": 0.50}
 COLOURS = {"feature": "#1f77b4", "neuron": "#d62728", "randomized": "#7f7f7f"}
-
-
-def score_all(sources: dict, backend, n_units: int | None = None, seed: int = 0, progress: bool = True) -> dict:
-    """``{kind: DataFrame}`` for every source; ``n_units`` live units per kind (None: all)."""
-    return {k: score_units(src, sample_units(src, n_units, seed), backend, seed=seed, progress=progress)
-            for k, src in sources.items()}
 
 
 def summary_table(results: dict):

@@ -322,3 +322,64 @@ def proxy_figure(index: ActivationIndex, table, proxy: str, masks: dict, bins: i
     fig.update_yaxes(type="log", title_text="tokens")
     fig.update_xaxes(title_text="activation")
     return fig
+
+
+# ---------------------------------------------------------------- cached table (notebook 02, the build)
+PROXY_RESULT_VERSION = 1
+
+
+def tokenizer_bytes_id(tokenizer) -> str:
+    """A content hash of the tokenizer's token bytes: the only thing the proxies read from it."""
+    import hashlib
+    h = hashlib.sha256()
+    for b in token_bytes(tokenizer):
+        h.update(len(b).to_bytes(4, "little") + b)
+    return h.hexdigest()[:16]
+
+
+def cached_proxy_table(index: ActivationIndex, tokenizer, store=None, *, min_tokens: int = 10,
+                       names=LLR_PROXIES, progress: bool = True, force: bool = False):
+    """``(table, masks)`` as ``proxy_table`` and ``proxy_masks`` give them, computed once per index.
+
+    The table and the LLR masks are kept as a result artifact keyed by the index's folder (its
+    name holds the hash of the model and SAE it was built from) and the tokenizer's bytes; the
+    label masks are rebuilt from the index (a comparison per label).
+    """
+    from .results import cached_result, frame_from_json, frame_to_json, input_id
+    names = tuple(names)
+    config = {"index": input_id(index), "tokenizer": tokenizer_bytes_id(tokenizer), "proxies": list(names),
+              "min_tokens": int(min_tokens), "version": PROXY_RESULT_VERSION}
+    box = {}
+
+    def compute():
+        masks = proxy_masks(index, tokenizer, names)
+        box["masks"] = masks
+        table = proxy_table(index, tokenizer, masks, min_tokens=min_tokens, progress=progress)
+        return {f"mask.{n}": masks[n] for n in names}, {"table": frame_to_json(table)}
+
+    arrays, meta = cached_result("proxies", config, compute, store, force=force)
+    if "masks" in box:
+        masks = box["masks"]
+    else:
+        masks = {n: arrays[f"mask.{n}"] for n in names}
+        masks.update((k, v) for k, v in proxy_masks(index, tokenizer, names=(), labels=True).items())
+    return frame_from_json(meta["table"]), masks
+
+
+def get_proxy_table(preset=None, store=None, *, index: ActivationIndex | None = None, tokenizer=None,
+                    progress: bool = True):
+    """``(table, masks)`` of model A's index (A/1), saved into the SAE's and the index's metrics.json.
+
+    The build stage and notebook 02 call this; pass the ``index`` and ``tokenizer`` already loaded
+    to skip loading them again. Needs: tokenizer, model A, SAE A/1, index A/1 (built if missing).
+    """
+    from . import pipeline
+    from .index import get_index
+    p, s = pipeline._preset(preset), pipeline._store(store)
+    if index is None:
+        index = get_index(p, "A", store=s, progress=progress)
+    if tokenizer is None:
+        tokenizer = pipeline.get_tokenizer(p, s)
+    table, masks = cached_proxy_table(index, tokenizer, s, progress=progress)
+    save_proxy_metrics(table, [getattr(index, "sae_folder", None), index.folder], s)
+    return table, masks

@@ -112,6 +112,72 @@ def feature_catalog(model, sae, tokens: np.ndarray, subdomain: np.ndarray, subdo
                           sub_tokens, list(subdomain_names), tops, n)
 
 
+CATALOG_VERSION = 1
+
+
+def _array_id(*arrays) -> str:
+    """A content hash of the token rows scanned: the catalog is a function of exactly these."""
+    import hashlib
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def cached_feature_catalog(model, sae, tokens: np.ndarray, subdomain: np.ndarray, subdomain_names: list[str],
+                           tokenizer, store=None, *, top: int = 16, max_acts: np.ndarray | None = None,
+                           progress: bool = True, force: bool = False) -> FeatureCatalog:
+    """``feature_catalog(...)``, computed once and then loaded from the artifact store.
+
+    Keyed by the model's and SAE's folders, a hash of the scanned rows and their labels, the
+    tokenizer's vocabulary and ``top`` / ``max_acts``: any change is a different catalog.
+    """
+    from .results import cached_result, input_id
+    vocab = str_tokens(tokenizer, range(len(tokenizer)))
+    config = {"model": input_id(model), "sae": input_id(sae), "rows": int(len(tokens)),
+              "tokens": _array_id(tokens, subdomain), "subdomain_names": list(subdomain_names),
+              "vocab": _array_id(np.frombuffer("\0".join(vocab).encode("utf-8"), np.uint8)), "top": int(top),
+              "max_acts": None if max_acts is None else _array_id(np.asarray(max_acts, np.float32)),
+              "version": CATALOG_VERSION}
+
+    def compute():
+        c = feature_catalog(model, sae, tokens, subdomain, subdomain_names, tokenizer, top=top,
+                            max_acts=max_acts, progress=progress)
+        arrays = {k: getattr(c, k) for k in ("max_act", "density", "sub_mass", "sub_fires", "sub_tokens")}
+        return arrays, {"subdomain_names": c.subdomain_names, "top_tokens": c.top_tokens, "n_tokens": c.n_tokens}
+
+    arrays, meta = cached_result("feature-catalog", config, compute, store, force=force)
+    return FeatureCatalog(arrays["max_act"], arrays["density"], arrays["sub_mass"], arrays["sub_fires"],
+                          arrays["sub_tokens"], list(meta["subdomain_names"]),
+                          [list(t) for t in meta["top_tokens"]], int(meta["n_tokens"]))
+
+
+def catalog_rows(preset, n_val_rows: int) -> int:
+    """How many validation rows the catalog scans: the preset's eval tokens, at least 16 rows."""
+    return min(n_val_rows, max(16, preset.eval_tokens // preset.n_ctx))
+
+
+def get_feature_catalog(preset=None, store=None, *, model=None, sae=None, tokenizer=None, data=None,
+                        progress: bool = True) -> FeatureCatalog:
+    """The catalog of SAE A/1 over the preset's first validation rows (notebook 06, the build).
+
+    Pass what is already loaded to skip loading it again. Needs: tokens, model A, SAE A/1.
+    """
+    from . import pipeline
+    from .sae_pipeline import get_sae
+    p, s = pipeline._preset(preset), pipeline._store(store)
+    model = model if model is not None else pipeline.get_model(p, "A", s, progress=progress)
+    sae = sae if sae is not None else get_sae(p, "A", store=s, progress=progress)
+    tokenizer = tokenizer if tokenizer is not None else pipeline.get_tokenizer(p, s)
+    data = data if data is not None else pipeline.get_tokens(p, s)
+    tv, _, sv = data.split("val")
+    rows = catalog_rows(p, len(tv))
+    return cached_feature_catalog(model, sae, tv[:rows], sv[:rows], data.subdomain_names, tokenizer, s,
+                                  progress=progress)
+
+
 # ---------------------------------------------------------------- domain proxies
 def _in_blocks(blocks):
     return lambda c: any(a <= ord(c) <= b for a, b in blocks)

@@ -286,3 +286,34 @@ def test_widget_and_figures_offline():
     w.controls["n"].value = 5
     w.run()
     assert set(w.state["results"]) == {"feature", "neuron"}
+
+
+def test_cached_offline_scores_equal_direct_then_load(tiny_model, tmp_path, monkeypatch):
+    import pandas as pd
+    from _mono_standins import planted_index
+    from mono_utils import autointerp_run as ar
+    from mono_utils.artifacts import ArtifactStore
+    idx, _ = planted_index(tiny_model, tmp_path, rows=60)
+    vocab = [f" t{i}" for i in range(128)]    # the logit test needs >= 110 tokens
+    logits = np.random.default_rng(0).normal(size=(96, 128))
+
+    def sources(logit_id="m1"):
+        return {"feature": ar.IndexSource(idx, "feature", vocab, logits, logit_id=logit_id),
+                "neuron": ar.IndexSource(idx, "neuron", vocab)}
+    store = ArtifactStore(tmp_path / "art")
+    direct = ar.score_all(sources(), OfflineBackend(), n_units=6, progress=False)
+    cached = ar.cached_offline_scores(sources(), n_units=6, store=store, progress=False)
+    monkeypatch.setattr(ar, "score_units", lambda *a, **k: pytest.fail("recomputed instead of loaded"))
+    loaded = ar.cached_offline_scores(sources(), n_units=6, store=store, progress=False)
+    for res in (cached, loaded):
+        assert list(res) == list(direct)
+        for k in direct:
+            pd.testing.assert_frame_equal(res[k], direct[k])
+            assert res[k].attrs["backend"] == "offline"
+    monkeypatch.undo()
+    ar.cached_offline_scores(sources("m2"), n_units=6, store=store, progress=False)     # other logits
+    ar.cached_offline_scores(sources(), n_units=6, store=store, backend=OfflineBackend(shrink=2.0),
+                             progress=False)                                           # other backend parameters
+    assert len([p for p in (store.root / "result").iterdir() if not p.name.startswith(".")]) == 3
+    with pytest.raises(ValueError, match="IndexSource"):
+        ar.cached_offline_scores({"x": ArraySource(*word_corpus()[:1], acts=np.zeros((1, 400, 32)))}, store=store)

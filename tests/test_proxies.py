@@ -99,3 +99,44 @@ def test_label_fast_path_equals_a_pass(tiny_model, tmp_path):
                                        atol=1e-9)
     y = idx.domain == 1
     np.testing.assert_allclose(px.pearson_all(idx, "neuron", y, "domain:b"), px.pearson_all(idx, "neuron", y), atol=1e-9)
+
+
+def _fail(*a, **k):
+    raise AssertionError("recomputed: the cached result should have been loaded")
+
+
+def test_cached_proxy_table_equals_direct_then_loads(tok, tiny_model, tmp_path, monkeypatch):
+    import pandas as pd
+    from _mono_standins import planted_index
+    from mono_utils.artifacts import ArtifactStore
+    idx, _ = planted_index(tiny_model, tmp_path)
+    store = ArtifactStore(tmp_path / "art")
+    direct_masks = px.proxy_masks(idx, tok)
+    direct = px.proxy_table(idx, tok, direct_masks, min_tokens=1, progress=False)
+    table, masks = px.cached_proxy_table(idx, tok, store, min_tokens=1, progress=False)
+    pd.testing.assert_frame_equal(table, direct)
+    monkeypatch.setattr(px, "proxy_table", _fail)
+    monkeypatch.setattr(px, "_unit_sums", _fail)
+    again, masks2 = px.cached_proxy_table(idx, tok, store, min_tokens=1, progress=False)
+    pd.testing.assert_frame_equal(again, direct)
+    assert list(masks2) == list(direct_masks)
+    for k, v in direct_masks.items():
+        np.testing.assert_array_equal(masks2[k], v)
+    with pytest.raises(AssertionError, match="recomputed"):     # another parameter: another entry
+        px.cached_proxy_table(idx, tok, store, min_tokens=2, progress=False)
+    monkeypatch.undo()
+    other, _ = planted_index(tiny_model, tmp_path / "b", seed=3)
+    other.folder = tmp_path / "b" / "idx-other"                 # another index artifact: another entry
+    px.cached_proxy_table(other, tok, store, min_tokens=1, progress=False)
+    assert len([p for p in (store.root / "result").iterdir() if not p.name.startswith(".")]) == 2
+
+
+def test_get_proxy_table_writes_metrics(tok, tiny_model, tmp_path):
+    import json
+    from _mono_standins import planted_index
+    from mono_utils.artifacts import ArtifactStore
+    idx, _ = planted_index(tiny_model, tmp_path)
+    table, masks = px.get_proxy_table("smoke", ArtifactStore(tmp_path / "art"), index=idx, tokenizer=tok,
+                                      progress=False)
+    metrics = json.loads((idx.folder / "metrics.json").read_text())
+    assert set(metrics["proxies"]) == set(table.proxy) and set(table.proxy) <= set(masks)

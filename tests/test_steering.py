@@ -241,3 +241,39 @@ def test_measure_effect(lm, tok, sae):
     assert r["seeds"] == 2 and 0 <= r["baseline_share"] <= 1 and 0 <= r["steered_share"] <= 1
     e = 1 / 16
     assert r["ratio"] == pytest.approx((r["steered_share"] + e) / (r["baseline_share"] + e))
+
+
+def test_cached_catalog_equals_direct_then_loads(lm, tok, sae, tmp_path, monkeypatch):
+    from dataclasses import fields
+
+    from mono_utils import steering_catalog as sc
+    from mono_utils.artifacts import ArtifactStore
+    monkeypatch.setattr(lm, "mono_folder", tmp_path / "model-x1", raising=False)
+    monkeypatch.setattr(sae, "mono_folder", tmp_path / "sae-x1", raising=False)
+    rng = np.random.default_rng(1)
+    toks = rng.integers(1, len(tok), size=(6, 24)).astype(np.uint16)
+    sub = rng.integers(0, 3, size=toks.shape).astype(np.uint8)
+    args = (lm, sae, toks, sub, ["a", "b", "c"], tok)
+    store = ArtifactStore(tmp_path / "art")
+    direct = feature_catalog(*args, top=4, progress=False)
+    cached = sc.cached_feature_catalog(*args, store, top=4, progress=False)
+    monkeypatch.setattr(sc, "feature_catalog", lambda *a, **k: pytest.fail("recomputed instead of loaded"))
+    loaded = sc.cached_feature_catalog(*args, store, top=4, progress=False)
+    for c in (cached, loaded):
+        for f in fields(direct):
+            a, b = getattr(direct, f.name), getattr(c, f.name)
+            if isinstance(a, np.ndarray):
+                assert a.dtype == b.dtype
+                np.testing.assert_array_equal(a, b)
+            else:
+                assert a == b, f.name
+    assert loaded.label(3) == direct.label(3) and loaded.search("") == direct.search("")
+    monkeypatch.undo()
+    toks2 = toks.copy()
+    toks2[0, 5] = toks2[0, 5] % (len(tok) - 2) + 1                # other token rows: another entry
+    monkeypatch.setattr(lm, "mono_folder", tmp_path / "model-x1", raising=False)
+    monkeypatch.setattr(sae, "mono_folder", tmp_path / "sae-x1", raising=False)
+    sc.cached_feature_catalog(lm, sae, toks2, sub, ["a", "b", "c"], tok, store, top=4, progress=False)
+    monkeypatch.setattr(sae, "mono_folder", tmp_path / "sae-x2", raising=False)   # another SAE: another entry
+    sc.cached_feature_catalog(*args, store, top=4, progress=False)
+    assert len([p for p in (store.root / "result").iterdir() if not p.name.startswith(".")]) == 3
