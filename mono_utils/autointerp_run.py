@@ -272,7 +272,8 @@ def get_randomized_sae(preset=None, store=None, seed: int = 0, progress: bool = 
     tc = sae_train_config(p, "relu", seed=seed, **train_overrides)
     sae_cfg = cfg.to_dict()
     sae_cfg.pop("input_scale")
-    config = {"model": model_cfg, "randomize_seed": seed, "sae": sae_cfg, "train": tc.to_dict(), "version": 1}
+    config = {"model": model_cfg, "randomize_seed": seed, "sae": sae_cfg, "train": tc.to_dict(),
+              "eval": {"eval_tokens": p.eval_tokens, "density_tokens": p.density_tokens}, "version": 1}
     name = f"saeA-randomized{seed}-{p.sae_main}-{p.name}"
 
     def build(tmp):
@@ -282,7 +283,7 @@ def get_randomized_sae(preset=None, store=None, seed: int = 0, progress: bool = 
         sae = sae.cpu()
         sae.save(tmp)
         tv, _, _ = data.split("val")
-        metrics = evaluate_sae(sae, rmodel, tv, p.eval_tokens, progress=progress)
+        metrics = evaluate_sae(sae, rmodel, tv, p.eval_tokens, progress=progress, density_tokens=p.density_tokens)
         metrics.update(train_tokens=tc.steps * tc.batch_size, d_sae=p.sae_main, randomize_seed=seed)
         return metrics
 

@@ -26,17 +26,22 @@ def build_stages(preset, store):
         ("model A", lambda: pipeline.get_model(preset, "A", store)),
         ("model B", lambda: pipeline.get_model(preset, "B", store)),
     ]
-    from . import autointerp_run, index, sae_pipeline
+    from . import autointerp_run, index, proxies, sae_pipeline, splitting, steering_catalog, universality
+    # longest first once their inputs exist, so that two workers finish together
     stages += [
         ("SAE A/1", lambda: sae_pipeline.get_sae(preset, "A", store=store)),
         ("SAE B/1", lambda: sae_pipeline.get_sae(preset, "B", store=store)),
+        ("SAE family A", lambda: sae_pipeline.get_sae_family(preset, "A", store=store)),
+        ("SAE randomized", lambda: autointerp_run.get_randomized_sae(preset, store=store)),
         ("SAE A/1 TopK", lambda: sae_pipeline.get_topk_sae(preset, "A", store=store)),
         ("SAE A lambda sweep", lambda: sae_pipeline.get_lambda_sweep(preset, "A", store=store)),
-        ("SAE family A", lambda: sae_pipeline.get_sae_family(preset, "A", store=store)),
         ("index A/1", lambda: index.get_index(preset, "A", store=store)),
         ("index B/1", lambda: index.get_index(preset, "B", store=store)),
-        ("SAE randomized", lambda: autointerp_run.get_randomized_sae(preset, store=store)),
         ("index randomized", lambda: autointerp_run.get_randomized_index(preset, store=store)),
+        # analyses the notebooks show, cached so that every notebook opens in seconds
+        ("proxy table", lambda: proxies.get_proxy_table(preset, store)),
+        ("autointerp offline", lambda: autointerp_run.get_offline_scores(preset, store)),
+        ("feature catalog", lambda: steering_catalog.get_feature_catalog(preset, store)),
     ]
     return stages
 
@@ -49,6 +54,8 @@ STAGE_DEPS = {
     "SAE A lambda sweep": ("model A",), "SAE family A": ("SAE A/1",),
     "index A/1": ("SAE A/1",), "index B/1": ("SAE B/1",),
     "SAE randomized": ("model A",), "index randomized": ("SAE randomized", "tokens"),
+    "proxy table": ("index A/1",), "autointerp offline": ("index A/1", "index randomized"),
+    "feature catalog": ("SAE A/1",),
 }
 
 
