@@ -181,6 +181,19 @@ def legal_text(rng: random.Random) -> Iterable[Document]:
 
 
 def multilingual(rng: random.Random) -> Iterable[Document]:
+    """Translation catalogs and faker text, interleaved (and faker's locales in turn), so that
+    even a small corpus, which keeps only the first documents, holds every script."""
+    catalogs, fakes = _catalog_docs(), _faker_docs(rng)
+    live = [catalogs, fakes]
+    while live:
+        for it in list(live):
+            try:
+                yield next(it)
+            except StopIteration:
+                live.remove(it)
+
+
+def _catalog_docs() -> Iterable[Document]:
     for path in _files(site_packages(), ("*.mo",)):
         try:
             with open(path, "rb") as f:
@@ -193,14 +206,23 @@ def multilingual(rng: random.Random) -> Iterable[Document]:
         if script != "latin" and len(text) > 100:
             for c in _chunks(text, 1200):
                 yield Document(c, "multilingual", script, _package_of(path))
+
+
+FAKER_LOCALES = ["he_IL", "ar_AA", "ru_RU", "uk_UA", "zh_CN", "ja_JP", "el_GR", "th_TH", "fa_IR", "bg_BG"]
+
+
+def _faker_docs(rng: random.Random, per_locale: int = 300) -> Iterable[Document]:
     try:
         from faker import Faker
     except ImportError:  # pragma: no cover
         return
-    for locale in ["he_IL", "ar_AA", "ru_RU", "uk_UA", "zh_CN", "ja_JP", "el_GR", "th_TH", "fa_IR", "bg_BG"]:
+    fakers = []
+    for locale in FAKER_LOCALES:
         fake = Faker(locale)
         fake.seed_instance(rng.randrange(2**31))
-        for _ in range(300):
+        fakers.append((locale, fake))
+    for _ in range(per_locale):
+        for locale, fake in fakers:
             parts = [fake.name(), fake.address()]
             try:
                 parts.append(fake.text(max_nb_chars=400))

@@ -26,6 +26,24 @@ def test_every_domain_and_key_subdomains_present(small_docs):
         assert needed in subs, needed
 
 
+@pytest.mark.parametrize("size", [200_000, 600_000])
+def test_small_corpora_hold_every_script(size):
+    """Even a small corpus (it keeps only its sources' first documents) has all seven scripts."""
+    docs = small_docs_cache(size)
+    subs = {d.subdomain for d in docs if d.domain == "multilingual"}
+    for script in ["hebrew", "arabic", "cyrillic", "chinese", "japanese", "greek", "thai"]:
+        assert script in subs, (size, script, sorted(subs))
+
+
+_CACHE = {}
+
+
+def small_docs_cache(size):
+    if size not in _CACHE:
+        _CACHE[size] = data.build_documents(size, seed=0)
+    return _CACHE[size]
+
+
 def test_labels_match_content(small_docs):
     for d in small_docs:
         if d.subdomain == "dna":
