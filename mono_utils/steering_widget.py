@@ -120,7 +120,10 @@ class SteeringWidget:
     # ------------------------------------------------------------ building blocks
     def _make_figure(self):
         import plotly.graph_objects as go
-        fig = go.Figure(go.Bar(x=[], y=[], orientation="h", marker_color=[]))
+        # one trace per direction with a fixed colour: a per-bar colour array reached Voila's
+        # renderer after the bars and left them black there
+        fig = go.Figure([go.Bar(x=[], y=[], orientation="h", marker_color="#2a9d8f", name="more likely"),
+                         go.Bar(x=[], y=[], orientation="h", marker_color="#e76f51", name="less likely")])
         fig.update_layout(height=330, margin=dict(l=140, r=20, t=40, b=30),
                           title="next-token probability: steered − baseline",
                           xaxis_title="Δ probability", yaxis=dict(autorange="reversed"))
@@ -307,17 +310,20 @@ class SteeringWidget:
                                    f"{html.escape(state)}</span>"
                                    + render_tokens(steer.str_tokens, col(steer), n_prompt, vmax))
         rows = shift["up"] + shift["down"][::-1]
-        y = [f"{r['token']!r} " for r in rows]
-        x = [r["delta"] for r in rows]
-        colors = ["#2a9d8f" if v >= 0 else "#e76f51" for v in x]
-        text = [f"{r['p_base']:.3f} → {r['p_steered']:.3f}" for r in rows]
+        parts = [[r for r in rows if r["delta"] >= 0], [r for r in rows if r["delta"] < 0]]
+        updates = [dict(x=[r["delta"] for r in part], y=[f"{r['token']!r} " for r in part],
+                        hovertext=[f"{r['p_base']:.3f} → {r['p_steered']:.3f}" for r in part]) for part in parts]
         if hasattr(self.fig, "batch_update"):
             with self.fig.batch_update():
-                bar = self.fig.data[0]
-                bar.x, bar.y, bar.marker.color, bar.hovertext = x, y, colors, text
+                for bar, u in zip(self.fig.data, updates):
+                    bar.update(**u)
+                self.fig.layout.yaxis.categoryorder = "array"
+                self.fig.layout.yaxis.categoryarray = [f"{r['token']!r} " for r in rows]
         else:
             fig = self.fig._fig
-            fig.data[0].update(x=x, y=y, marker_color=colors, hovertext=text)
+            for bar, u in zip(fig.data, updates):
+                bar.update(**u)
+            fig.update_yaxes(categoryorder="array", categoryarray=[f"{r['token']!r} " for r in rows])
             self.fig.clear_output(wait=True)
             with self.fig:
                 fig.show()

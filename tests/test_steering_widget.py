@@ -46,12 +46,17 @@ def test_slider_changes_output(widget):
     assert "mono-steer-slider" in s._dom_classes and "mono-steer-slider-main" in s._dom_classes
     assert "mono-steer-output" in widget.steered_html._dom_classes
     assert "mono-steer-plot" in widget.fig._dom_classes
-    before, renders, bars = widget.steered_html.value, widget.n_renders, tuple(widget.fig.data[0].x)
+    before, renders = widget.steered_html.value, widget.n_renders
+    bars = tuple(tuple(d.x) for d in widget.fig.data)
     s.value = s.max                      # as a drag would (observer, no debounce in tests)
     assert widget.n_renders == renders + 1 and widget.last_error is None
     assert widget.steered_html.value != before
     assert f"{s.value:.2f}" in widget.steered_html.value   # output names the slider's readout
-    assert tuple(widget.fig.data[0].x) != bars
+    assert tuple(tuple(d.x) for d in widget.fig.data) != bars
+    # up and down bars are separate traces with one fixed colour each (renders the same everywhere)
+    up, down = widget.fig.data
+    assert all(v >= 0 for v in up.x) and all(v < 0 for v in down.x) and len(up.x) + len(down.x) > 0
+    assert isinstance(up.marker.color, str) and isinstance(down.marker.color, str)
     widget.set_value(f, 0.0)
     assert f"clamp {0.0:.2f}" in widget.steered_html.value
     # baseline does not depend on the slider
