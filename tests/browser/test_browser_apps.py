@@ -19,6 +19,10 @@ def test_steering_app_in_voila(voila_page):
     after = p.wait_for_text("mono-steer-output", re.escape(readout), timeout=60)
     assert after != before_text
     p.wait_for_change(lambda: p.plot_signature("mono-steer-plot"), before_plot, timeout=30)
+    # the bars carry their colours in Voila too (they once rendered black there)
+    fills = p.page.evaluate("() => Array.from(document.querySelectorAll('.mono-steer-plot .bars path'))"
+                            ".map(e => getComputedStyle(e).fill)")
+    assert fills and set(fills) <= {"rgb(42, 157, 143)", "rgb(231, 111, 81)"}, fills
     p.screenshot("app_steering")
     # Voila's page template links fontawesome webfonts it does not ship; nothing else may leave
     external = [u for u in p.requests.external if "fontawesome" not in u.lower()]
