@@ -7,6 +7,9 @@ and mostly zero, so the uncentred cosine only "sees" tokens where at least one o
 (the paper's masked similarity). Each feature of the larger SAE gets as parent its most similar
 feature of the next smaller SAE (if above the threshold), which makes a forest: family trees.
 A UMAP of all decoder directions (cosine metric) shows the families as neighbourhoods.
+
+Notebook 05 loads both from the artifact store (``get_family_analysis``, ``get_umap_layout``):
+they are pure functions of model A, the family's SAEs and the held-out tokens.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from .results import csr_from_arrays, csr_to_arrays
 from .universality import CorrelationStats, _csr
 
 PAPER_THRESHOLD = 0.4
@@ -220,3 +224,107 @@ def umap_layout(decoders: dict, seed: int = 0, n_neighbors: int = 15, live: dict
     df = pd.concat(rows, ignore_index=True)
     df["x"], df["y"] = emb[:, 0], emb[:, 1]
     return df
+
+
+# ---------------------------------------------------------------- notebook 05's analysis, cached
+@dataclass
+class FamilyAnalysis:
+    """A family on notebook 05's tokens: the links across sizes and what the widgets show."""
+    graph: SplitGraph
+    acts: dict[int, sp.csc_matrix] = field(repr=False)   # {size: activations cut to the examples (example_entries)}
+    live: dict[int, np.ndarray] = field(repr=False)       # {size: fires at least once on the tokens}
+    hover: dict[int, list[str]] = field(repr=False)       # {level: top tokens of each feature}
+    label_corr: np.ndarray = field(repr=False)            # [sizes[0], subdomains]: smallest size vs labels
+    tokens: np.ndarray = field(repr=False)                # [rows, n_ctx]
+    params: dict = field(default_factory=dict)            # the cache's config
+
+
+def _family_inputs(p, s, family, progress):
+    from .sae_pipeline import get_sae_family
+    from .results import input_id
+    family = family if family is not None else get_sae_family(p, "A", store=s, progress=progress)
+    sizes = _check_family(sorted(family))
+    return family, {str(n): input_id(family[n]) for n in sizes}
+
+
+def get_family_analysis(preset=None, store=None, progress: bool = True, *, model=None, family=None, data=None,
+                        tokenizer=None, threshold: float = PAPER_THRESHOLD) -> FamilyAnalysis:
+    """Family A (``preset.sae_sizes``) on the held-out rows of ``universality.token_rows``: links, examples.
+
+    Computed once, then loaded from the artifact store in a second. Builds model A and the family
+    if missing; pass them (and ``data``, ``tokenizer``) already loaded to skip loading them.
+    """
+    from . import pipeline
+    from .dashboards import vocab_strings
+    from .results import cached_result, input_id
+    from .universality import EXAMPLES, digest, example_entries, label_correlation, token_rows, top_tokens
+    p, s = pipeline._preset(preset), pipeline._store(store)
+    model = model if model is not None else pipeline.get_model(p, "A", s, progress=progress)
+    family, sae_ids = _family_inputs(p, s, family, progress)
+    data = data if data is not None else pipeline.get_tokens(p, s)
+    vocab = vocab_strings(tokenizer if tokenizer is not None else pipeline.get_tokenizer(p, s))
+    tokens, _, sub, desc = token_rows(p, data)
+    config = {"model": input_id(model), "saes": sae_ids, "tokens": desc, "threshold": float(threshold),
+              "batch_rows": 64, "chunk": 16384, "examples": EXAMPLES,
+              "vocab": digest(np.frombuffer("\0".join(vocab).encode("utf-8"), np.uint8)), "version": 1}
+    sizes = sorted(family)
+
+    def compute():
+        acts = family_activations(model, family, tokens, batch_rows=64, progress=progress)
+        g = link_activations(acts, threshold=threshold, chunk=16384)
+        arrays = {"tokens": tokens, "label_corr": label_correlation(acts[sizes[0]], sub, len(data.subdomain_names))}
+        hover = []
+        for lv, n in enumerate(sizes):
+            cut = example_entries(acts[n], tokens.shape[1], **EXAMPLES)
+            del acts[n]
+            hover.append(top_tokens(cut, tokens, vocab))
+            arrays.update(csr_to_arrays(f"acts.{n}", cut.T))   # CSC arrays = CSR arrays of the transpose
+            arrays.update({f"parent.{lv}": g.parent[lv], f"parent_sim.{lv}": g.parent_sim[lv],
+                           f"live.{lv}": g.live[lv]})
+            if lv:
+                lk = g.links[lv - 1]
+                arrays.update({f"links.{lv}.row": lk.row, f"links.{lv}.col": lk.col, f"links.{lv}.data": lk.data})
+        return arrays, {"sizes": sizes, "hover": hover, "params": config}
+
+    a, meta = cached_result(f"splitting-{p.name}", config, compute, s)
+    sizes = [int(n) for n in meta["sizes"]]
+    k = range(len(sizes))
+    links = [sp.coo_matrix((a[f"links.{lv}.data"], (a[f"links.{lv}.row"], a[f"links.{lv}.col"])),
+                           shape=(sizes[lv - 1], sizes[lv])) for lv in k if lv]
+    graph = SplitGraph(sizes, [a[f"parent.{lv}"] for lv in k], [a[f"parent_sim.{lv}"] for lv in k], float(threshold),
+                       [a[f"live.{lv}"] for lv in k], links)
+    acts = {n: csr_from_arrays(f"acts.{n}", a).T.tocsc() for n in sizes}
+    return FamilyAnalysis(graph, acts, {n: graph.live[lv] for lv, n in enumerate(sizes)},
+                          {lv: list(h) for lv, h in enumerate(meta["hover"])}, a["label_corr"], a["tokens"],
+                          meta["params"])
+
+
+def get_umap_layout(preset=None, store=None, progress: bool = True, *, family=None, analysis=None, seed: int = 0,
+                    n_neighbors: int = 15, min_dist: float = 0.1, **inputs):
+    """``umap_layout`` of family A's live decoder directions, computed once and then loaded.
+
+    Live: fires on notebook 05's tokens (``get_family_analysis``, built if missing; pass it, and
+    the family, already loaded to skip loading them; other ``inputs`` go to it). Same seed, same layout.
+    """
+    import pandas as pd
+    from . import pipeline
+    from .results import cached_result
+    from .universality import digest
+    p, s = pipeline._preset(preset), pipeline._store(store)
+    family, sae_ids = _family_inputs(p, s, family, progress)
+    if analysis is None:
+        analysis = get_family_analysis(p, s, progress, family=family, **inputs)
+    if sorted(analysis.live) != sorted(family):
+        raise ValueError(f"the analysis covers sizes {sorted(analysis.live)} but the family {sorted(family)}: "
+                         f"pass the analysis of this family (get_family_analysis(family=...))")
+    live = {n: analysis.live[n] for n in sorted(family)}
+    config = {"saes": sae_ids, "live": digest(*live.values()), "seed": int(seed), "n_neighbors": int(n_neighbors),
+              "min_dist": float(min_dist), "version": 1}
+
+    def compute():
+        df = umap_layout({n: sae.W_dec_raw.detach() for n, sae in family.items()}, seed=seed,
+                         n_neighbors=n_neighbors, live=live, min_dist=min_dist)
+        return {c: df[c].to_numpy() for c in ("size", "feature", "x", "y")}, {}
+
+    a, _ = cached_result(f"umap-{p.name}", config, compute, s)
+    return pd.DataFrame({c: a[c] for c in ("size", "feature", "x", "y")})

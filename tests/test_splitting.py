@@ -133,3 +133,67 @@ def test_family_quality_figure_shows_each_size_in_order():
     l0, rec = fig.data
     assert list(l0.x) == ["512", "2,048"] and list(l0.y) == [10.0, 20.0]
     assert list(rec.y) == pytest.approx([80.0, 90.0])
+
+
+# ---------------------------------------------------------------- the cached analysis (notebook 05)
+def test_family_analysis_and_umap_cached(smoke_preset, smoke_store, tmp_path, monkeypatch):
+    import copy
+
+    import pandas as pd
+    from mono_utils import pipeline
+    from mono_utils import universality as U
+    from mono_utils.artifacts import ArtifactStore
+    from mono_utils.dashboards import vocab_strings
+    from mono_utils.train import get_sae_family
+    store = ArtifactStore(tmp_path)     # results here, the smoke model and family from the shared store
+    model = pipeline.get_model(smoke_preset, "A", smoke_store, progress=False)
+    family = get_sae_family(smoke_preset, "A", store=smoke_store, progress=False)
+    data, tok = pipeline.get_tokens(smoke_preset, smoke_store), pipeline.get_tokenizer(smoke_preset, smoke_store)
+    kw = dict(model=model, family=family, data=data, tokenizer=tok)
+    fam = S.get_family_analysis(smoke_preset, store, False, **kw)
+    lay = S.get_umap_layout(smoke_preset, store, False, family=family, analysis=fam)
+
+    tokens, _, sub, _ = U.token_rows(smoke_preset, data)
+    acts = S.family_activations(model, family, tokens, progress=False)
+    g = S.link_activations(acts)
+    vocab = vocab_strings(tok)
+    ref_layout = S.umap_layout({n: s.W_dec_raw.detach() for n, s in family.items()},
+                               live={n: acts[n].getnnz(0) > 0 for n in family})
+
+    def check(f, layout):
+        assert f.graph.sizes == g.sizes and f.graph.summary() == g.summary() and f.graph.splits().equals(g.splits())
+        for lv, n in enumerate(g.sizes):
+            np.testing.assert_array_equal(f.graph.parent[lv], g.parent[lv])
+            np.testing.assert_array_equal(f.graph.parent_sim[lv], g.parent_sim[lv])
+            np.testing.assert_array_equal(f.live[n], acts[n].getnnz(0) > 0)
+            assert f.hover[lv] == U.top_tokens(acts[n].tocsc(), tokens, vocab)
+            if lv:
+                assert (f.graph.links[lv - 1].tocsr() != g.links[lv - 1].tocsr()).nnz == 0
+        feat = int(np.flatnonzero(f.live[g.sizes[1]])[0])
+        assert U.examples_html(f.acts[g.sizes[1]], feat, f.tokens, vocab) == \
+            U.examples_html(acts[g.sizes[1]].tocsc(), feat, tokens, vocab)
+        lc = U.label_correlation(acts[g.sizes[0]], sub, len(data.subdomain_names))
+        np.testing.assert_array_equal(f.label_corr, lc)
+        assert layout.equals(ref_layout)
+
+    check(fam, lay)
+
+    def fail(*a, **k):
+        raise AssertionError("recomputed instead of loaded")
+    for name in ("family_activations", "link_activations", "umap_layout"):
+        monkeypatch.setattr(S, name, fail)
+    check(S.get_family_analysis(smoke_preset, store, False, **kw),
+          S.get_umap_layout(smoke_preset, store, False, **kw))
+    assert len(list((tmp_path / "result").glob("splitting-*"))) == 1
+    assert len(list((tmp_path / "result").glob("umap-*"))) == 1
+    # another SAE of the family (another folder): another analysis; another seed: another map
+    monkeypatch.undo()
+    renamed = dict(family)
+    renamed[g.sizes[0]] = copy.copy(family[g.sizes[0]])
+    renamed[g.sizes[0]].mono_folder = family[g.sizes[0]].mono_folder.with_name("renamed-0")
+    S.get_family_analysis(smoke_preset, store, False, **{**kw, "family": renamed})
+    assert len(list((tmp_path / "result").glob("splitting-*"))) == 2
+    monkeypatch.setattr(S, "umap_layout", lambda *a, seed, **k: pd.DataFrame(
+        {"size": [g.sizes[0]], "feature": [0], "x": [float(seed)], "y": [0.0]}))
+    assert S.get_umap_layout(smoke_preset, store, False, family=family, analysis=fam, seed=1)["x"].tolist() == [1.0]
+    assert len(list((tmp_path / "result").glob("umap-*"))) == 2

@@ -220,3 +220,67 @@ def test_label_correlation():
     assert lc[2, 1] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="one label per token"):
         U.label_correlation(acts, ids[:10], 3)
+
+
+# ---------------------------------------------------------------- the cached comparison (notebook 04)
+def test_example_entries_keep_examples_identical():
+    rng = np.random.default_rng(7)
+    tokens = rng.integers(0, 64, (40, 16))
+    # rounded values: many ties, which top_positions breaks by position
+    acts = sp.csc_matrix(np.round(_sparse_acts(rng, 640, 12, 0.3), 1))
+    cut = U.example_entries(acts, 16, k=5, before=10, after=3)
+    vocab = [f"t{i}" for i in range(64)]
+    assert cut.nnz < acts.nnz and (cut.getnnz(0) > 0).tolist() == (acts.getnnz(0) > 0).tolist()
+    assert U.top_tokens(cut, tokens, vocab) == U.top_tokens(acts, tokens, vocab)
+    for u in range(12):
+        for k in (5, 4, 1):
+            assert U.examples_html(cut, u, tokens, vocab, k=k) == U.examples_html(acts, u, tokens, vocab, k=k)
+
+
+def _assert_same_comparison(got, ref):
+    for w in ("features", "neurons"):
+        for f in ("max_corr", "match", "live_a", "live_b"):
+            np.testing.assert_array_equal(getattr(getattr(got, w), f), getattr(getattr(ref, w), f))
+    for f in ("logit_sim", "attribution_sim", "neuron_logit_sim", "label_corr_a", "label_corr_b", "density_a",
+              "density_b", "tokens"):
+        np.testing.assert_array_equal(getattr(got, f), getattr(ref, f))
+    assert got.label_names == ref.label_names and got.metrics() == ref.metrics()
+    assert got.named_matches().equals(ref.named_matches())
+    vocab = [str(i) for i in range(int(ref.tokens.max()) + 1)]
+    assert U.top_tokens(got.acts_b, got.tokens, vocab) == U.top_tokens(ref.acts_b.tocsc(), ref.tokens, vocab)
+
+
+def test_comparison_cached_in_the_store(smoke_preset, smoke_store, tmp_path, monkeypatch):
+    from mono_utils import pipeline
+    from mono_utils.artifacts import ArtifactStore
+    from mono_utils.train import get_sae
+    store = ArtifactStore(tmp_path)     # results here, the smoke models and SAEs from the shared store
+    models = [pipeline.get_model(smoke_preset, w, smoke_store, progress=False) for w in "AB"]
+    saes = [get_sae(smoke_preset, w, store=smoke_store, progress=False) for w in "AB"]
+    data = pipeline.get_tokens(smoke_preset, smoke_store)
+    kw = dict(models=models, data=data)
+    res = U.get_comparison(smoke_preset, store, False, saes=saes, **kw)
+    tokens, dom, sub, _ = U.token_rows(smoke_preset, data)
+    ref = U.compare_models(*models, *saes, tokens, labels={"subdomain": (sub, data.subdomain_names),
+                                                           "domain": (dom, data.domain_names)},
+                           min_count=res.params["min_count"], progress=False)
+    _assert_same_comparison(res, ref)
+
+    def fail(*a, **k):
+        raise AssertionError("recomputed instead of loaded")
+    monkeypatch.setattr(U, "compare_models", fail)
+    again = U.get_comparison(smoke_preset, store, False, saes=saes, **kw)
+    _assert_same_comparison(again, ref)
+    assert len(list((tmp_path / "result").glob("universality-*"))) == 1
+    # another SAE B (another folder): another result, computed anew
+    monkeypatch.undo()
+    other = get_sae(smoke_preset, "B", store=smoke_store, progress=False)
+    other.mono_folder = other.mono_folder.with_name(other.mono_folder.name + "-other")
+    U.get_comparison(smoke_preset, store, False, saes=(saes[0], other), **kw)
+    assert len(list((tmp_path / "result").glob("universality-*"))) == 2
+
+
+def test_get_comparison_bad_input(tmp_path):
+    from mono_utils.artifacts import ArtifactStore
+    with pytest.raises(ValueError, match="pair"):
+        U.get_comparison("smoke", ArtifactStore(tmp_path), False, models=(object(),))
