@@ -42,6 +42,9 @@ def build_stages(preset, store):
         ("proxy table", lambda: proxies.get_proxy_table(preset, store)),
         ("autointerp offline", lambda: autointerp_run.get_offline_scores(preset, store)),
         ("feature catalog", lambda: steering_catalog.get_feature_catalog(preset, store)),
+        ("universality comparison", lambda: universality.get_comparison(preset, store)),
+        ("family analysis", lambda: splitting.get_family_analysis(preset, store)),
+        ("family UMAP", lambda: splitting.get_umap_layout(preset, store)),
     ]
     return stages
 
@@ -55,7 +58,8 @@ STAGE_DEPS = {
     "index A/1": ("SAE A/1",), "index B/1": ("SAE B/1",),
     "SAE randomized": ("model A",), "index randomized": ("SAE randomized", "tokens"),
     "proxy table": ("index A/1",), "autointerp offline": ("index A/1", "index randomized"),
-    "feature catalog": ("SAE A/1",),
+    "feature catalog": ("SAE A/1",), "universality comparison": ("SAE A/1", "SAE B/1"),
+    "family analysis": ("SAE family A",), "family UMAP": ("family analysis",),
 }
 
 

@@ -168,6 +168,17 @@ def sae_metrics(sae) -> dict:
     return read_json(Path(sae.mono_folder) / "metrics.json")
 
 
+def ultralow_cutoff(sae) -> float:
+    """The density below which ``sae``'s live features form the ultralow cluster (its metrics.json;
+    ``metrics.ULTRALOW_DEFAULT`` for an SAE outside the artifact store or from before the cutoff
+    was located)."""
+    from .metrics import ULTRALOW_DEFAULT
+    folder = getattr(sae, "mono_folder", None)
+    if folder is None or not (Path(folder) / "metrics.json").exists():
+        return ULTRALOW_DEFAULT
+    return float(read_json(Path(folder) / "metrics.json").get("ultralow_density") or ULTRALOW_DEFAULT)
+
+
 def sae_history(sae) -> list[dict]:
     return json.loads((Path(sae.mono_folder) / "history.json").read_text())
 
