@@ -215,7 +215,8 @@ def build_index(model, sae, tokens: np.ndarray, domain: np.ndarray, subdomain: n
     from .metrics import ultralow_threshold
     # one cutoff for features and neurons (so a comparison leaves out the same kind of unit),
     # located in the features' density histogram; neurons alone show no ultralow cluster
-    cutoff = ultralow_threshold(finished["feature"][0]) if "feature" in finished else ULTRALOW_DENSITY
+    cutoff = (ultralow_threshold(finished["feature"][0], encoder=sae.W_enc) if "feature" in finished
+              else ULTRALOW_DENSITY)
     metrics["ultralow_density"] = cutoff
     for kind, (dens, nnz, n_units) in finished.items():
         metrics[kind] = {"units": int(n_units), "nonzeros": nnz, "dead": int((dens == 0).sum()),

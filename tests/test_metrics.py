@@ -166,7 +166,25 @@ def test_ultralow_cutoff_is_located_in_a_bimodal_histogram():
     t = ultralow_threshold(np.concatenate([main, low, np.zeros(40)]))   # dead features are ignored
     assert 10 ** -4.8 < t < 10 ** -3.4
     assert ((low < t).mean() > 0.97) and ((main < t).mean() < 0.01)
-    # one mode only, or a "low mode" that is most features: the fixed fallback
+    # a low mode holding most features is still the ultralow cluster (short runs leave many there)
+    t = ultralow_threshold(np.concatenate([main[:500], 10 ** rng.normal(-5.3, 0.2, 2000)]))
+    assert 10 ** -4.8 < t < 10 ** -3.4
+    # one mode only, or two modes of ordinary features (the lower one above 1e-3): the fixed fallback
     assert ultralow_threshold(main) == 1e-5
-    assert ultralow_threshold(np.concatenate([main[:500], 10 ** rng.normal(-5.3, 0.2, 2000)])) == 1e-5
+    assert ultralow_threshold(np.concatenate([main, 10 ** rng.normal(-1.0, 0.1, 2000)])) == 1e-5
     assert ultralow_threshold(np.zeros(10)) == 1e-5
+
+
+def test_ultralow_cluster_needs_parallel_encoders_when_the_encoder_is_given():
+    """The paper's second test: the low mode's encoder vectors are nearly parallel."""
+    from mono_utils.metrics import ultralow_threshold
+    rng = np.random.default_rng(1)
+    density = np.concatenate([10 ** rng.normal(-2.5, 0.35, 600), 10 ** rng.normal(-5.3, 0.2, 400)])
+    low = density < 1e-4
+    random_enc = rng.normal(size=(64, 1000))
+    assert ultralow_threshold(density) < 1e-3                        # bimodal by density alone
+    assert ultralow_threshold(density, encoder=random_enc) == 1e-5   # but ordinary (random) encoders
+    parallel = random_enc.copy()
+    parallel[:, low] = rng.normal(size=(64, 1)) + 0.3 * rng.normal(size=(64, int(low.sum())))
+    t = ultralow_threshold(density, encoder=torch.from_numpy(parallel))
+    assert t < 1e-3 and ((density < t) == low).all()
