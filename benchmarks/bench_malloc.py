@@ -1,7 +1,7 @@
 """Training steps with and without the build's glibc malloc tuning, interleaved in one run.
 
 ``python -m mono_utils build --jobs N`` starts its workers with ``MALLOC_MMAP_MAX_=0`` and a
-huge ``MALLOC_TRIM_THRESHOLD_`` (``mono_utils.build_parallel.MALLOC_TUNING``): big tensors come
+huge ``MALLOC_TRIM_THRESHOLD_`` (``mono_utils.malloc_tuning``): big tensors come
 from the heap instead of fresh mmaps, so a step stops faulting its memory in again. This script
 times a model training step (default shape, batch 32 x 128) and an SAE step (512 -> 4096,
 batch 512, sparse path) in child processes with and without the tuning, alternating, one
@@ -56,8 +56,9 @@ print(json.dumps({"median_ms": 1000 * sorted(ts)[n // 2], "faults": faults}))
 
 
 def run(what: str, tuned: bool) -> dict:
-    from mono_utils.build_parallel import MALLOC_TUNING
+    from mono_utils.malloc_tuning import MALLOC_TUNING
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env["MONO_MALLOC_TUNING"] = "1" if tuned else "0"     # the run-time mallopt of the training code too
     env.update(OMP_NUM_THREADS="1", **(MALLOC_TUNING if tuned else {}))
     out = subprocess.run([sys.executable, "-c", CHILD, what], env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])

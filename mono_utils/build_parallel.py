@@ -15,14 +15,6 @@ import time
 from pathlib import Path
 
 
-# glibc serves big tensors (a model step's 64 MB logits, the SAE step's 8 MB temporaries) with
-# fresh mmaps and returns them to the OS when freed, so every training step faults its memory
-# in again: ~85,000 page faults a model step and ~3,000 an SAE step. Serving them from the heap,
-# and never trimming it, makes that 0 and the steps ~1.3x (model) to ~2x (SAE) faster on this
-# machine (benchmarks/RESULTS.md). Peak memory is unchanged: freed blocks are reused.
-MALLOC_TUNING = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
-
-
 def run_parallel(names: list[str], deps: dict, jobs: int, preset: str, store_root: Path) -> int:
     from .artifacts import repo_root
     log_dir = repo_root() / "runs" / "build-logs"
@@ -30,7 +22,9 @@ def run_parallel(names: list[str], deps: dict, jobs: int, preset: str, store_roo
     threads = max(1, (os.cpu_count() or 1) // jobs)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                MONO_ARTIFACTS=str(Path(store_root).resolve()))
-    env.update({k: v for k, v in MALLOC_TUNING.items() if k not in os.environ})  # a user's own tuning wins
+    from .malloc_tuning import MALLOC_TUNING
+    if os.environ.get("MONO_MALLOC_TUNING", "1") != "0":   # see mono_utils.malloc_tuning
+        env.update({k: v for k, v in MALLOC_TUNING.items() if k not in os.environ})  # a user's own tuning wins
     pending = list(names)
     wanted = set(names)
     done: set[str] = set()

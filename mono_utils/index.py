@@ -176,6 +176,8 @@ def build_index(model, sae, tokens: np.ndarray, domain: np.ndarray, subdomain: n
                 domain_names: list[str], subdomain_names: list[str], out_dir: str | Path,
                 chunk_tokens: int = 8192, progress: bool = True, meta: dict | None = None) -> dict:
     """Index ``model``'s neurons and ``sae``'s features over ``tokens`` into ``out_dir``; returns metrics."""
+    from .malloc_tuning import tune_malloc
+    tune_malloc()   # no page faults per step (see malloc_tuning)
     from tqdm.auto import tqdm
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -230,6 +230,8 @@ def evaluate_sae(sae, model, tokens: np.ndarray, max_tokens: int | None = None, 
     ultralow counts use up to ``density_tokens`` (default: the same rows), the rows after
     those going through the model only up to the MLP and through the encoder only.
     """
+    from .malloc_tuning import tune_malloc
+    tune_malloc()   # no page faults per step (see malloc_tuning)
     from tqdm.auto import tqdm
     d_mlp = model.mono_config.d_mlp if hasattr(model, "mono_config") else model.cfg.d_mlp
     if sae.cfg.d_in != d_mlp:

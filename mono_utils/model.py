@@ -179,6 +179,8 @@ def train_model(model, tokens: np.ndarray, cfg: TrainConfig, checkpoint: str | P
     order is a pure function of seed and step). ``on_step(record)`` receives each logged
     record (for live plots). ``stop_after`` simulates an interruption (tests).
     """
+    from .malloc_tuning import tune_malloc
+    tune_malloc()   # no page faults per step (see malloc_tuning)
     from tqdm.auto import tqdm
     n_ctx = tokens.shape[1]
     steps = max(1, cfg.tokens // (cfg.batch_size * n_ctx))

@@ -141,6 +141,8 @@ def resample_dead(sae: SparseAutoencoder, opt, dead: torch.Tensor, pool: torch.T
 def train_sae(cfg: SAEConfig, source, tc: TrainSAEConfig, *, device=None, checkpoint: str | Path | None = None,
               progress: bool = True, live=None, stop_after: int | None = None):
     """Train an SAE; returns ``(sae, history)``. ``live``: a callable (e.g. ``LivePlot``) fed each record."""
+    from .malloc_tuning import tune_malloc
+    tune_malloc()   # no page faults per step (see malloc_tuning)
     from tqdm.auto import tqdm
     if getattr(source, "d_in", cfg.d_in) != cfg.d_in:
         raise ValueError(f"the activation source has d_in = {source.d_in} but the SAE config says d_in = "

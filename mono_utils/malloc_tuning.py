@@ -1,0 +1,41 @@
+"""Keep big tensors' memory in the process instead of faulting it in again every step.
+
+glibc serves allocations above its mmap threshold (a model step's 64 MB logits, an SAE step's
+8 MB temporaries) with fresh ``mmap``s and unmaps them when freed, so each training step
+page-faults all of that memory in again: ~85,000 faults a model step, ~3,000 an SAE step on the
+default shapes. Serving them from the heap and never trimming it makes the faults disappear and
+the steps faster (``benchmarks/bench_malloc.py``; RESULTS.md has the figures). Freed blocks are
+reused, so peak memory does not grow; the process just keeps its peak until it exits.
+
+``tune_malloc()`` does this through ``mallopt`` at run time (glibc only; elsewhere a no-op). The
+training and indexing entry points call it. ``MONO_MALLOC_TUNING=0`` turns it off. Build
+workers also get the equivalent environment (``MALLOC_TUNING``) from their first allocation.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+
+MALLOC_TUNING = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_done = False
+
+
+def tune_malloc() -> bool:
+    """Apply the tuning once per process; True if glibc accepted it."""
+    global _done
+    if _done:
+        return True
+    if os.environ.get("MONO_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):   # musl and others: no mallopt
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # the trim threshold is an int here: 2**31 - 1 bytes (2 GB) of free heap may stay untrimmed
+    _done = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    return _done
