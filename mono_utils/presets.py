@@ -65,7 +65,7 @@ PRESETS: dict[str, Preset] = {
     "default": Preset(
         name="default", corpus_bytes=20_000_000, vocab_size=4096,
         d_model=128, n_heads=4, d_mlp=512, n_ctx=128,
-        model_tokens=3_000_000, model_batch=32, model_lr=2e-3,
+        model_tokens=4_000_000, model_batch=32, model_lr=2e-3,
         # small SAE batches, many steps: A/1 on 4M activations reached 92% loss recovered at
         # L0 26 (batch 512, lr 3.5e-4), against 82% with 43% dead at batch 4096 (lr 1e-3);
         # see benchmarks/RESULTS.md
