@@ -254,7 +254,8 @@ def randomized_model(model, seed: int = 0):
 
 def get_randomized_sae(preset=None, store=None, seed: int = 0, progress: bool = True, model=None,
                        **train_overrides):
-    """``(randomized model A, its SAE)``: the paper's control, trained like A/1 (an artifact).
+    """``(randomized model A, its SAE)``: the paper's control, A/1's recipe on half its activations
+    (all of them on ``paper``), an artifact.
 
     ``model``: model A if already loaded (it is only shuffled, never changed).
     """
@@ -269,6 +270,8 @@ def get_randomized_sae(preset=None, store=None, seed: int = 0, progress: bool = 
     _, model_cfg = pipeline.model_dir(p, "A", s)
     cfg = SAEConfig(d_in=p.d_mlp, d_sae=p.sae_main, l1_coeff=p.l1_coeff, seed=seed,
                     model_name=f"mono-1l-A-randomized{seed}-{p.name}")
+    if p.name != "paper":   # the control only needs its features' examples: half A/1's activations
+        train_overrides.setdefault("total_tokens", max(p.sae_batch, p.sae_tokens // 2))
     tc = sae_train_config(p, "relu", seed=seed, **train_overrides)
     sae_cfg = cfg.to_dict()
     sae_cfg.pop("input_scale")

@@ -71,7 +71,7 @@ PRESETS: dict[str, Preset] = {
         # see benchmarks/RESULTS.md
         sae_sizes=(512, 2048, 4096, 8192), sae_main=4096, l1_coeff=5.6e-3, topk_k=24,
         sae_tokens=4_000_000, sae_batch=512, sae_lr=3.5e-4,
-        eval_tokens=262_144, density_tokens=1_048_576, index_tokens=1_048_576, universality_tokens=262_144,
+        eval_tokens=262_144, density_tokens=524_288, index_tokens=1_048_576, universality_tokens=262_144,
     ),
     # GPU-sized
     "paper": Preset(
