@@ -8,7 +8,7 @@ All metrics are computed on held-out tokens (``pipeline.get_tokens(...).val``):
   instead, a known bug that flatters SAEs; reported only to show the difference).
 - ``l0``: mean number of active features per token.
 - ``dead``: features that never fired on the density tokens (the evaluation tokens and, with
-  ``density_tokens``, more held-out tokens through the encoder only: 1M on default, enough to
+  ``density_tokens``, more held-out tokens through the encoder only: 512k on default, enough to
   resolve the paper's ultralow-density cluster); ``ultralow``: live features of the low mode of
   the bimodal density histogram (``ultralow_threshold`` locates it; the paper excludes them
   from analyses); ``density_hist``: log10 feature-density histogram.

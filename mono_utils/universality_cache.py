@@ -118,7 +118,7 @@ def get_comparison(preset=None, store=None, progress: bool = True, *, models=Non
     data = data if data is not None else pipeline.get_tokens(p, s)
     tokens, dom, sub, desc = token_rows(p, data)
     # the paper leaves ultralow-density features out: A/1's cutoff (located in its density histogram
-    # on the 1M density tokens) as a minimum number of firings on these tokens
+    # on the density tokens) as a minimum number of firings on these tokens
     cutoff = ultralow_cutoff(sae_a)
     min_count = max(1, int(np.ceil(cutoff * tokens.size)))
     config = {"model_a": input_id(model_a), "model_b": input_id(model_b), "sae_a": input_id(sae_a),
