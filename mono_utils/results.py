@@ -90,6 +90,17 @@ def load_result(folder: str | Path) -> tuple[dict, dict]:
     return arrays, meta
 
 
+def array_digest(*arrays) -> str:
+    """A short content hash of arrays (dtype, shape and bytes), to name data inputs in a config."""
+    import hashlib
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
 def frame_to_json(df) -> dict:
     """A pandas DataFrame as plain JSON (columns, index, rows), dtypes kept by name."""
     return {"columns": [str(c) for c in df.columns], "index": df.index.tolist(),

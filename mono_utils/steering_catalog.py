@@ -117,13 +117,8 @@ CATALOG_VERSION = 1
 
 def _array_id(*arrays) -> str:
     """A content hash of the token rows scanned: the catalog is a function of exactly these."""
-    import hashlib
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(a)
-        h.update(f"{a.dtype}{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()[:16]
+    from .results import array_digest
+    return array_digest(*arrays)
 
 
 def cached_feature_catalog(model, sae, tokens: np.ndarray, subdomain: np.ndarray, subdomain_names: list[str],

@@ -46,14 +46,9 @@ _ARRAYS = ("logit_sim", "attribution_sim", "neuron_logit_sim", "label_corr_a", "
 
 
 def digest(*arrays) -> str:
-    """A short content hash of arrays (dtype, shape and bytes), to name data inputs in a cache config."""
-    import hashlib
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(a)
-        h.update(f"{a.dtype}{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()[:16]
+    """A short content hash of arrays, to name data inputs in a cache config."""
+    from .results import array_digest
+    return array_digest(*arrays)
 
 
 def token_rows(preset, data) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
