@@ -4,7 +4,7 @@
 huge ``MALLOC_TRIM_THRESHOLD_`` (``mono_utils.malloc_tuning``): big tensors come
 from the heap instead of fresh mmaps, so a step stops faulting its memory in again. This script
 times a model training step (default shape, batch 32 x 128) and an SAE step (512 -> 4096,
-batch 512, sparse path) in child processes with and without the tuning, alternating, one
+batch 512, the dense step of early training) in child processes with and without the tuning, alternating, one
 thread each, and prints median step times, page faults per step and the ratios.
 
 Usage: .venv/bin/python benchmarks/bench_malloc.py [--rounds 3]
@@ -42,7 +42,7 @@ else:
     xs = (f @ sae.W_dec + sae.b_dec).detach()
     opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
     def step():
-        sae_grads(sae, xs, sparse=True); sae.remove_parallel_grad(); opt.step(); sae.normalize_decoder()
+        sae_grads(sae, xs, sparse=False); sae.remove_parallel_grad(); opt.step(); sae.normalize_decoder()
     n = 40
 for _ in range(3):
     step()
