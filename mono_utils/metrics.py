@@ -104,13 +104,13 @@ def ultralow_threshold(density, default: float = ULTRALOW_DEFAULT, width: float 
         return default
     if encoder is not None:
         low, main = (d > 0) & (d < threshold), d >= threshold
-        c_low, c_main = _mean_pairwise_cosine(encoder, low), _mean_pairwise_cosine(encoder, main)
+        c_low, c_main = mean_pairwise_cosine(encoder, low), mean_pairwise_cosine(encoder, main)
         if not (c_low >= 0.5 and c_low >= 2 * c_main):
             return default
     return float(threshold)
 
 
-def _mean_pairwise_cosine(encoder, mask, n: int = 512) -> float:
+def mean_pairwise_cosine(encoder, mask, n: int = 512) -> float:
     """Mean cosine between the encoder vectors of (up to ``n`` of) the features in ``mask``."""
     idx = np.flatnonzero(np.asarray(mask))
     if len(idx) < 2:

@@ -188,3 +188,11 @@ def test_ultralow_cluster_needs_parallel_encoders_when_the_encoder_is_given():
     parallel[:, low] = rng.normal(size=(64, 1)) + 0.3 * rng.normal(size=(64, int(low.sum())))
     t = ultralow_threshold(density, encoder=torch.from_numpy(parallel))
     assert t < 1e-3 and ((density < t) == low).all()
+
+
+def test_mean_pairwise_cosine_by_hand():
+    from mono_utils.metrics import mean_pairwise_cosine
+    enc = np.array([[1.0, 2.0, 0.0, 5.0], [0.0, 0.0, 3.0, 5.0]])   # [d_in, d_sae]: columns are features
+    # features 0, 1, 2: cosines (0,1) = 1, (0,2) = 0, (1,2) = 0 -> mean 1/3; feature 3 left out
+    assert mean_pairwise_cosine(enc, np.array([True, True, True, False])) == pytest.approx(1 / 3)
+    assert math.isnan(mean_pairwise_cosine(enc, np.array([True, False, False, False])))
