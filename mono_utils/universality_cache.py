@@ -9,7 +9,10 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from .universality import MatchResult, UniversalityResult, compare_models
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # universality imports this module at its end: import it lazily, never at load
+    from .universality import UniversalityResult
 
 
 def example_entries(acts, n_ctx: int, k: int = 5, before: int = 10, after: int = 3) -> sp.csc_matrix:
@@ -64,7 +67,7 @@ def token_rows(preset, data) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     return tv[:rows], dv[:rows], sv[:rows], desc
 
 
-def comparison_to_arrays(res: UniversalityResult) -> tuple[dict, dict]:
+def comparison_to_arrays(res: "UniversalityResult") -> tuple[dict, dict]:
     """A comparison as ``(arrays, meta)`` for ``results.cached_result`` (activations trimmed)."""
     from .results import csr_to_arrays
     arrays = {f"{w}.{f}": getattr(getattr(res, w), f) for w in ("features", "neurons") for f in _MATCH}
@@ -79,7 +82,8 @@ def comparison_to_arrays(res: UniversalityResult) -> tuple[dict, dict]:
     return arrays, meta
 
 
-def comparison_from_arrays(arrays: dict, meta: dict) -> UniversalityResult:
+def comparison_from_arrays(arrays: dict, meta: dict) -> "UniversalityResult":
+    from .universality import MatchResult, UniversalityResult
     from .results import csr_from_arrays
     match = {w: MatchResult(*(arrays[f"{w}.{f}"] for f in _MATCH), meta["n_tokens"][w])
              for w in ("features", "neurons")}
@@ -92,7 +96,7 @@ def comparison_from_arrays(arrays: dict, meta: dict) -> UniversalityResult:
 
 
 def get_comparison(preset=None, store=None, progress: bool = True, *, models=None, saes=None,
-                   data=None) -> UniversalityResult:
+                   data=None) -> "UniversalityResult":
     """Notebook 04's comparison of A/1 with B/1 (and of A's neurons with B's), from the artifact store.
 
     Computed once (``compare_models`` on ``token_rows``, ultralow-density features excluded:
@@ -102,6 +106,7 @@ def get_comparison(preset=None, store=None, progress: bool = True, *, models=Non
     store to skip loading them.
     """
     from . import pipeline
+    from .universality import compare_models
     from .results import cached_result, input_id
     from .sae_pipeline import get_sae, ultralow_cutoff
     p, s = pipeline._preset(preset), pipeline._store(store)
