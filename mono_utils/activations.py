@@ -16,6 +16,7 @@ stream harvests the model once.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,24 @@ class TensorSource:
     def sample(self, n: int, seed: int = 0) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed)
         return self.acts[torch.randint(0, len(self.acts), (n,), generator=g)]
+
+
+@contextmanager
+def on_device(model, device):
+    """``model`` on ``device`` for training or a harvest, back on the CPU afterwards.
+
+    Everything after training (evaluation, indexes, dashboards, steering) runs on the CPU,
+    where a one-layer model is quick, so artifacts never hold GPU tensors.
+    """
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        yield dev
+        return
+    model.to(dev)
+    try:
+        yield dev
+    finally:
+        model.to("cpu")
 
 
 class ActivationStream:

@@ -260,11 +260,11 @@ def get_randomized_sae(preset=None, store=None, seed: int = 0, progress: bool = 
     ``model``: model A if already loaded (it is only shuffled, never changed).
     """
     from . import pipeline
-    from .activations import ActivationStream
+    from .activations import ActivationStream, on_device
     from .metrics import evaluate_sae
     from .sae import SAEConfig, SparseAutoencoder
     from .sae_pipeline import sae_train_config
-    from .train import train_sae
+    from .train import device_name, pick_device, train_sae
     p, s = pipeline._preset(preset), pipeline._store(store)
     rmodel = randomized_model(model if model is not None else pipeline.get_model(p, "A", s, progress=progress), seed)
     _, model_cfg = pipeline.model_dir(p, "A", s)
@@ -281,13 +281,16 @@ def get_randomized_sae(preset=None, store=None, seed: int = 0, progress: bool = 
 
     def build(tmp):
         data = pipeline.get_tokens(p, s)
-        source = ActivationStream(rmodel, data.train, tc.batch_size, seed=seed, max_tokens=tc.total_tokens)
-        sae, hist = train_sae(cfg, source, tc, progress=progress)
+        with on_device(rmodel, pick_device()) as dev:
+            source = ActivationStream(rmodel, data.train, tc.batch_size, seed=seed, max_tokens=tc.total_tokens,
+                                      device=dev)
+            sae, hist = train_sae(cfg, source, tc, device=dev, progress=progress)
         sae = sae.cpu()
         sae.save(tmp)
         tv, _, _ = data.split("val")
         metrics = evaluate_sae(sae, rmodel, tv, p.eval_tokens, progress=progress, density_tokens=p.density_tokens)
-        metrics.update(train_tokens=tc.steps * tc.batch_size, d_sae=p.sae_main, randomize_seed=seed)
+        metrics.update(train_tokens=tc.steps * tc.batch_size, d_sae=p.sae_main, randomize_seed=seed,
+                       train_device=device_name(dev))
         return metrics
 
     folder = s.get_or_build("sae-randomized", name, config, build)

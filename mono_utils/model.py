@@ -188,8 +188,9 @@ def train_model(model, tokens: np.ndarray, cfg: TrainConfig, checkpoint: str | P
     history: list[dict] = []
     start = 0
     ckpt = Path(checkpoint) if checkpoint else None
+    dev = next(model.parameters()).device   # train where the model is (a GPU when on_device put it there)
     if ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, weights_only=True)
+        state = torch.load(ckpt, weights_only=True, map_location=dev)
         _load_params(model, state["model"])
         opt.load_state_dict(state["opt"])
         start = int(state["step"])
@@ -201,7 +202,7 @@ def train_model(model, tokens: np.ndarray, cfg: TrainConfig, checkpoint: str | P
     for step in bar:
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         idx = torch.randint(0, rows, (cfg.batch_size,), generator=g)
-        batch = torch.from_numpy(tokens[idx.numpy()].astype(np.int64))
+        batch = torch.from_numpy(tokens[idx.numpy()].astype(np.int64)).to(dev, non_blocking=True)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, cfg)
         loss = model(batch, return_type="loss")

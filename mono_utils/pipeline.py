@@ -156,10 +156,13 @@ def get_model(preset=None, which: str = "A", store=None, on_step=None, progress:
 
     def build(tmp: Path):
         data = get_tokens(p, s)
-        model = mm.build_model(mcfg, tokenizer=tok)
+        from .activations import on_device
+        from .train import device_name, pick_device
+        model = mm.build_model(mcfg, tokenizer=tok)   # initialised on the CPU: the same start on any device
         # the checkpoint lives outside tmp so that a killed build resumes where it stopped
         ckpt = s.root / "model" / f".ckpt-model{which}-{p.name}-{config_hash(cfg)}.pt"
-        hist = mm.train_model(model, data.train, tcfg, checkpoint=ckpt, on_step=on_step, progress=progress)
+        with on_device(model, pick_device()) as dev:
+            hist = mm.train_model(model, data.train, tcfg, checkpoint=ckpt, on_step=on_step, progress=progress)
         mm.save_weights(model, tmp / "model.safetensors")
         tv, dv, _ = data.split("val")
         rows = max(1, min(len(tv), 3 * p.eval_tokens // 2 // p.n_ctx))  # ~400k tokens on default
@@ -167,7 +170,8 @@ def get_model(preset=None, which: str = "A", store=None, on_step=None, progress:
         (tmp / "history.json").write_text(json.dumps(hist))
         samples = {pr: mm.sample(model, tok, pr, 30, seed=0) for pr in SAMPLE_PROMPTS}
         ckpt.unlink(missing_ok=True)
-        return {**ev, "samples": samples, "train_tokens": hist[-1]["tokens"] if hist else 0}
+        return {**ev, "samples": samples, "train_tokens": hist[-1]["tokens"] if hist else 0,
+                "train_device": device_name(dev)}
 
     folder = s.get_or_build("model", f"model{which}-{p.name}", cfg, build)
     model = mm.build_model(mcfg, tokenizer=tok)

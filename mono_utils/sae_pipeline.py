@@ -50,9 +50,9 @@ def get_sae(preset=None, which: str = "A", d_sae: int | None = None, architectur
     the next SAE of the same model. ``live``: e.g. a ``train.LivePlot()`` shown in a notebook.
     """
     from . import pipeline
-    from .activations import ActivationStream
+    from .activations import ActivationStream, on_device
     from .metrics import evaluate_sae
-    from .train import train_sae
+    from .train import device_name, pick_device, train_sae
     p = _preset(preset)
     s = store if store is not None else ArtifactStore()
     d_sae = d_sae or p.sae_main
@@ -76,10 +76,11 @@ def get_sae(preset=None, which: str = "A", d_sae: int | None = None, architectur
         cache_dir = None
         if cache:
             cache_dir = s.root / "activations" / f"acts{which}-{p.name}-b{tc.batch_size}-s{seed}"
-        source = ActivationStream(model, data.train, tc.batch_size, seed=seed, cache=cache_dir,
-                                  max_tokens=tc.total_tokens, **stream_kw)
         ckpt = s.root / "sae" / f".ckpt-{name}-{_hash(config)}.pt"
-        sae, hist = train_sae(cfg, source, tc, checkpoint=ckpt, progress=progress, live=live)
+        with on_device(model, pick_device()) as dev:   # harvest and train on a GPU when there is one
+            source = ActivationStream(model, data.train, tc.batch_size, seed=seed, cache=cache_dir,
+                                      max_tokens=tc.total_tokens, device=dev, **stream_kw)
+            sae, hist = train_sae(cfg, source, tc, device=dev, checkpoint=ckpt, progress=progress, live=live)
         sae = sae.cpu()
         sae.save(tmp)
         tv, _, _ = data.split("val")
@@ -89,7 +90,8 @@ def get_sae(preset=None, which: str = "A", d_sae: int | None = None, architectur
         (tmp / "history.json").write_text(json.dumps(hist))
         last = hist[-1] if hist else {}
         metrics.update(train_tokens=tc.steps * tc.batch_size, train_act_per_s=last.get("act_per_s"),
-                       input_scale=sae.cfg.input_scale, d_sae=d_sae, architecture=architecture)
+                       input_scale=sae.cfg.input_scale, d_sae=d_sae, architecture=architecture,
+                       train_device=device_name(dev))
         ckpt.unlink(missing_ok=True)
         return metrics
 

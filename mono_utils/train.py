@@ -62,6 +62,9 @@ class TrainSAEConfig:
 
 
 def pick_device(device=None) -> torch.device:
+    """``device``, else ``$MONO_DEVICE`` (e.g. ``cpu`` to keep a GPU free), else CUDA when present."""
+    import os
+    device = device or os.environ.get("MONO_DEVICE") or None
     if device is not None:
         return torch.device(device)
     if torch.cuda.is_available():
@@ -69,6 +72,12 @@ def pick_device(device=None) -> torch.device:
         torch.backends.cudnn.allow_tf32 = True
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+def device_name(device) -> str:
+    """What trained an artifact, for its metrics: ``cpu`` or the GPU's name."""
+    dev = torch.device(device)
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
 
 
 def lr_factor(step: int, tc: TrainSAEConfig) -> float:
