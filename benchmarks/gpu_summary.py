@@ -37,6 +37,10 @@ def main() -> int:
                                           "dead", "dead_frac", "ultralow", "ultralow_cutoff", "train_tokens")
                     if k in m}
             out[folder.name] = {"content_sha256": digest(folder), **keep}
+    for kind in ("corpus", "tokenizer", "tokens"):   # file by file: where two machines' builds part
+        for folder in sorted(d for d in (store.root / kind).glob(f"*-{p.name}-*") if d.is_dir()):
+            out[folder.name + " files"] = {f.name: hashlib.sha256(f.read_bytes()).hexdigest()[:12]
+                                           for f in sorted(folder.iterdir()) if f.is_file()}
     print(json.dumps(out, indent=1, default=str))
     return 0
 

@@ -103,6 +103,18 @@ def _transpose_pattern(crow, col, B, m):
     return crow_t, rows[order].to(crow.dtype), order
 
 
+def column_sums(vals, col, crow_t, order, m: int, in_order: bool = False) -> torch.Tensor:
+    """Per-column sums of CSR values ``vals`` (columns ``col``), [m].
+
+    ``in_order``: one segment sum per column over the transposed pattern, in a fixed order.
+    A GPU needs it: there ``index_add_`` adds with atomics in no fixed order, so two runs of
+    the same config would differ in the last bits. On a CPU both ways add in row order.
+    """
+    if in_order:
+        return torch.segment_reduce(vals[order], "sum", offsets=crow_t)
+    return torch.zeros(m, dtype=vals.dtype, device=vals.device).index_add_(0, col, vals)
+
+
 def _sparse_pass(crow, col, v, target, xc, W_dec, b_dec, lam, scale, B, with_bias=True):
     """Sparse decode + backward. Returns x_hat, dW_dec, dW_enc^T, db_enc, d_xhat, sum sq err."""
     m = W_dec.shape[0]
@@ -119,8 +131,8 @@ def _sparse_pass(crow, col, v, target, xc, W_dec, b_dec, lam, scale, B, with_bia
     if lam:
         dv = dv + lam / B
     dpre = dv * (v > 0)
-    db_enc = torch.zeros(m, dtype=v.dtype, device=v.device).index_add_(0, col, dpre)
     crow_t, col_t, order = _transpose_pattern(crow, col, B, m)
+    db_enc = column_sums(dpre, col, crow_t, order, m, in_order=v.is_cuda)
     dW_dec = torch.sparse.mm(_csr(crow_t, col_t, v[order], (m, B)), d_xhat)
     dW_encT = torch.sparse.mm(_csr(crow_t, col_t, dpre[order], (m, B)), xc)
     return x_hat, dW_dec, dW_encT, db_enc, d_xhat, sq

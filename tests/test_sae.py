@@ -185,3 +185,18 @@ def test_nan_weights_and_shape_mismatch_rejected(tmp_path):
     save_file(w, str(folder / "sae_weights.safetensors"))
     with pytest.raises(ValueError, match="shape"):
         SparseAutoencoder.load(folder)
+
+
+def test_column_sums_in_order_equal_index_add():
+    """The GPU's fixed-order bias gradient equals index_add_, empty columns included."""
+    from mono_utils.sae_kernels import _transpose_pattern, column_sums
+    g = torch.Generator().manual_seed(0)
+    B, m, k = 64, 300, 4   # 256 entries over 300 columns: many columns are empty
+    col = torch.stack([torch.randperm(m, generator=g)[:k].sort().values for _ in range(B)]).reshape(-1)
+    crow = torch.arange(0, B * k + 1, k)
+    vals = torch.randn(B * k, generator=g)
+    crow_t, _, order = _transpose_pattern(crow, col, B, m)
+    a = column_sums(vals, col, crow_t, order, m, in_order=True)
+    b = column_sums(vals, col, crow_t, order, m, in_order=False)
+    assert (torch.bincount(col, minlength=m) == 0).any()
+    assert torch.equal(a, b)

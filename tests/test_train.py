@@ -33,6 +33,7 @@ def test_recovers_planted_features(arch, kw):
     cfg = SAEConfig(d_in=32, d_sae=80, architecture=arch, **kw)
     sae, hist = train_sae(cfg, TensorSource(x, 256), TrainSAEConfig(total_tokens=256 * 700, batch_size=256, lr=3e-3),
                           progress=False)
+    sae = sae.cpu()   # trained on a GPU where there is one
     cos = max_cos(D, sae)
     assert cos.mean() >= 0.95, f"mean max cosine {cos.mean():.3f}"
     # the paper's constraint: dictionary vectors stay unit norm (in the SAE's scaled space)
@@ -46,6 +47,7 @@ def test_resampling_revives_dead_features():
     cfg = SAEConfig(d_in=32, d_sae=64, l1_coeff=1e-2)
     tc = TrainSAEConfig(total_tokens=256 * 10, batch_size=256, lr=1e-3)
     sae, _ = train_sae(cfg, TensorSource(x, 256), tc, progress=False)
+    sae = sae.cpu()
     opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
     xs = x[:4096] * sae.input_scale
     # kill 16 features: large negative bias, never fire
