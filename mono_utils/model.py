@@ -179,6 +179,12 @@ def train_model(model, tokens: np.ndarray, cfg: TrainConfig, checkpoint: str | P
     order is a pure function of seed and step). ``on_step(record)`` receives each logged
     record (for live plots). ``stop_after`` simulates an interruption (tests).
     """
+    from .train import deterministic
+    with deterministic(next(model.parameters()).device):
+        return _train_model(model, tokens, cfg, checkpoint, progress, on_step, stop_after)
+
+
+def _train_model(model, tokens, cfg, checkpoint, progress, on_step, stop_after):
     from .malloc_tuning import tune_malloc
     tune_malloc()   # no page faults per step (see malloc_tuning)
     from tqdm.auto import tqdm

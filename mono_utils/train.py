@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -63,7 +65,6 @@ class TrainSAEConfig:
 
 def pick_device(device=None) -> torch.device:
     """``device``, else ``$MONO_DEVICE`` (e.g. ``cpu`` to keep a GPU free), else CUDA when present."""
-    import os
     device = device or os.environ.get("MONO_DEVICE") or None
     if device is not None:
         return torch.device(device)
@@ -72,6 +73,26 @@ def pick_device(device=None) -> torch.device:
         torch.backends.cudnn.allow_tf32 = True
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+@contextmanager
+def deterministic(device):
+    """Bit-reproducible training on a GPU too, for the duration of the block.
+
+    Some CUDA kernels (embedding and index backward passes, split-K GEMMs) add with atomics in
+    no fixed order, so two runs of one config would differ; PyTorch's deterministic mode picks
+    their ordered variants (warning, not failing, where an op has none). On a CPU: nothing to do.
+    """
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # cuBLAS's fixed-order workspace
+    prev, prev_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
 
 
 def device_name(device) -> str:
@@ -149,7 +170,16 @@ def resample_dead(sae: SparseAutoencoder, opt, dead: torch.Tensor, pool: torch.T
 
 def train_sae(cfg: SAEConfig, source, tc: TrainSAEConfig, *, device=None, checkpoint: str | Path | None = None,
               progress: bool = True, live=None, stop_after: int | None = None):
-    """Train an SAE; returns ``(sae, history)``. ``live``: a callable (e.g. ``LivePlot``) fed each record."""
+    """Train an SAE; returns ``(sae, history)``. ``live``: a callable (e.g. ``LivePlot``) fed each record.
+
+    ``device``: default :func:`pick_device` (a GPU when there is one); the SAE comes back there.
+    """
+    dev = pick_device(device)
+    with deterministic(dev):
+        return _train_sae(cfg, source, tc, dev, checkpoint, progress, live, stop_after)
+
+
+def _train_sae(cfg, source, tc, dev, checkpoint, progress, live, stop_after):
     from .malloc_tuning import tune_malloc
     tune_malloc()   # no page faults per step (see malloc_tuning)
     from tqdm.auto import tqdm
@@ -158,7 +188,6 @@ def train_sae(cfg: SAEConfig, source, tc: TrainSAEConfig, *, device=None, checkp
                          f"{cfg.d_in}: set SAEConfig.d_in to the model's d_mlp")
     cfg = SAEConfig.from_dict(cfg.to_dict())  # never mutate the caller's config
     ident = {"sae": cfg.to_dict(), "train": tc.to_dict()}
-    dev = pick_device(device)
     torch.manual_seed(tc.seed)
     sae = init_sae(cfg, source, tc, dev)
     opt = _adam(sae, tc.lr, dev)
