@@ -313,7 +313,9 @@ def get_randomized_index(preset=None, store=None, seed: int = 0, progress: bool 
                            progress=progress, meta={"which": f"A-randomized{seed}", "source": source})
 
     folder = s.get_or_build("index-randomized", f"indexA-randomized{seed}-{p.name}", config, build)
-    return ActivationIndex.load(folder), rmodel, sae
+    index = ActivationIndex.load(folder)
+    index.use_sae_ultralow(sae)
+    return index, rmodel, sae
 
 
 def preset_sources(preset=None, store=None, randomized: bool = True, progress: bool = True) -> dict:

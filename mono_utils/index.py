@@ -9,6 +9,7 @@ chunks are scattered into place once the per-unit counts are known (no global so
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -265,6 +266,7 @@ class ActivationIndex:
     folder: Path | None = None
     info: dict = field(default_factory=dict)
     ultralow_density: float = ULTRALOW_DENSITY
+    feature_ultralow: np.ndarray | None = None   # the SAE's own ultralow set, once use_sae_ultralow ran
 
     @classmethod
     def load(cls, folder: str | Path, mmap: bool = True) -> "ActivationIndex":
@@ -332,15 +334,38 @@ class ActivationIndex:
         return bool(self._u(kind).count[self.check_unit(kind, unit)] == 0)
 
     def is_ultralow(self, kind: str, unit: int) -> bool:
-        d = self.density(kind)[self.check_unit(kind, unit)]
-        return bool(0 < d < self.ultralow_density)
+        return bool(self.ultralow_mask(kind)[self.check_unit(kind, unit)])
 
     def dead_mask(self, kind: str) -> np.ndarray:
         return self._u(kind).count == 0
 
     def ultralow_mask(self, kind: str) -> np.ndarray:
+        if kind == "feature" and self.feature_ultralow is not None:
+            return self.feature_ultralow & ~self.dead_mask(kind)
         d = self.density(kind)
         return (d > 0) & (d < self.ultralow_density)
+
+    def use_sae_ultralow(self, sae) -> bool:
+        """Take the ultralow cluster that ``sae``'s own metrics located, so that the SAE's figures,
+        dashboards, autointerp, rating, proxies and universality all leave out the same features.
+
+        The SAE records its cutoff and densities on the preset's held-out density tokens
+        (``metrics.json``, ``feature_density.safetensors``); without them (an SAE from outside
+        the store) the index keeps the cutoff it located on its own tokens. Returns whether
+        the SAE's set was taken.
+        """
+        from .sae_pipeline import feature_density, sae_metrics
+        folder = getattr(sae, "mono_folder", None)
+        if folder is None or not (Path(folder) / "feature_density.safetensors").exists():
+            return False
+        cutoff = sae_metrics(sae).get("ultralow_density")
+        dens = feature_density(sae).numpy()
+        if cutoff is None or "feature" not in self.units or len(dens) != self.n_units("feature"):
+            return False
+        self.ultralow_density = float(cutoff)
+        self.feature_ultralow = (dens > 0) & (dens < cutoff)
+        self.identity_suffix = "+sae-ultralow-" + hashlib.sha256(np.packbits(self.feature_ultralow).tobytes()).hexdigest()[:12]
+        return True
 
     def live_units(self, kind: str) -> np.ndarray:
         """Units that are neither dead nor ultralow (the paper excludes those from analyses)."""
@@ -494,4 +519,5 @@ def get_index(preset=None, which: str = "A", d_sae: int | None = None, store=Non
     folder = s.get_or_build("index", f"index{which}-{d}-{p.name}", cfg, build)
     idx = ActivationIndex.load(folder)
     idx.sae_folder = getattr(sae, "mono_folder", None) or getattr(sae, "folder", None)
+    idx.use_sae_ultralow(sae)
     return idx

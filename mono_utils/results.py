@@ -34,8 +34,8 @@ def input_id(obj) -> str:
     """
     for attr in ("mono_folder", "folder"):
         folder = getattr(obj, attr, None)
-        if folder is not None:
-            return Path(folder).name
+        if folder is not None:   # + what was set on it after loading (an index's ultralow set)
+            return Path(folder).name + getattr(obj, "identity_suffix", "")
     if isinstance(obj, (str, Path)):
         return Path(obj).name
     raise ValueError(f"cannot name {type(obj).__name__} as a cached-result input: pass an object loaded "

@@ -107,3 +107,36 @@ def test_get_index_artifact(smoke_preset, smoke_store):
     idx2 = get_index(p, "A", store=smoke_store, sae=sae, model=model, progress=False)
     assert idx2.folder == idx.folder
     assert "source" in __import__("json").loads((idx.folder / "metrics.json").read_text())
+
+
+def test_index_takes_the_sae_ultralow_set(tmp_path):
+    """One ultralow set per SAE: the index takes the one the SAE's metrics located, and cached
+    results keyed by the index see the change."""
+    import json
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+
+    from _mono_standins import random_index
+    from mono_utils.results import input_id
+    idx = random_index(n_features=30)
+    idx.folder = tmp_path / "indexA"
+    before = input_id(idx)
+    dens = np.full(30, 0.05, np.float32)
+    dens[[3, 4]] = 1e-6          # the SAE's ultralow cluster
+    dens[0] = 0.0                # dead there (and in the index)
+    folder = tmp_path / "sae"
+    folder.mkdir()
+    save_file({"density": torch.from_numpy(dens)}, str(folder / "feature_density.safetensors"))
+    (folder / "metrics.json").write_text(json.dumps({"ultralow_density": 1e-4}))
+    assert idx.use_sae_ultralow(SimpleNamespace(mono_folder=folder))
+    assert idx.ultralow_density == 1e-4
+    assert sorted(np.flatnonzero(idx.ultralow_mask("feature"))) == [3, 4]
+    assert idx.is_ultralow("feature", 3) and not idx.is_ultralow("feature", 5)
+    live = set(idx.live_units("feature").tolist())
+    assert not live & {0, 3, 4} and 5 in live
+    assert input_id(idx) != before
+    # an SAE from outside the store (no recorded densities): the index keeps its own cutoff
+    assert not random_index().use_sae_ultralow(SimpleNamespace(mono_folder=None))
