@@ -184,3 +184,42 @@ class OfflineBackend:
                 "note": "offline: no API calls"}
 
 
+
+
+def lookup_ceiling(source, units, seed: int = 0) -> dict:
+    """How far any token-lookup simulator could go: the protocol's held-out examples and scores,
+    with the simulator replaced by an *oracle* that predicts the unit's mean activation on each
+    token (``"token"``), or on each (previous, current) token pair (``"pair"``), over the whole
+    evaluation set. The oracle reads the test rows' statistics: a ceiling, never a method.
+
+    Returns ``{"unit", "token", "pair", "single_token"}`` arrays (importance-weighted Spearman).
+    ``source``: an ``autointerp_run.IndexSource`` (or anything with ``unit_acts`` and ``corpus``).
+    """
+    from .autointerp import score_simulation, select_examples
+    from .autointerp_run import unit_seed
+    toks = np.asarray(source.corpus.tokens)
+    flat_t = toks.reshape(-1).astype(np.int64)
+    vocab = int(flat_t.max()) + 1
+    # each row starts a new context: position 0 has no previous token (key -1 -> its own pairs)
+    prev = np.concatenate([[-1], flat_t[:-1]])
+    prev[:: toks.shape[1]] = -1
+    keys, inv = np.unique((prev + 1) * vocab + flat_t, return_inverse=True)
+    tok_n = np.maximum(np.bincount(flat_t, minlength=vocab), 1)
+    pair_n = np.bincount(inv)
+    out = {"unit": [], "token": [], "pair": [], "single_token": []}
+    for u in units:
+        acts = np.asarray(source.unit_acts(u))
+        flat_a = acts.reshape(-1).astype(np.float64)
+        by_tok = np.bincount(flat_t, flat_a, vocab) / tok_n
+        by_pair = np.bincount(inv, flat_a) / pair_n
+        ue = select_examples(acts, source.corpus, unit_seed(seed, u))
+        p_tok, p_pair = [], []
+        for e in ue.simulate:
+            pos = e.row * toks.shape[1] + e.start + np.arange(len(e.token_ids))
+            p_tok.append(by_tok[flat_t[pos]])
+            p_pair.append(by_pair[inv[pos]])
+        out["unit"].append(int(u))
+        out["token"].append(score_simulation(ue, p_tok)["spearman"])
+        out["pair"].append(score_simulation(ue, p_pair)["spearman"])
+        out["single_token"].append(bool(ue.single_token))
+    return {k: np.asarray(v) for k, v in out.items()}

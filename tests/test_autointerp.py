@@ -317,3 +317,23 @@ def test_cached_offline_scores_equal_direct_then_load(tiny_model, tmp_path, monk
     assert len([p for p in (store.root / "result").iterdir() if not p.name.startswith(".")]) == 3
     with pytest.raises(ValueError, match="IndexSource"):
         ar.cached_offline_scores({"x": ArraySource(*word_corpus()[:1], acts=np.zeros((1, 400, 32)))}, store=store)
+
+
+def test_lookup_ceiling_token_and_pair_oracles():
+    """A unit that is a function of the current token: the token oracle is perfect. One that
+    fires on a token only after a given token: only the pair oracle sees it. Noise: neither."""
+    from mono_utils.autointerp_offline import lookup_ceiling
+    corpus, rng = word_corpus(vocab=20)
+    t = corpus.tokens
+    token_unit = np.where(t == 7, 3.0, 0.0) + np.where(t == 9, 1.0, 0.0)
+    prev = np.full_like(t, -1)
+    prev[:, 1:] = t[:, :-1]
+    # fires on w5 after w11 only: w5 alone is a poor guess (it mostly comes after other tokens)
+    pair_unit = np.where((t == 5) & (prev == 11), 2.0, 0.0)
+    noise = np.maximum(0, rng.normal(0, 1, t.shape)) * (rng.random(t.shape) < 0.3)
+    src = ArraySource(corpus, [a.astype(np.float32) for a in (token_unit, pair_unit, noise)])
+    c = lookup_ceiling(src, [0, 1, 2])
+    assert list(c["unit"]) == [0, 1, 2]
+    assert c["token"][0] > 0.99 and c["pair"][0] > 0.99
+    assert c["pair"][1] > 0.99 and c["token"][1] < c["pair"][1] - 0.3
+    assert c["token"][2] < 0.3 and c["pair"][2] < 0.5
