@@ -128,9 +128,9 @@ def family_tokens(p: Preset, d_sae: int) -> int:
 
 def topk_tokens(p: Preset) -> int:
     """TopK trains on a quarter of the main run's tokens (not on ``paper``): it only serves the
-    side-by-side comparison, and the suite's time budget is tight. Its loss recovered is still
-    above A/1's at this budget, but AuxK revives few latents in 1,953 steps: on default 68% end
-    dead (28 of 4,096 on the full 4M; benchmarks/RESULTS.md)."""
+    side-by-side comparison, and the suite's time budget is tight. On default (lr 1e-3) it still
+    reconstructs better than A/1 with 59 dead latents of 4,096; at lr 3.5e-4 the same budget
+    left 68% dead (benchmarks/RESULTS.md)."""
     return p.sae_tokens if p.name == "paper" else max(p.sae_batch, p.sae_tokens // 4)
 
 
