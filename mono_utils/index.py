@@ -354,16 +354,12 @@ class ActivationIndex:
         the store) the index keeps the cutoff it located on its own tokens. Returns whether
         the SAE's set was taken.
         """
-        from .sae_pipeline import feature_density, sae_metrics
-        folder = getattr(sae, "mono_folder", None)
-        if folder is None or not (Path(folder) / "feature_density.safetensors").exists():
+        from .sae_pipeline import sae_metrics, ultralow_mask
+        mask = ultralow_mask(sae)
+        if mask is None or "feature" not in self.units or len(mask) != self.n_units("feature"):
             return False
-        cutoff = sae_metrics(sae).get("ultralow_density")
-        dens = feature_density(sae).numpy()
-        if cutoff is None or "feature" not in self.units or len(dens) != self.n_units("feature"):
-            return False
-        self.ultralow_density = float(cutoff)
-        self.feature_ultralow = (dens > 0) & (dens < cutoff)
+        self.ultralow_density = float(sae_metrics(sae)["ultralow_density"])
+        self.feature_ultralow = mask
         self.identity_suffix = "+sae-ultralow-" + hashlib.sha256(np.packbits(self.feature_ultralow).tobytes()).hexdigest()[:12]
         return True
 

@@ -183,6 +183,20 @@ def ultralow_cutoff(sae) -> float:
     return float(read_json(Path(folder) / "metrics.json").get("ultralow_density") or ULTRALOW_DEFAULT)
 
 
+def ultralow_mask(sae):
+    """Bool [d_sae]: the features in ``sae``'s ultralow cluster, as its metrics located it on the
+    density tokens (``feature_density.safetensors`` below the recorded cutoff); None for an SAE
+    outside the artifact store or from before the densities were recorded."""
+    folder = getattr(sae, "mono_folder", None)
+    if folder is None or not (Path(folder) / "feature_density.safetensors").exists():
+        return None
+    cutoff = sae_metrics(sae).get("ultralow_density")
+    if cutoff is None:
+        return None
+    dens = feature_density(sae).numpy()
+    return (dens > 0) & (dens < cutoff)
+
+
 def sae_history(sae) -> list[dict]:
     return json.loads((Path(sae.mono_folder) / "history.json").read_text())
 

@@ -130,8 +130,15 @@ class SplitGraph:
         return out
 
 
-def link_activations(acts: dict, threshold: float = PAPER_THRESHOLD, chunk: int = 16384) -> SplitGraph:
-    """Link features of consecutive sizes. ``acts``: {size: [tokens, size] activations} on the same tokens."""
+def link_activations(acts: dict, threshold: float = PAPER_THRESHOLD, chunk: int = 16384,
+                     exclude: dict | None = None) -> SplitGraph:
+    """Link features of consecutive sizes. ``acts``: {size: [tokens, size] activations} on the same tokens.
+
+    ``exclude``: {size: bool mask} of features left out of the analysis (each SAE's ultralow
+    cluster, as the paper leaves it out): they get no links and count as not live. Their
+    nearly parallel encoders make them fire together, so they would otherwise form one
+    "family" of hundreds.
+    """
     sizes = _check_family(sorted(acts))
     n = {s: acts[s].shape[0] for s in sizes}
     if len(set(n.values())) != 1:
@@ -140,6 +147,14 @@ def link_activations(acts: dict, threshold: float = PAPER_THRESHOLD, chunk: int 
         if acts[s].shape[1] != s:
             raise ValueError(f"activations for size {s} have {acts[s].shape[1]} features: key them by dictionary size")
     mats = {s: _csr(acts[s], np.float32) for s in sizes}
+    for s, mask in (exclude or {}).items():
+        if s not in mats:
+            raise ValueError(f"exclude names size {s}, which is not in the family {sizes}")
+        mask = np.asarray(mask, bool)
+        if mask.shape != (s,):
+            raise ValueError(f"the exclude mask for size {s} has shape {mask.shape}: pass one bool per feature")
+        mats[s] = (mats[s] @ sp.diags((~mask).astype(np.float32))).tocsr()
+        mats[s].eliminate_zeros()
     parent, psim, links = [np.full(sizes[0], -1)], [np.zeros(sizes[0], np.float32)], []
     live = [np.asarray(mats[sizes[0]].getnnz(0) > 0)]
     for small, large in zip(sizes, sizes[1:]):
@@ -233,6 +248,7 @@ class FamilyAnalysis:
     graph: SplitGraph
     acts: dict[int, sp.csc_matrix] = field(repr=False)   # {size: activations cut to the examples (example_entries)}
     live: dict[int, np.ndarray] = field(repr=False)       # {size: fires at least once on the tokens}
+    # (graph.live: also outside the SAE's ultralow cluster, i.e. taking part in the links)
     hover: dict[int, list[str]] = field(repr=False)       # {level: top tokens of each feature}
     label_corr: np.ndarray = field(repr=False)            # [sizes[0], subdomains]: smallest size vs labels
     tokens: np.ndarray = field(repr=False)                # [rows, n_ctx]
@@ -257,6 +273,7 @@ def get_family_analysis(preset=None, store=None, progress: bool = True, *, model
     from . import pipeline
     from .dashboards import vocab_strings
     from .results import cached_result, input_id
+    from .sae_pipeline import ultralow_mask
     from .universality import EXAMPLES, digest, example_entries, label_correlation, token_rows, top_tokens
     p, s = pipeline._preset(preset), pipeline._store(store)
     model = model if model is not None else pipeline.get_model(p, "A", s, progress=progress)
@@ -264,14 +281,18 @@ def get_family_analysis(preset=None, store=None, progress: bool = True, *, model
     data = data if data is not None else pipeline.get_tokens(p, s)
     vocab = vocab_strings(tokenizer if tokenizer is not None else pipeline.get_tokenizer(p, s))
     tokens, _, sub, desc = token_rows(p, data)
+    sizes = sorted(family)
+    ultralow = {n: ultralow_mask(family[n]) for n in sizes}   # each SAE's own cluster, left out
+    ultralow = {n: m for n, m in ultralow.items() if m is not None}
     config = {"model": input_id(model), "saes": sae_ids, "tokens": desc, "threshold": float(threshold),
               "batch_rows": 64, "chunk": 16384, "examples": EXAMPLES,
-              "vocab": digest(np.frombuffer("\0".join(vocab).encode("utf-8"), np.uint8)), "version": 1}
-    sizes = sorted(family)
+              "vocab": digest(np.frombuffer("\0".join(vocab).encode("utf-8"), np.uint8)),
+              "ultralow": {str(n): digest(m) for n, m in ultralow.items()}, "version": 3}
 
     def compute():
         acts = family_activations(model, family, tokens, batch_rows=64, progress=progress)
-        g = link_activations(acts, threshold=threshold, chunk=16384)
+        fires = {n: np.asarray(acts[n].getnnz(0) > 0) for n in sizes}   # the map shows all of these
+        g = link_activations(acts, threshold=threshold, chunk=16384, exclude=ultralow)
         arrays = {"tokens": tokens, "label_corr": label_correlation(acts[sizes[0]], sub, len(data.subdomain_names))}
         hover = []
         for lv, n in enumerate(sizes):
@@ -280,7 +301,7 @@ def get_family_analysis(preset=None, store=None, progress: bool = True, *, model
             hover.append(top_tokens(cut, tokens, vocab))
             arrays.update(csr_to_arrays(f"acts.{n}", cut.T))   # CSC arrays = CSR arrays of the transpose
             arrays.update({f"parent.{lv}": g.parent[lv], f"parent_sim.{lv}": g.parent_sim[lv],
-                           f"live.{lv}": g.live[lv]})
+                           f"live.{lv}": fires[n], f"linked_live.{lv}": g.live[lv]})
             if lv:
                 lk = g.links[lv - 1]
                 arrays.update({f"links.{lv}.row": lk.row, f"links.{lv}.col": lk.col, f"links.{lv}.data": lk.data})
@@ -292,9 +313,9 @@ def get_family_analysis(preset=None, store=None, progress: bool = True, *, model
     links = [sp.coo_matrix((a[f"links.{lv}.data"], (a[f"links.{lv}.row"], a[f"links.{lv}.col"])),
                            shape=(sizes[lv - 1], sizes[lv])) for lv in k if lv]
     graph = SplitGraph(sizes, [a[f"parent.{lv}"] for lv in k], [a[f"parent_sim.{lv}"] for lv in k], float(threshold),
-                       [a[f"live.{lv}"] for lv in k], links)
+                       [a[f"linked_live.{lv}"] for lv in k], links)
     acts = {n: csr_from_arrays(f"acts.{n}", a).T.tocsc() for n in sizes}
-    return FamilyAnalysis(graph, acts, {n: graph.live[lv] for lv, n in enumerate(sizes)},
+    return FamilyAnalysis(graph, acts, {n: a[f"live.{lv}"] for lv, n in enumerate(sizes)},
                           {lv: list(h) for lv, h in enumerate(meta["hover"])}, a["label_corr"], a["tokens"],
                           meta["params"])
 

@@ -197,3 +197,18 @@ def test_family_analysis_and_umap_cached(smoke_preset, smoke_store, tmp_path, mo
         {"size": [g.sizes[0]], "feature": [0], "x": [float(seed)], "y": [0.0]}))
     assert S.get_umap_layout(smoke_preset, store, False, family=family, analysis=fam, seed=1)["x"].tolist() == [1.0]
     assert len(list((tmp_path / "result").glob("umap-*"))) == 2
+
+
+def test_excluded_features_get_no_links():
+    """An SAE's ultralow cluster is left out: no links, not live; the rest links as before."""
+    acts = _constructed()
+    excl = np.zeros(16, bool)
+    excl[9] = True
+    g = S.link_activations(acts, threshold=0.4, chunk=1000, exclude={16: excl})
+    assert sorted(g.children(1, 5)) == [14]
+    assert g.parent[2][9] == -1 and not g.live[2][9]
+    assert list(g.children(1, 2)) == [3] and sorted(g.children(0, 1)) == [2, 5]
+    with pytest.raises(ValueError, match="not in the family"):
+        S.link_activations(acts, exclude={32: np.zeros(32, bool)})
+    with pytest.raises(ValueError, match="one bool per feature"):
+        S.link_activations(acts, exclude={16: np.zeros(15, bool)})
