@@ -184,8 +184,6 @@ class OfflineBackend:
                 "note": "offline: no API calls"}
 
 
-
-
 def lookup_ceiling(source, units, seed: int = 0) -> dict:
     """How far any token-lookup simulator could go: the protocol's held-out examples and scores,
     with the simulator replaced by an *oracle* that predicts the unit's mean activation on each

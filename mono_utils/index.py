@@ -267,6 +267,7 @@ class ActivationIndex:
     info: dict = field(default_factory=dict)
     ultralow_density: float = ULTRALOW_DENSITY
     feature_ultralow: np.ndarray | None = None   # the SAE's own ultralow set, once use_sae_ultralow ran
+    identity_suffix: str = ""                    # names that set in cached results' configs (input_id)
 
     @classmethod
     def load(cls, folder: str | Path, mmap: bool = True) -> "ActivationIndex":
@@ -347,7 +348,7 @@ class ActivationIndex:
 
     def use_sae_ultralow(self, sae) -> bool:
         """Take the ultralow cluster that ``sae``'s own metrics located, so that the SAE's figures,
-        dashboards, autointerp, rating, proxies and universality all leave out the same features.
+        dashboards, autointerp, rating, proxies and feature splitting all leave out the same features.
 
         The SAE records its cutoff and densities on the preset's held-out density tokens
         (``metrics.json``, ``feature_density.safetensors``); without them (an SAE from outside
@@ -360,7 +361,7 @@ class ActivationIndex:
             return False
         self.ultralow_density = float(sae_metrics(sae)["ultralow_density"])
         self.feature_ultralow = mask
-        self.identity_suffix = "+sae-ultralow-" + hashlib.sha256(np.packbits(self.feature_ultralow).tobytes()).hexdigest()[:12]
+        self.identity_suffix = "+sae-ultralow-" + hashlib.sha256(np.packbits(mask).tobytes()).hexdigest()[:12]
         return True
 
     def live_units(self, kind: str) -> np.ndarray:
