@@ -6,8 +6,8 @@
 #   2. prints what came out (benchmarks/gpu_summary.py), to set beside the CPU build's figures;
 #   3. times SAE training steps on the GPU (benchmarks/bench_sae.py);
 #   4. runs the core unit tests with CUDA present (train_sae then picks the GPU).
-# Where transformer_lens is missing, wheels in .whl are installed first (pip download them
-# here, as ../.library/device/README.md says). Usage: bash benchmarks/gpu_check.sh [preset]
+# Where transformer_lens is missing, wheels in .whl are installed first: download them here with
+# benchmarks/gpu_wheels.sh and carry .whl. Usage: bash benchmarks/gpu_check.sh [preset]
 # (SKIP_BENCH=1 leaves out step 3).
 set -uo pipefail
 PRESET=${1:-default}
