@@ -20,12 +20,10 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
-
 
 def main() -> int:
     from mono_utils import autointerp_run as R
-    from mono_utils.autointerp_offline import lookup_ceiling
+    from mono_utils.autointerp_offline import ceiling_table
     from mono_utils.artifacts import ArtifactStore
     from mono_utils.presets import get_preset
     ap = argparse.ArgumentParser()
@@ -38,13 +36,11 @@ def main() -> int:
     sources = R.preset_sources(p, s, randomized=False, progress=False)
     offline = R.get_offline_scores(p, s, progress=False)
     print(f"# autointerp ceiling: {a.units} live units per kind, preset {p.name} (loaded in {time.time() - t0:.0f} s)")
-    print("| units | offline backend | oracle: mean per token | oracle: mean per (previous, current) pair |")
-    print("|---|---:|---:|---:|")
-    for kind in ("feature", "neuron"):
-        units = R.sample_units(sources[kind], a.units, 1)
-        sc = lookup_ceiling(sources[kind], units)
-        off = offline[kind].set_index("unit").loc[units, "spearman"].to_numpy()
-        print(f"| {kind}s | {np.median(off):.2f} | {np.median(sc['token']):.2f} | {np.median(sc['pair']):.2f} |")
+    table = ceiling_table(sources, offline, n_units=a.units, seed=1)
+    print("| units | " + " | ".join(table.columns) + " |")
+    print("|---|" + "---:|" * len(table.columns))
+    for name, row in table.iterrows():
+        print(f"| {name} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
     return 0
 
 

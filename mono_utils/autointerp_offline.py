@@ -221,3 +221,23 @@ def lookup_ceiling(source, units, seed: int = 0) -> dict:
         out["pair"].append(score_simulation(ue, p_pair)["spearman"])
         out["single_token"].append(bool(ue.single_token))
     return {k: np.asarray(v) for k, v in out.items()}
+
+
+def ceiling_table(sources: dict, results: dict, n_units: int = 40, seed: int = 1, kinds=("feature", "neuron")):
+    """Median offline score against the lookup ceiling, per kind: a DataFrame (notebook 03, the
+    benchmark). ``results``: scored units per kind (``get_offline_scores``); ``n_units`` of the
+    scored ones are drawn at random (``seed``) and given to :func:`lookup_ceiling`."""
+    import pandas as pd
+    rows = []
+    for kind in kinds:
+        ok = results[kind][results[kind].status == "ok"]
+        if ok.empty:
+            raise ValueError(f"no scored {kind} units: score some first (get_offline_scores)")
+        units = sorted(np.random.default_rng(seed).choice(ok.unit.to_numpy(), size=min(n_units, len(ok)),
+                                                          replace=False).tolist())
+        ceiling = lookup_ceiling(sources[kind], units, seed=0)
+        rows.append({"units": f"{kind}s ({len(units)} at random)",
+                     "offline backend": float(ok.set_index("unit").loc[units, "spearman"].median()),
+                     "oracle: mean per token": float(np.median(ceiling["token"])),
+                     "oracle: mean per (previous, current) pair": float(np.median(ceiling["pair"]))})
+    return pd.DataFrame(rows).set_index("units")

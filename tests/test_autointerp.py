@@ -337,3 +337,18 @@ def test_lookup_ceiling_token_and_pair_oracles():
     assert c["token"][0] > 0.99 and c["pair"][0] > 0.99
     assert c["pair"][1] > 0.99 and c["token"][1] < c["pair"][1] - 0.3
     assert c["token"][2] < 0.3 and c["pair"][2] < 0.5
+
+
+def test_ceiling_table_sets_offline_scores_beside_the_oracles():
+    from mono_utils.autointerp_offline import ceiling_table
+    corpus, rng = word_corpus(vocab=20)
+    acts = planted_units(corpus, rng)
+    src = ArraySource(corpus, acts)
+    results = {"feature": score_units(src, [0, 1, 2], OfflineBackend(), logits=False, progress=False)}
+    t = ceiling_table({"feature": src}, results, n_units=2, kinds=("feature",))
+    assert list(t.index) == ["features (2 at random)"]
+    row = t.iloc[0]
+    assert 0 <= row["oracle: mean per token"] <= row["oracle: mean per (previous, current) pair"] + 1e-9 <= 1 + 1e-9
+    empty = results["feature"].assign(status="dead")
+    with pytest.raises(ValueError, match="no scored feature units"):
+        ceiling_table({"feature": src}, {"feature": empty}, kinds=("feature",))

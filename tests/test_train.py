@@ -133,3 +133,17 @@ def test_get_sae_builds_an_artifact_on_smoke(smoke_preset, smoke_store):
     again = get_sae(smoke_preset, "A", **kw)  # cached: loads, same weights
     assert again.mono_folder == folder and torch.equal(again.W_dec, sae.W_dec)
     assert torch.equal(SparseAutoencoder.load(folder).W_enc, sae.W_enc)
+
+
+def test_pick_device_reads_mono_device(monkeypatch):
+    """$MONO_DEVICE wins over the automatic choice; an explicit device wins over both."""
+    from mono_utils.train import deterministic, device_name, pick_device
+    monkeypatch.setenv("MONO_DEVICE", "meta")
+    assert pick_device().type == "meta"
+    assert pick_device("cpu").type == "cpu"
+    monkeypatch.delenv("MONO_DEVICE")
+    assert pick_device().type in ("cpu", "cuda")
+    assert device_name("cpu") == "cpu"
+    before = torch.are_deterministic_algorithms_enabled()
+    with deterministic("cpu"):   # nothing to do on a CPU
+        assert torch.are_deterministic_algorithms_enabled() == before
