@@ -7,9 +7,17 @@ strings over ACGT, counted only in runs of >= 2 such tokens), base64 (random str
 the token's unigram frequency on the indexed tokens. The context is "present" where the ratio
 is > 0. Every corpus domain and subdomain label is a proxy too.
 
-For each proxy we find the unit (feature, and separately neuron) whose activation correlates
-best with it (Pearson, over all indexed tokens, from the sparse index in a few passes), then
-report specificity P(context | unit on), sensitivity P(unit on | context) and AUROC.
+For each proxy and each kind (feature, neuron) we take the units whose activation correlates
+best with it (Pearson, over all indexed tokens, from the sparse index in a few passes) and keep
+the one with the best F1 at its own best threshold (``detection.operating_point``). We report
+specificity P(context | unit on) and sensitivity P(unit on | context), both for "on" = "> 0"
+and at that threshold, with the best F1, average precision, AUROC and Pearson; and both units'
+specificity at the same coverage (``specificity_at_feature_sensitivity``: each unit's best
+specificity at a threshold that catches at least as much of the context as the feature does
+when on). Figures: :mod:`mono_utils.proxy_plots`.
+
+Read "on" = "> 0" with care: the best neurons here are positive on 15-55% of tokens, so at 0 they are
+unspecific and sensitive by construction; the best-threshold columns compare the units fairly.
 """
 from __future__ import annotations
 
@@ -17,6 +25,7 @@ import math
 
 import numpy as np
 
+from .detection import auroc, operating_point, precision_at_recall  # noqa: F401  (auroc: API)
 from .index import ActivationIndex
 
 LLR_PROXIES = ("dna", "base64", "hebrew", "arabic")
@@ -205,40 +214,31 @@ def pearson_all(index: ActivationIndex, kind: str, y: np.ndarray, label: str | N
     return np.where(den > 0, cov / np.where(den > 0, den, 1), 0.0)
 
 
-def auroc(acts: np.ndarray, y: np.ndarray) -> float:
-    """Area under the ROC curve of ``acts`` as a score for ``y`` (ties count half); fast when most acts are 0."""
-    from scipy.stats import rankdata
-    a = np.asarray(acts, np.float64).reshape(-1)
-    y = np.asarray(y, bool).reshape(-1)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    if (a < 0).any():  # general case: rank everything
-        rank_sum = float(rankdata(a)[y].sum())
-    else:  # the zeros form one tie block below every non-zero value
-        nz = np.flatnonzero(a > 0)
-        n_zero = len(a) - len(nz)
-        pos_nz = y[nz]
-        rank_sum = (n_pos - int(pos_nz.sum())) * (n_zero + 1) / 2
-        if len(nz):
-            rank_sum += float((rankdata(a[nz])[pos_nz] + n_zero).sum())
-    return float((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
 def score_unit(index: ActivationIndex, kind: str, unit: int, y: np.ndarray) -> dict:
-    a = index.unit_acts(kind, unit).reshape(-1)
+    """Specificity and sensitivity of "on" (> 0), AUROC, Pearson, and the best-F1 operating point."""
+    pos, val = index.unit_entries(kind, unit)
     yf = np.asarray(y, bool).reshape(-1)
+    a = np.zeros(yf.size, np.float32)
+    a[pos] = val
     on = a > 0
     both = int((on & yf).sum())
+    op = operating_point(pos, val, yf)
     return {"kind": kind, "unit": int(unit), "specificity": both / max(1, int(on.sum())),
             "sensitivity": both / max(1, int(yf.sum())), "auroc": auroc(a, yf),
             "pearson": float(np.corrcoef(a, yf)[0, 1]) if a.std() > 0 and 0 < yf.mean() < 1 else 0.0,
-            "unit_density": float(on.mean())}
+            "unit_density": float(on.mean()), "best_f1": op["f1"], "threshold": op["threshold"],
+            "specificity_at_t": op["precision"], "sensitivity_at_t": op["recall"],
+            "average_precision": op["average_precision"]}
 
 
 def best_units(index: ActivationIndex, y: np.ndarray, kinds=("feature", "neuron"), live_only: bool = True,
-               label: str | None = None) -> dict:
-    """For each kind, the unit best correlated with ``y`` and its scores."""
+               label: str | None = None, candidates: int = 10) -> dict:
+    """For each kind, the unit that detects ``y`` best and its scores.
+
+    "Best" is the highest F1 at the unit's own best threshold, among the ``candidates`` units
+    best correlated with ``y`` (Pearson, from the index's sums; scoring every unit's thresholds
+    would read every activation of 512 dense neurons once per proxy).
+    """
     out = {}
     for kind in kinds:
         if kind not in index.units:
@@ -248,13 +248,17 @@ def best_units(index: ActivationIndex, y: np.ndarray, kinds=("feature", "neuron"
             mask = np.zeros(len(r), bool)
             mask[index.live_units(kind)] = True
             r = np.where(mask, r, -np.inf)
-        out[kind] = score_unit(index, kind, int(np.argmax(r)), y)
+        order = np.argsort(-r, kind="stable")[:max(1, candidates)]
+        yf = np.asarray(y, bool).reshape(-1)
+        f1 = [operating_point(*index.unit_entries(kind, int(u)), yf)["f1"] if np.isfinite(r[u]) else -1.0
+              for u in order]
+        out[kind] = score_unit(index, kind, int(order[int(np.argmax(f1))]), y)   # the best Pearson on ties
     return out
 
 
 def proxy_table(index: ActivationIndex, tokenizer, masks: dict | None = None, min_tokens: int = 10,
                 progress: bool = True):
-    """A DataFrame: per proxy, the best feature and best neuron with specificity, sensitivity, AUROC."""
+    """A DataFrame: per proxy, the best feature and best neuron (``best_units``) and their scores (``score_unit``)."""
     import pandas as pd
     from tqdm.auto import tqdm
     masks = masks if masks is not None else proxy_masks(index, tokenizer)
@@ -263,18 +267,45 @@ def proxy_table(index: ActivationIndex, tokenizer, masks: dict | None = None, mi
         n = int(y.sum())
         if n < min_tokens or n == y.size:
             continue
-        for kind, s in best_units(index, y, label=name if name.startswith(("domain:", "subdomain:")) else None).items():
+        best = best_units(index, y, label=name if name.startswith(("domain:", "subdomain:")) else None)
+        # both units at the same coverage: the feature's own when "on" (> 0)
+        match = best["feature"]["sensitivity"] if "feature" in best else None
+        for kind, s in best.items():
+            s["specificity_at_feature_sensitivity"] = float("nan") if match is None else \
+                precision_at_recall(*index.unit_entries(kind, s["unit"]), y.reshape(-1), match)
             rows.append({"proxy": name, "proxy_tokens": n, "proxy_share": n / y.size, **s})
     return pd.DataFrame(rows)
 
 
+WIN_METRICS = {  # the table's measures, as a reader would name them
+    "specificity_at_feature_sensitivity": "specificity at the feature's coverage",
+    "best_f1": "F1, each at its best threshold",
+    "average_precision": "average precision",
+    "specificity_at_t": "specificity at the best-F1 threshold",
+    "specificity": "specificity when on (> 0)",
+    "sensitivity": "sensitivity when on (> 0)",
+    "auroc": "AUROC",
+    "pearson": "Pearson with the proxy",
+}
+
+
 def compare(table) -> "object":
-    """Feature vs neuron side by side per proxy (pearson, specificity, sensitivity, auroc)."""
-    wide = table.pivot(index="proxy", columns="kind", values=["unit", "pearson", "specificity", "sensitivity", "auroc"])
+    """Feature vs neuron side by side per proxy; ``feature_wins``: the feature's best F1 is higher."""
+    wide = table.pivot(index="proxy", columns="kind", values=["unit", *WIN_METRICS])
     wide.columns = [f"{m}_{k}" for m, k in wide.columns]
-    if "auroc_feature" in wide and "auroc_neuron" in wide:
-        wide["feature_wins"] = wide["pearson_feature"] > wide["pearson_neuron"]
+    wide = wide.astype({c: "Int64" for c in wide.columns if c.startswith("unit_")})
+    if "best_f1_feature" in wide and "best_f1_neuron" in wide:
+        wide["feature_wins"] = wide["best_f1_feature"] > wide["best_f1_neuron"]
     return wide
+
+
+def win_counts(table) -> dict:
+    """``{measure: "k/n"}``: on how many of the n proxies the best feature beats the best neuron
+    (measures as in ``WIN_METRICS``, whose values name them for a reader)."""
+    wide = table.pivot(index="proxy", columns="kind", values=list(WIN_METRICS))
+    if "feature" not in wide.columns.get_level_values(1) or "neuron" not in wide.columns.get_level_values(1):
+        return {}
+    return {m: f"{int((wide[(m, 'feature')] > wide[(m, 'neuron')]).sum())}/{len(wide)}" for m in WIN_METRICS}
 
 
 def table_metrics(table) -> dict:
@@ -283,8 +314,8 @@ def table_metrics(table) -> dict:
     for r in table.to_dict("records"):
         out.setdefault(r["proxy"], {})[r["kind"]] = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                                                      for k, v in r.items() if k not in ("proxy", "kind")}
-    wins = [v["feature"]["pearson"] > v["neuron"]["pearson"] for v in out.values() if "feature" in v and "neuron" in v]
-    return {"proxies": out, "proxies_feature_wins": f"{sum(wins)}/{len(wins)}"}
+    wins = win_counts(table)
+    return {"proxies": out, "proxies_feature_wins": wins.get("best_f1", "0/0"), "proxies_feature_wins_by_metric": wins}
 
 
 def save_proxy_metrics(table, folders, store=None) -> None:
@@ -297,35 +328,8 @@ def save_proxy_metrics(table, folders, store=None) -> None:
             s.update_metrics(f, **m)
 
 
-def proxy_figure(index: ActivationIndex, table, proxy: str, masks: dict, bins: int = 40):
-    """Histograms of the best feature's and best neuron's non-zero activations, coloured by the proxy."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-    sub = table[table.proxy == proxy]
-    if sub.empty:
-        raise ValueError(f"proxy {proxy!r} is not in the table: choose one of {sorted(set(table.proxy))}")
-    y = masks[proxy].reshape(-1)
-    kinds = list(sub.kind)
-    fig = make_subplots(rows=1, cols=len(kinds), subplot_titles=[
-        f"best {r.kind} {r.unit}: spec {r.specificity:.2f}, sens {r.sensitivity:.2f}, AUROC {r.auroc:.2f}"
-        for r in sub.itertuples()])
-    for c, r in enumerate(sub.itertuples(), start=1):
-        pos, val = index.unit_entries(r.kind, r.unit)
-        yy = y[pos]
-        edges = np.linspace(0, float(val.max()) if len(val) else 1, bins + 1)
-        for sel, name, col in ((yy, f"{proxy} (proxy on)", "#1f77b4"), (~yy, "other", "#ff7f0e")):
-            h, _ = np.histogram(val[sel], edges)
-            fig.add_bar(x=(edges[:-1] + edges[1:]) / 2, y=h, name=name, marker_color=col, showlegend=c == 1,
-                        row=1, col=c)
-    fig.update_layout(barmode="stack", height=330, title=f"Activations coloured by the {proxy} proxy",
-                      bargap=0, margin=dict(t=70))
-    fig.update_yaxes(type="log", title_text="tokens")
-    fig.update_xaxes(title_text="activation")
-    return fig
-
-
 # ---------------------------------------------------------------- cached table (notebook 02, the build)
-PROXY_RESULT_VERSION = 1
+PROXY_RESULT_VERSION = 2   # 2: best unit by best-F1 threshold; F1, average precision
 
 
 def tokenizer_bytes_id(tokenizer) -> str:

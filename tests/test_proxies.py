@@ -3,6 +3,7 @@ import pytest
 
 from _mono_standins import random_tokens
 from mono_utils import proxies as px
+from mono_utils import proxy_plots as pp
 from mono_utils.index import ActivationIndex, build_index_arrays
 
 
@@ -83,10 +84,10 @@ def test_best_units_find_a_planted_detector():
     assert set(table.proxy) == {"s2"} and len(table) == 2      # a proxy true everywhere is skipped
     m = px.table_metrics(table)
     assert m["proxies"]["s2"]["feature"]["unit"] == 4
-    fig = px.proxy_figure(idx, table, "s2", {"s2": y})
+    fig = pp.proxy_figure(idx, table, "s2", {"s2": y})
     assert len(fig.data) == 4
     with pytest.raises(ValueError, match="not in the table"):
-        px.proxy_figure(idx, table, "dna", {"s2": y})
+        pp.proxy_figure(idx, table, "dna", {"s2": y})
 
 
 def test_label_fast_path_equals_a_pass(tiny_model, tmp_path):
@@ -140,3 +141,34 @@ def test_get_proxy_table_writes_metrics(tok, tiny_model, tmp_path):
                                       progress=False)
     metrics = json.loads((idx.folder / "metrics.json").read_text())
     assert set(metrics["proxies"]) == set(table.proxy) and set(table.proxy) <= set(masks)
+
+
+def test_best_unit_is_the_best_detector_not_the_best_correlated():
+    toks, dom, sub, dn, sn = random_tokens(50, 20, 64, seed=2)
+    y = (sub == 1).reshape(-1)
+    g = np.random.default_rng(3)
+    n_tok = toks.size
+    acts = np.zeros((n_tok, 3), np.float32)
+    acts[:, 0] = np.where(y & (g.random(n_tok) < 0.7), 5.0, 0)            # precise, misses 30%
+    acts[:, 1] = np.where(y, 1.0, np.where(g.random(n_tok) < 0.2, 0.9, 0))  # exact above 0.95, noisy below
+    import torch
+    arrs = {k: build_index_arrays([(0, torch.from_numpy(acts))], 3, n_tok, dom, 3, sub, 5) for k in ("feature", "neuron")}
+    idx = ActivationIndex.from_arrays(toks, dom, sub, dn, sn, arrs)
+    r = px.pearson_all(idx, "feature", y)
+    assert r[0] > r[1]                                   # Pearson alone would pick unit 0
+    best = px.best_units(idx, y)["feature"]
+    assert best["unit"] == 1 and best["best_f1"] == pytest.approx(1.0)
+    assert best["specificity"] < 0.6 and best["specificity_at_t"] == pytest.approx(1.0)
+    table = px.proxy_table(idx, None, masks={"s1": y}, progress=False)
+    assert px.win_counts(table)["best_f1"] == "0/1"       # the same units on both sides: no win
+    m = px.table_metrics(table)
+    assert m["proxies_feature_wins"] == "0/1" and m["proxies_feature_wins_by_metric"]["auroc"] == "0/1"
+    fig = pp.proxy_figure(idx, table, "s1", {"s1": y})
+    assert any(sh.type == "line" for sh in fig.layout.shapes)   # the threshold is drawn
+    assert list(table.specificity_at_feature_sensitivity) == [1.0, 1.0]
+    pr = pp.pr_figure(idx, table, "s1", {"s1": y})
+    curve = pr.data[0]
+    assert curve.x[-1] == pytest.approx(1.0) and min(curve.y) == pytest.approx(best["specificity"])
+    assert pr.data[2].x[0] == pytest.approx(1.0) and pr.data[2].y[0] == pytest.approx(1.0)   # the best-F1 star
+    with pytest.raises(ValueError, match="not in the table"):
+        pp.pr_figure(idx, table, "dna", {"s1": y})
