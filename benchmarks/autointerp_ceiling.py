@@ -2,7 +2,8 @@
 
 For a random sample of live A/1 features and A's neurons, the simulator is replaced by an
 *oracle* that predicts each token's activation as the unit's mean activation on that token
-(or on that (previous, current) token pair) over the whole activation index. The held-out
+(or on that (previous, current) token pair, or on that token within the text's corpus label)
+over the whole activation index. The held-out
 examples and the importance-weighted Spearman are the protocol's own (``select_examples``,
 ``score_simulation``). The oracle reads the test rows' statistics, so it is a ceiling, never
 a method.

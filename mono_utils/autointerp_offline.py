@@ -184,14 +184,18 @@ class OfflineBackend:
                 "note": "offline: no API calls"}
 
 
-def lookup_ceiling(source, units, seed: int = 0) -> dict:
+def lookup_ceiling(source, units, seed: int = 0, labels: np.ndarray | None = None) -> dict:
     """How far any token-lookup simulator could go: the protocol's held-out examples and scores,
     with the simulator replaced by an *oracle* that predicts the unit's mean activation on each
-    token (``"token"``), or on each (previous, current) token pair (``"pair"``), over the whole
-    evaluation set. The oracle reads the test rows' statistics: a ceiling, never a method.
+    token (``"token"``), on each (previous, current) token pair (``"pair"``), or on each token
+    within each text label (``"label_token"``: the corpus subdomain, as if the simulator knew
+    what kind of text it reads), over the whole evaluation set. The oracle reads the test rows'
+    statistics: a ceiling, never a method.
 
-    Returns ``{"unit", "token", "pair", "single_token"}`` arrays (importance-weighted Spearman).
-    ``source``: an ``autointerp_run.IndexSource`` (or anything with ``unit_acts`` and ``corpus``).
+    Returns ``{"unit", "token", "pair", "label_token", "single_token"}`` arrays (importance-weighted
+    Spearman; ``label_token`` is NaN without labels). ``source``: an ``autointerp_run.IndexSource``
+    (its index's subdomain labels are used) or anything with ``unit_acts`` and ``corpus``;
+    ``labels``: per-token int labels shaped like the corpus tokens, to use other labels.
     """
     from .autointerp import score_simulation, select_examples
     from .autointerp_run import unit_seed
@@ -201,24 +205,35 @@ def lookup_ceiling(source, units, seed: int = 0) -> dict:
     # each row starts a new context: position 0 has no previous token (key -1 -> its own pairs)
     prev = np.concatenate([[-1], flat_t[:-1]])
     prev[:: toks.shape[1]] = -1
-    keys, inv = np.unique((prev + 1) * vocab + flat_t, return_inverse=True)
+    _, inv = np.unique((prev + 1) * vocab + flat_t, return_inverse=True)
+    if labels is None:
+        labels = getattr(getattr(source, "index", None), "subdomain", None)
+    lab_inv = None
+    if labels is not None:
+        labels = np.asarray(labels).reshape(-1).astype(np.int64)
+        if labels.size != flat_t.size:
+            raise ValueError(f"labels hold {labels.size} values for {flat_t.size} tokens: give one label per token")
+        _, lab_inv = np.unique(labels * vocab + flat_t, return_inverse=True)
     tok_n = np.maximum(np.bincount(flat_t, minlength=vocab), 1)
     pair_n = np.bincount(inv)
-    out = {"unit": [], "token": [], "pair": [], "single_token": []}
+    lab_n = None if lab_inv is None else np.bincount(lab_inv)
+    out = {"unit": [], "token": [], "pair": [], "label_token": [], "single_token": []}
     for u in units:
         acts = np.asarray(source.unit_acts(u))
         flat_a = acts.reshape(-1).astype(np.float64)
-        by_tok = np.bincount(flat_t, flat_a, vocab) / tok_n
-        by_pair = np.bincount(inv, flat_a) / pair_n
+        means = {"token": (flat_t, np.bincount(flat_t, flat_a, vocab) / tok_n),
+                 "pair": (inv, np.bincount(inv, flat_a) / pair_n)}
+        if lab_inv is not None:
+            means["label_token"] = (lab_inv, np.bincount(lab_inv, flat_a) / lab_n)
         ue = select_examples(acts, source.corpus, unit_seed(seed, u))
-        p_tok, p_pair = [], []
-        for e in ue.simulate:
-            pos = e.row * toks.shape[1] + e.start + np.arange(len(e.token_ids))
-            p_tok.append(by_tok[flat_t[pos]])
-            p_pair.append(by_pair[inv[pos]])
+        where = [e.row * toks.shape[1] + e.start + np.arange(len(e.token_ids)) for e in ue.simulate]
         out["unit"].append(int(u))
-        out["token"].append(score_simulation(ue, p_tok)["spearman"])
-        out["pair"].append(score_simulation(ue, p_pair)["spearman"])
+        for key in ("token", "pair", "label_token"):
+            if key in means:
+                key_of, mean = means[key]
+                out[key].append(score_simulation(ue, [mean[key_of[pos]] for pos in where])["spearman"])
+            else:
+                out[key].append(float("nan"))
         out["single_token"].append(bool(ue.single_token))
     return {k: np.asarray(v) for k, v in out.items()}
 
@@ -239,5 +254,6 @@ def ceiling_table(sources: dict, results: dict, n_units: int = 40, seed: int = 1
         rows.append({"units": f"{kind}s ({len(units)} at random)",
                      "offline backend": float(ok.set_index("unit").loc[units, "spearman"].median()),
                      "oracle: mean per token": float(np.median(ceiling["token"])),
-                     "oracle: mean per (previous, current) pair": float(np.median(ceiling["pair"]))})
+                     "oracle: mean per (previous, current) pair": float(np.median(ceiling["pair"])),
+                     "oracle: mean per (text label, token)": float(np.median(ceiling["label_token"]))})
     return pd.DataFrame(rows).set_index("units")

@@ -337,6 +337,21 @@ def test_lookup_ceiling_token_and_pair_oracles():
     assert c["token"][0] > 0.99 and c["pair"][0] > 0.99
     assert c["pair"][1] > 0.99 and c["token"][1] < c["pair"][1] - 0.3
     assert c["token"][2] < 0.3 and c["pair"][2] < 0.5
+    assert np.isnan(c["label_token"]).all()               # no labels: no label oracle
+
+
+def test_lookup_ceiling_label_oracle():
+    """A unit that fires on a token only in one kind of text: the (label, token) oracle sees it."""
+    from mono_utils.autointerp_offline import lookup_ceiling
+    corpus, rng = word_corpus(vocab=20)
+    t = corpus.tokens
+    labels = np.zeros_like(t)
+    labels[::3] = 1                                        # every third row is "another kind of text"
+    unit = np.where((t == 7) & (labels == 1), 2.0, 0.0).astype(np.float32)
+    c = lookup_ceiling(ArraySource(corpus, [unit]), [0], labels=labels)
+    assert c["label_token"][0] > 0.99 and c["token"][0] < c["label_token"][0] - 0.2
+    with pytest.raises(ValueError, match="one label per token"):
+        lookup_ceiling(ArraySource(corpus, [unit]), [0], labels=labels[:2])
 
 
 def test_ceiling_table_sets_offline_scores_beside_the_oracles():
