@@ -38,8 +38,10 @@ def build_stages(preset, store):
         ("index A/1", lambda: index.get_index(preset, "A", store=store)),
         ("index B/1", lambda: index.get_index(preset, "B", store=store)),
         ("index randomized", lambda: autointerp_run.get_randomized_index(preset, store=store)),
+        ("index A/1 TopK", lambda: index.get_topk_index(preset, "A", store=store)),
         # analyses the notebooks show, cached so that every notebook opens in seconds
         ("proxy table", lambda: proxies.get_proxy_table(preset, store)),
+        ("proxy table TopK", lambda: proxies.get_proxy_table(preset, store, architecture="topk")),
         ("autointerp offline", lambda: autointerp_run.get_offline_scores(preset, store)),
         ("feature catalog", lambda: steering_catalog.get_feature_catalog(preset, store)),
         ("universality comparison", lambda: universality.get_comparison(preset, store)),
@@ -57,7 +59,7 @@ STAGE_DEPS = {
     "SAE A lambda sweep": ("model A",), "SAE family A": ("SAE A/1",),
     "index A/1": ("SAE A/1",), "index B/1": ("SAE B/1",),
     "SAE randomized": ("model A",), "index randomized": ("SAE randomized", "tokens"),
-    "proxy table": ("index A/1",), "autointerp offline": ("index A/1", "index randomized"),
+    "index A/1 TopK": ("SAE A/1 TopK",), "proxy table": ("index A/1",), "proxy table TopK": ("index A/1 TopK",), "autointerp offline": ("index A/1", "index randomized"),
     "feature catalog": ("SAE A/1",), "universality comparison": ("SAE A/1", "SAE B/1"),
     "family analysis": ("SAE family A",), "family UMAP": ("family analysis",),
 }

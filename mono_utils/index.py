@@ -518,3 +518,10 @@ def get_index(preset=None, which: str = "A", d_sae: int | None = None, store=Non
     idx.sae_folder = getattr(sae, "mono_folder", None) or getattr(sae, "folder", None)
     idx.use_sae_ultralow(sae)
     return idx
+
+
+def get_topk_index(preset=None, which: str = "A", store=None, progress: bool = True, model=None) -> ActivationIndex:
+    """The activation index of model ``which`` and its TopK SAE (``sae_pipeline.get_topk_sae``)."""
+    from .sae_pipeline import get_topk_sae
+    sae = get_topk_sae(preset, which, store=store, progress=progress)
+    return get_index(preset, which, store=store, progress=progress, sae=sae, model=model)

@@ -371,19 +371,32 @@ def cached_proxy_table(index: ActivationIndex, tokenizer, store=None, *, min_tok
 
 
 def get_proxy_table(preset=None, store=None, *, index: ActivationIndex | None = None, tokenizer=None,
-                    progress: bool = True):
-    """``(table, masks)`` of model A's index (A/1), saved into the SAE's and the index's metrics.json.
+                    architecture: str = "relu", progress: bool = True):
+    """``(table, masks)`` of model A's index, saved into the SAE's and the index's metrics.json.
 
-    The build stage and notebook 02 call this; pass the ``index`` and ``tokenizer`` already loaded
-    to skip loading them again. Needs: tokenizer, model A, SAE A/1, index A/1 (built if missing).
+    ``architecture``: ``"relu"`` for A/1 (the paper's recipe), ``"topk"`` for notebook 01's TopK
+    SAE of the same width (``index.get_topk_index``). The build stages and notebook 02 call
+    this; pass the ``index`` and ``tokenizer`` already loaded to skip loading them again.
+    Needs: tokenizer, model A, the SAE and its index (built if missing).
     """
     from . import pipeline
-    from .index import get_index
+    from .index import get_index, get_topk_index
     p, s = pipeline._preset(preset), pipeline._store(store)
+    if architecture not in ("relu", "topk"):
+        raise ValueError(f"unknown architecture {architecture!r}: choose 'relu' (A/1) or 'topk'")
     if index is None:
-        index = get_index(p, "A", store=s, progress=progress)
+        index = get_index(p, "A", store=s, progress=progress) if architecture == "relu" else \
+            get_topk_index(p, "A", store=s, progress=progress)
     if tokenizer is None:
         tokenizer = pipeline.get_tokenizer(p, s)
     table, masks = cached_proxy_table(index, tokenizer, s, progress=progress)
     save_proxy_metrics(table, [getattr(index, "sae_folder", None), index.folder], s)
     return table, masks
+
+
+def win_table(tables: dict):
+    """One row per SAE (``{name: proxy table}``), one column per measure: on how many proxies its
+    best feature beats the best neuron ("k/n"), as in ``win_counts``."""
+    import pandas as pd
+    rows = {name: {WIN_METRICS[m]: v for m, v in win_counts(t).items()} for name, t in tables.items()}
+    return pd.DataFrame.from_dict(rows, orient="index")
