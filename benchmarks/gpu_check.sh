@@ -12,14 +12,8 @@
 set -uo pipefail
 PRESET=${1:-default}
 OUT=${OUT:-/tmp/gpu-check}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 TQDM_DISABLE=1
-PY=${PY:-python3}
+source "$(dirname "$0")/gpu_env.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee "$OUT/gpu.txt"
-if ! $PY -c "import transformer_lens, faker" 2>/dev/null; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export MONO_ARTIFACTS=${MONO_ARTIFACTS:-/tmp/gpu-store}
 $PY -c "import torch; print('torch', torch.__version__, '| cuda', torch.cuda.is_available(), '| cores', torch.get_num_threads())" | tee -a "$OUT/gpu.txt"
 for stage in corpus tokenizer tokens "model A" "SAE A/1"; do

@@ -5,13 +5,7 @@
 set -uo pipefail
 PRESET=${1:-default}
 OUT=${OUT:-/tmp/gpu-repro}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 TQDM_DISABLE=1
-PY=${PY:-python3}
-if ! $PY -c "import transformer_lens, faker" 2>/dev/null; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+source "$(dirname "$0")/gpu_env.sh"
 S1=/tmp/repro-1 S2=/tmp/repro-2
 MONO_ARTIFACTS=$S1 $PY -m mono_utils build --preset "$PRESET" --only corpus tokenizer tokens 2>&1 | grep -E "^\| [a-z]"
 mkdir -p $S2 && cp -r $S1/corpus $S1/tokenizer $S1/tokens $S2/

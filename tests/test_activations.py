@@ -73,3 +73,31 @@ def test_bad_stream_inputs(tiny_model):
         ActivationStream(tiny_model, _tokens(), 0)
     with pytest.raises(ValueError):
         TensorSource(torch.zeros(4, 3), batch_size=8)
+
+
+class _RecordingModule(torch.nn.Linear):
+    """Records the devices it is moved to instead of moving (no GPU on CI)."""
+
+    def __init__(self):
+        super().__init__(2, 2)
+        self.moves = []
+
+    def to(self, *args, **kwargs):
+        self.moves.append(str(args[0]))
+        return self
+
+
+def test_on_device_moves_the_model_there_and_back_even_on_error():
+    from mono_utils.activations import on_device
+    m = _RecordingModule()
+    with on_device(m, "cpu") as dev:
+        assert dev == torch.device("cpu")
+    assert m.moves == []                                   # the CPU: nothing to move
+    with on_device(m, "cuda:0") as dev:
+        assert dev == torch.device("cuda:0") and m.moves == ["cuda:0"]
+    assert m.moves == ["cuda:0", "cpu"]
+    m.moves.clear()
+    with pytest.raises(RuntimeError, match="boom"):
+        with on_device(m, torch.device("cuda")):
+            raise RuntimeError("boom")
+    assert m.moves == ["cuda", "cpu"]                      # back on the CPU after a failure too
