@@ -257,3 +257,31 @@ def ceiling_table(sources: dict, results: dict, n_units: int = 40, seed: int = 1
                      "oracle: mean per (previous, current) pair": float(np.median(ceiling["pair"])),
                      "oracle: mean per (text label, token)": float(np.median(ceiling["label_token"]))})
     return pd.DataFrame(rows).set_index("units")
+
+
+def budget_curve(sources: dict, budgets=(1, 2, 3, 5, 10, 30), n_units: int | None = 200, seed: int = 0,
+                 progress: bool = True):
+    """Median Spearman per kind when the explanation may name only ``k`` tokens and nothing else.
+
+    The paper's explainer had to be succinct; this is the offline stand-in: ``OfflineBackend``
+    with ``max_tokens=k`` and no preceding-token or token-class entries, on ``n_units`` live
+    units per kind (the same sample for every budget). A DataFrame: one row per (budget, kind),
+    with the median over all scored units and over the multi-token ones.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+    from .autointerp_run import sample_units, score_units
+    if not budgets or any(int(k) < 1 for k in budgets):
+        raise ValueError(f"budgets must be token counts >= 1, got {budgets!r}")
+    units = {kind: sample_units(src, n_units, seed) for kind, src in sources.items()}
+    rows = []
+    for k in tqdm(budgets, desc="explanation budgets", disable=not progress):
+        backend = OfflineBackend(max_tokens=int(k), max_after=0, max_classes=0)
+        for kind, src in sources.items():
+            df = score_units(src, units[kind], backend, seed=seed, logits=False, progress=False, verbose=False)
+            ok = df[df.status == "ok"]
+            multi = ok[~ok.single_token]
+            rows.append({"tokens named": int(k), "kind": kind, "scored": len(ok),
+                         "median": float(ok.spearman.median()) if len(ok) else float("nan"),
+                         "median, multi-token": float(multi.spearman.median()) if len(multi) else float("nan")})
+    return pd.DataFrame(rows)

@@ -125,3 +125,19 @@ def autointerp_widget(sources: dict, default_n: int = 50, results: dict | None =
     box.controls = {"backend": backend, "n": n, "model": model, "base_url": base_url}
     box.state = state
     return box
+
+
+def budget_figure(curve):
+    """Median Spearman against the number of tokens an explanation may name (``budget_curve``)."""
+    import plotly.graph_objects as go
+    fig = go.Figure()
+    for kind, g in curve.groupby("kind", sort=False):
+        colour = COLOURS.get(kind, None)
+        fig.add_scatter(x=g["tokens named"], y=g["median"], mode="lines+markers", line=dict(color=colour),
+                        name=f"{GROUPS.get(kind, kind)}: all")
+        fig.add_scatter(x=g["tokens named"], y=g["median, multi-token"], mode="lines+markers",
+                        line=dict(color=colour, dash="dot"), name=f"{GROUPS.get(kind, kind)}: multi-token")
+    fig.update_layout(height=380, title="Shorter explanations: median score against tokens the explanation may name",
+                      xaxis=dict(title="tokens named (log scale)", type="log"),
+                      yaxis_title="median Spearman (importance-weighted)", legend=dict(orientation="h", y=-0.3))
+    return fig

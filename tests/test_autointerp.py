@@ -367,3 +367,24 @@ def test_ceiling_table_sets_offline_scores_beside_the_oracles():
     empty = results["feature"].assign(status="dead")
     with pytest.raises(ValueError, match="no scored feature units"):
         ceiling_table({"feature": src}, {"feature": empty}, kinds=("feature",))
+
+
+def test_budget_curve_limits_the_explanation():
+    from mono_utils.autointerp import ExplainInput
+    from mono_utils.autointerp_offline import budget_curve
+    from mono_utils.autointerp_widget import budget_figure
+    corpus, rng = word_corpus(vocab=20)
+    src = ArraySource(corpus, planted_units(corpus, rng))
+    curve = budget_curve({"feature": src, "neuron": src}, budgets=(1, 3), n_units=None, progress=False)
+    assert list(curve["tokens named"]) == [1, 1, 3, 3] and list(curve.kind) == ["feature", "neuron"] * 2
+    assert (curve.scored == len(src.units)).all() and curve["median"].between(-1, 1).all()
+    # the same sample on both sides: the same medians
+    assert curve.iloc[0]["median"] == curve.iloc[1]["median"]
+    examples = [{"tokens": [f"w{i}", f"w{i + 1}"], "acts": [9, 5]} for i in range(8)]
+    text = OfflineBackend(max_tokens=2, max_after=0, max_classes=0).explain(
+        ExplainInput(examples=examples, top_logits=[], bottom_logits=[]))
+    e = OfflineBackend.parse_explanation(text)
+    assert len(e["on"]) <= 2 and not e["after"] and not e["classes"]
+    assert len(budget_figure(curve).data) == 4
+    with pytest.raises(ValueError, match="budgets"):
+        budget_curve({"feature": src}, budgets=(0,), progress=False)
