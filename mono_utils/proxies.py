@@ -240,6 +240,7 @@ def best_units(index: ActivationIndex, y: np.ndarray, kinds=("feature", "neuron"
     would read every activation of 512 dense neurons once per proxy).
     """
     out = {}
+    yf = np.asarray(y, bool).reshape(-1)
     for kind in kinds:
         if kind not in index.units:
             continue
@@ -249,7 +250,6 @@ def best_units(index: ActivationIndex, y: np.ndarray, kinds=("feature", "neuron"
             mask[index.live_units(kind)] = True
             r = np.where(mask, r, -np.inf)
         order = np.argsort(-r, kind="stable")[:max(1, candidates)]
-        yf = np.asarray(y, bool).reshape(-1)
         f1 = [operating_point(*index.unit_entries(kind, int(u)), yf)["f1"] if np.isfinite(r[u]) else -1.0
               for u in order]
         out[kind] = score_unit(index, kind, int(order[int(np.argmax(f1))]), y)   # the best Pearson on ties
