@@ -59,7 +59,8 @@ STAGE_DEPS = {
     "SAE A lambda sweep": ("model A",), "SAE family A": ("SAE A/1",),
     "index A/1": ("SAE A/1",), "index B/1": ("SAE B/1",),
     "SAE randomized": ("model A",), "index randomized": ("SAE randomized", "tokens"),
-    "index A/1 TopK": ("SAE A/1 TopK",), "proxy table": ("index A/1",), "proxy table TopK": ("index A/1 TopK",), "autointerp offline": ("index A/1", "index randomized"),
+    "index A/1 TopK": ("SAE A/1 TopK",), "proxy table": ("index A/1",), "proxy table TopK": ("index A/1 TopK",),
+    "autointerp offline": ("index A/1", "index randomized"),
     "feature catalog": ("SAE A/1",), "universality comparison": ("SAE A/1", "SAE B/1"),
     "family analysis": ("SAE family A",), "family UMAP": ("family analysis",),
 }
