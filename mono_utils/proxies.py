@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 
-from .detection import auroc, operating_point, precision_at_recall  # noqa: F401  (auroc: API)
+from .detection import auroc, operating_point, precision_at_recall
 from .index import ActivationIndex
 
 LLR_PROXIES = ("dna", "base64", "hebrew", "arabic")
