@@ -1,7 +1,7 @@
 """Training steps with and without the build's glibc malloc tuning, interleaved in one run.
 
 ``python -m mono_utils build --jobs N`` starts its workers with ``MALLOC_MMAP_MAX_=0`` and a
-huge ``MALLOC_TRIM_THRESHOLD_`` (``mono_utils.malloc_tuning``): big tensors come
+huge ``MALLOC_TRIM_THRESHOLD_`` (``mono_utils.core.malloc_tuning``): big tensors come
 from the heap instead of fresh mmaps, so a step stops faulting its memory in again. This script
 times a model training step (default shape, batch 32 x 128) and an SAE step (512 -> 4096,
 batch 512, the dense step of early training) in child processes with and without the tuning, alternating, one
@@ -24,7 +24,7 @@ import json, resource, sys, time, torch
 torch.set_num_threads(1)
 what = sys.argv[1]
 if what == "model":
-    from mono_utils.model import ModelConfig, build_model
+    from mono_utils.core.model import ModelConfig, build_model
     model = build_model(ModelConfig(d_vocab=4096)); model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     batch = torch.randint(0, 4096, (32, 128), generator=torch.Generator().manual_seed(0))
@@ -33,8 +33,8 @@ if what == "model":
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step()
     n = 8
 else:
-    from mono_utils.sae import SAEConfig, SparseAutoencoder
-    from mono_utils.sae_kernels import sae_grads
+    from mono_utils.core.sae import SAEConfig, SparseAutoencoder
+    from mono_utils.core.sae_kernels import sae_grads
     g = torch.Generator().manual_seed(0)
     sae = SparseAutoencoder(SAEConfig(d_in=512, d_sae=4096, seed=0))
     f = torch.zeros(512, 4096)
@@ -56,7 +56,7 @@ print(json.dumps({"median_ms": 1000 * sorted(ts)[n // 2], "faults": faults}))
 
 
 def run(what: str, tuned: bool) -> dict:
-    from mono_utils.malloc_tuning import MALLOC_TUNING
+    from mono_utils.core.malloc_tuning import MALLOC_TUNING
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     env["MONO_MALLOC_TUNING"] = "1" if tuned else "0"     # the run-time mallopt of the training code too
     env.update(OMP_NUM_THREADS="1", **(MALLOC_TUNING if tuned else {}))

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from mono_utils.model import HOOK_MLP_POST, ModelConfig, TrainConfig, build_model, mlp_post, train_model
+from mono_utils.core.model import HOOK_MLP_POST, ModelConfig, TrainConfig, build_model, mlp_post, train_model
 
 
 def main():

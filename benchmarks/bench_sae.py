@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from mono_utils.sae import SAEConfig, SparseAutoencoder  # noqa: E402
-from mono_utils.sae_kernels import sae_grads  # noqa: E402
+from mono_utils.core.sae import SAEConfig, SparseAutoencoder  # noqa: E402
+from mono_utils.core.sae_kernels import sae_grads  # noqa: E402
 
 
 def timeit(fn, steps, warmup=2, sync=lambda: None):

@@ -42,20 +42,20 @@ def main():
     import numpy as np
     import torch
     torch.set_num_threads(a.threads)
-    from mono_utils.model import ModelConfig, build_model
-    from mono_utils.presets import get_preset
-    from mono_utils.sae import SAEConfig, SparseAutoencoder
-    from mono_utils.steering import Intervention, generate
-    from mono_utils.steering_catalog import feature_catalog
-    from mono_utils.steering_widget import SteeringWidget
-    from mono_utils.tokenizer import EOT, train_tokenizer
+    from mono_utils.core.model import ModelConfig, build_model
+    from mono_utils.build.presets import get_preset
+    from mono_utils.core.sae import SAEConfig, SparseAutoencoder
+    from mono_utils.steering.interventions import Intervention, generate
+    from mono_utils.steering.catalog import feature_catalog
+    from mono_utils.steering.widget import SteeringWidget
+    from mono_utils.core.tokenizer import EOT, train_tokenizer
     p = get_preset("default")
     model = sae = tok = None
     if a.trained:
-        from mono_utils import pipeline
-        from mono_utils.train import get_sae
-        model, tok = pipeline.get_model(p, "A"), pipeline.get_tokenizer(p)
-        sae = get_sae(p, "A")
+        from mono_utils.build import models as pipeline
+        from mono_utils.build.saes import get_sae
+        model, tok = pipeline.get_model(p, which="A"), pipeline.get_tokenizer(p)
+        sae = get_sae(p, which="A")
     if model is None:
         tok = train_tokenizer(stdlib_text(3_000_000), p.vocab_size, tempfile.mkdtemp())
         model = build_model(ModelConfig(d_vocab=len(tok), d_model=p.d_model, n_heads=p.n_heads,

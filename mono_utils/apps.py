@@ -13,7 +13,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .artifacts import repo_root
+from .build.indexes import get_index
+from .build.models import get_model, get_tokenizer, get_tokens
+from .build.presets import get_preset
+from .build.saes import get_sae
+from .features.rating import RatingSession
+from .features.widgets import RatingWidget, make_renderer
+from .steering.catalog import DEMO_PROMPT, feature_catalog
+from .steering.widget import SteeringWidget
+from .store.artifacts import repo_root
 
 APPS = {"steering": "steering_app.ipynb", "rating": "rating_app.ipynb"}
 
@@ -67,15 +75,11 @@ def launch_app(name: str, port: int = 8866, *, ip: str = "127.0.0.1", open_brows
 # ---------------------------------------------------------------- the apps' contents
 def steering_app(preset=None, store=None, which: str = "A", prompt: str | None = None):
     """The steering widget on the demo prompt with the DNA feature (or the first live one) pinned."""
-    from . import pipeline
-    from .index import load_sae
-    from .steering_catalog import DEMO_PROMPT, feature_catalog
-    from .steering_widget import SteeringWidget
-    p = pipeline._preset(preset)
-    model = pipeline.get_model(p, which, store, progress=False)
-    tok = pipeline.get_tokenizer(p, store)
-    data = pipeline.get_tokens(p, store)
-    sae = load_sae(p, which, store=store, progress=False)
+    p = get_preset(preset)
+    model = get_model(p, store, which=which, progress=False)
+    tok = get_tokenizer(p, store)
+    data = get_tokens(p, store)
+    sae = get_sae(p, which=which, store=store, progress=False)
     tv, _, sv = data.split("val")
     rows = min(len(tv), max(16, p.eval_tokens // p.n_ctx))
     catalog = feature_catalog(model, sae, tv[:rows], sv[:rows], data.subdomain_names, tok, progress=False)
@@ -94,15 +98,11 @@ def rating_app(preset=None, store=None, which: str = "A", seed: int = 0, n_featu
 
     import ipywidgets as W
 
-    from . import pipeline
-    from .index import get_index, load_sae
-    from .rating import RatingSession
-    from .widgets import RatingWidget, make_renderer
-    p = pipeline._preset(preset)
-    model = pipeline.get_model(p, which, store, progress=False)
-    tok = pipeline.get_tokenizer(p, store)
-    sae = load_sae(p, which, store=store, progress=False)
-    index = get_index(p, which, store=store, sae=sae, model=model, progress=False)
+    p = get_preset(preset)
+    model = get_model(p, store, which=which, progress=False)
+    tok = get_tokenizer(p, store)
+    sae = get_sae(p, which=which, store=store, progress=False)
+    index = get_index(p, which=which, store=store, sae=sae, model=model, progress=False)
     render = make_renderer(index, model, tok, sae)
     name = W.Text(value=os.environ.get("MONO_RATER", ""), placeholder="your name (letters, digits, - or _)",
                   description="rater")

@@ -9,6 +9,14 @@ import sys
 import time
 from pathlib import Path
 
+from .apps import launch_app
+from .build.parallel import run_parallel
+from .build.presets import PRESETS, validate
+from .notebooks import execute_notebook, format_table, notebook_paths
+from .stages import STAGE_DEPS, build_stages
+from .store.artifacts import ArtifactStore, repo_root
+from .store.bundle import export_bundle, import_bundle
+
 
 def _machine() -> str:
     import torch
@@ -16,65 +24,12 @@ def _machine() -> str:
     return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
 
 
-def build_stages(preset, store):
-    """The ordered (name, function) stages that build everything the notebooks need."""
-    from . import pipeline
-    stages = [
-        ("corpus", lambda: pipeline.get_corpus_dir(preset, store)),
-        ("tokenizer", lambda: pipeline.get_tokenizer(preset, store)),
-        ("tokens", lambda: pipeline.get_tokens(preset, store)),
-        ("model A", lambda: pipeline.get_model(preset, "A", store)),
-        ("model B", lambda: pipeline.get_model(preset, "B", store)),
-    ]
-    from . import autointerp_run, index, proxies, sae_pipeline, splitting, steering_catalog, universality
-    # longest first once their inputs exist, so that two workers finish together
-    stages += [
-        ("SAE A/1", lambda: sae_pipeline.get_sae(preset, "A", store=store)),
-        ("SAE B/1", lambda: sae_pipeline.get_sae(preset, "B", store=store)),
-        ("SAE family A", lambda: sae_pipeline.get_sae_family(preset, "A", store=store)),
-        ("SAE randomized", lambda: autointerp_run.get_randomized_sae(preset, store=store)),
-        ("SAE A/1 TopK", lambda: sae_pipeline.get_topk_sae(preset, "A", store=store)),
-        ("SAE A lambda sweep", lambda: sae_pipeline.get_lambda_sweep(preset, "A", store=store)),
-        ("index A/1", lambda: index.get_index(preset, "A", store=store)),
-        ("index B/1", lambda: index.get_index(preset, "B", store=store)),
-        ("index randomized", lambda: autointerp_run.get_randomized_index(preset, store=store)),
-        ("index A/1 TopK", lambda: index.get_topk_index(preset, "A", store=store)),
-        # analyses the notebooks show, cached so that every notebook opens in seconds
-        ("proxy table", lambda: proxies.get_proxy_table(preset, store)),
-        ("proxy table TopK", lambda: proxies.get_proxy_table(preset, store, architecture="topk")),
-        ("autointerp offline", lambda: autointerp_run.get_offline_scores(preset, store)),
-        ("feature catalog", lambda: steering_catalog.get_feature_catalog(preset, store)),
-        ("universality comparison", lambda: universality.get_comparison(preset, store)),
-        ("family analysis", lambda: splitting.get_family_analysis(preset, store)),
-        ("family UMAP", lambda: splitting.get_umap_layout(preset, store)),
-    ]
-    return stages
-
-
-# What each stage needs built first: with --jobs N independent stages run side by side.
-STAGE_DEPS = {
-    "corpus": (), "tokenizer": ("corpus",), "tokens": ("tokenizer",),
-    "model A": ("tokens",), "model B": ("tokens",),
-    "SAE A/1": ("model A",), "SAE B/1": ("model B",), "SAE A/1 TopK": ("model A",),
-    "SAE A lambda sweep": ("model A",), "SAE family A": ("SAE A/1",),
-    "index A/1": ("SAE A/1",), "index B/1": ("SAE B/1",),
-    "SAE randomized": ("model A",), "index randomized": ("SAE randomized", "tokens"),
-    "index A/1 TopK": ("SAE A/1 TopK",), "proxy table": ("index A/1",), "proxy table TopK": ("index A/1 TopK",),
-    "autointerp offline": ("index A/1", "index randomized"),
-    "feature catalog": ("SAE A/1",), "universality comparison": ("SAE A/1", "SAE B/1"),
-    "family analysis": ("SAE family A",), "family UMAP": ("family analysis",),
-}
-
-
 def cmd_build(args) -> int:
-    from .artifacts import ArtifactStore
-    from .presets import PRESETS, validate
     preset = validate(PRESETS[args.preset])  # the flag wins over $MONO_PRESET
     store = ArtifactStore(args.artifacts)
     if args.jobs < 1:
         raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
     if args.jobs > 1 and not args.stage:
-        from .build_parallel import run_parallel
         names = [n for n, _ in build_stages(preset, store)
                  if not args.only or any(o.lower() in n.lower() for o in args.only)]
         return run_parallel(names, STAGE_DEPS, args.jobs, preset.name, store.root)
@@ -96,7 +51,6 @@ def cmd_build(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .artifacts import ArtifactStore
     store = ArtifactStore(args.artifacts)
     entries = store.entries()
     if args.json:
@@ -116,8 +70,6 @@ def cmd_info(args) -> int:
 
 
 def cmd_run_notebooks(args) -> int:
-    from .artifacts import repo_root
-    from .notebooks import execute_notebook, format_table, notebook_paths
     out_dir = Path(args.out) if args.out else repo_root() / "runs" / args.preset
     paths = notebook_paths()
     if args.only:
@@ -142,23 +94,18 @@ def cmd_run_notebooks(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .artifacts import ArtifactStore
-    from .bundle import export_bundle
     path = export_bundle(args.path, ArtifactStore(args.artifacts))
     print(f"wrote {path}")
     return 0
 
 
 def cmd_import(args) -> int:
-    from .artifacts import ArtifactStore
-    from .bundle import import_bundle
     import_bundle(args.path, ArtifactStore(args.artifacts))
     print(f"imported {args.path}")
     return 0
 
 
 def cmd_app(args) -> int:
-    from .apps import launch_app
     env = {"MONO_ARTIFACTS": str(Path(args.artifacts).resolve())} if args.artifacts else None
     return launch_app(args.name, port=args.port, ip=args.ip, env=env) or 0
 
@@ -205,7 +152,6 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = make_parser().parse_args(argv)
     if getattr(args, "preset", None):
-        from .presets import PRESETS
         if args.preset not in PRESETS:
             print(f"error: unknown preset {args.preset!r}: choose one of {', '.join(PRESETS)}", file=sys.stderr)
             return 2

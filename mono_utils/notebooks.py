@@ -9,7 +9,7 @@ import threading
 import time
 from pathlib import Path
 
-from .artifacts import repo_root
+from .store.artifacts import repo_root
 
 
 def notebook_paths(folder: str | Path | None = None) -> list[Path]:

@@ -6,13 +6,15 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 from torch import nn
+from mono_utils.core.model import model_config_of
 
 
 class StandInSAE(nn.Module):
-    """ReLU SAE with ``encode``/``decode``/``W_dec_raw`` and a ``cfg`` like mono_utils.sae's."""
+    """ReLU SAE with ``encode``/``decode``/``W_dec_raw`` and a ``cfg`` like mono_utils.core.sae's."""
 
     def __init__(self, d_in: int, d_sae: int, seed: int = 0, bias: float = -0.05):
         super().__init__()
+        self.folder = None   # like SparseAutoencoder: not loaded from the store
         g = torch.Generator().manual_seed(seed)
         self.cfg = SimpleNamespace(d_in=d_in, d_sae=d_sae, architecture="relu")
         self.W_enc = nn.Parameter(torch.randn(d_in, d_sae, generator=g) / d_in ** 0.5)
@@ -82,12 +84,12 @@ class CharTokenizer:
 
 def planted_index(model, tmp_path, rows=40, seed=2):
     """An index of ``model`` with a stand-in SAE whose feature 5 copies neuron 7 and feature 9 is dead."""
-    from mono_utils.index import ActivationIndex, build_index
-    d_mlp = model.mono_config.d_mlp
+    from mono_utils.core.index import ActivationIndex, build_index
+    d_mlp = model_config_of(model).d_mlp
     sae = StandInSAE(d_mlp, 96, seed=1)
     sae.plant_copy_of_neuron(5, 7)
     sae.kill(9)
-    toks, dom, sub, dn, sn = random_tokens(rows, model.mono_config.n_ctx, model.mono_config.d_vocab, seed=seed)
+    toks, dom, sub, dn, sn = random_tokens(rows, model_config_of(model).n_ctx, model_config_of(model).d_vocab, seed=seed)
     build_index(model, sae, toks, dom, sub, dn, sn, tmp_path / "idx", chunk_tokens=100, progress=False)
     return ActivationIndex.load(tmp_path / "idx"), sae
 
@@ -95,7 +97,7 @@ def planted_index(model, tmp_path, rows=40, seed=2):
 def random_index(n_features=30, n_neurons=16, rows=20, n_ctx=8, seed=0):
     """An in-memory ActivationIndex from random sparse activations (units 0 of each kind are dead)."""
     import torch
-    from mono_utils.index import ActivationIndex, build_index_arrays
+    from mono_utils.core.index import ActivationIndex, build_index_arrays
     toks, dom, sub, dn, sn = random_tokens(rows, n_ctx, 64, seed=seed)
     g = np.random.default_rng(seed)
     arrs = {}

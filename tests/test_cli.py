@@ -50,8 +50,8 @@ def test_errors_are_one_line(tmp_path, capsys, monkeypatch):
 
 
 def test_stage_dependencies_cover_every_stage_in_order():
-    from mono_utils.artifacts import ArtifactStore
-    from mono_utils.presets import get_preset
+    from mono_utils.store.artifacts import ArtifactStore
+    from mono_utils.build.presets import get_preset
     names = [n for n, _ in cli.build_stages(get_preset("smoke"), ArtifactStore("/nonexistent"))]
     assert set(names) == set(cli.STAGE_DEPS)
     for i, n in enumerate(names):  # every dependency comes earlier: the sequential order is valid too

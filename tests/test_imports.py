@@ -5,13 +5,13 @@ import sys
 CODE = """
 import importlib, pkgutil, sys
 import mono_utils
-names = sorted(m.name for m in pkgutil.iter_modules(mono_utils.__path__) if m.name != "__main__")
+names = sorted(m.name for m in pkgutil.walk_packages(mono_utils.__path__, "mono_utils.") if not m.name.endswith("__main__"))
 failed = []
 for name in names:
     for k in [k for k in sys.modules if k == "mono_utils" or k.startswith("mono_utils.")]:
         del sys.modules[k]
     try:
-        importlib.import_module("mono_utils." + name)
+        importlib.import_module(name)
     except Exception as e:
         failed.append(f"{name}: {type(e).__name__}: {e}")
 print(len(names))

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import torch
 
-from mono_utils.artifacts import ArtifactError, ArtifactStore, atomic_write_json, verify_folder
+from mono_utils.store.artifacts import ArtifactError, ArtifactStore, atomic_write_json, verify_folder
 
 REPO = Path(__file__).resolve().parent.parent
 TABLE = REPO / "tests" / "RELIABILITY.md"
@@ -34,12 +34,12 @@ TABLE = REPO / "tests" / "RELIABILITY.md"
 
 # ---------------------------------------------------------------- helpers for the cases
 def _preset():
-    from mono_utils.presets import get_preset
+    from mono_utils.build.presets import get_preset
     return get_preset("smoke")
 
 
 def _tiny_lm():
-    from mono_utils.model import ModelConfig, build_model
+    from mono_utils.core.model import ModelConfig, build_model
     return build_model(ModelConfig(d_vocab=64, d_model=32, n_heads=2, d_mlp=64, n_ctx=16, seed=0))
 
 
@@ -52,12 +52,12 @@ def _weights_file(tmp: Path, edit) -> Path:
 
 
 def _load_weights(tmp: Path, edit):
-    from mono_utils.model import load_weights
+    from mono_utils.core.model import load_weights
     load_weights(_tiny_lm(), _weights_file(tmp, edit))
 
 
 def _garbage_weights(tmp: Path):
-    from mono_utils.model import load_weights
+    from mono_utils.core.model import load_weights
     (tmp / "w.safetensors").write_bytes(b"\x00garbage" * 50)
     load_weights(_tiny_lm(), tmp / "w.safetensors")
 
@@ -85,7 +85,7 @@ def _half_written(tmp):
 
 
 def _bad_json(tmp):
-    from mono_utils.artifacts import read_json
+    from mono_utils.store.artifacts import read_json
     (tmp / "m.json").write_text('{"val_loss": 3.')
     read_json(tmp / "m.json")
 
@@ -96,17 +96,17 @@ class _SAE:  # the smallest thing check_interventions needs
 
 
 def _generate(**kw):
-    from mono_utils.steering import generate
+    from mono_utils.steering.interventions import generate
     generate(None, None, _SAE(), kw.pop("prompt", "1,2,3"), kw.pop("ivs", ()), **kw)
 
 
 def _prompt(prompt, max_new_tokens=8):
-    from mono_utils.steering import prepare_prompt
+    from mono_utils.steering.interventions import prepare_prompt
     prepare_prompt(None, prompt, 16, max_new_tokens)
 
 
 def _bundle(tmp: Path, edit=None, raw: bytes | None = None):
-    from mono_utils.bundle import export_bundle, import_bundle
+    from mono_utils.store.bundle import export_bundle, import_bundle
     store, _ = _artifact(tmp)
     b = export_bundle(tmp / "b.tar", store, verbose=False)
     if raw is not None:
@@ -146,46 +146,46 @@ def _cli_unknown_preset(tmp):
 
 
 def _rater(name):
-    from mono_utils.rating import rater_file
+    from mono_utils.features.rating import rater_file
     rater_file(name, "/nonexistent-folder")
 
 
 def _score(name, value):
-    from mono_utils.rating import RUBRIC, rubric_total
+    from mono_utils.features.rating import RUBRIC, rubric_total
     rubric_total(**{**{k: 0 for k in RUBRIC}, name: value})
 
 
 def _sae_cfg(**kw):
-    from mono_utils.sae import SAEConfig
+    from mono_utils.core.sae import SAEConfig
     SAEConfig(**{"d_in": 8, "d_sae": 4, **kw})
 
 
 def _sae_load(tmp, make):
-    from mono_utils.sae import SparseAutoencoder
+    from mono_utils.core.sae import SparseAutoencoder
     SparseAutoencoder.load(make(tmp))
 
 
 def _tokenizer_vocab(tmp):
-    from mono_utils.tokenizer import train_tokenizer
+    from mono_utils.core.tokenizer import train_tokenizer
     train_tokenizer(["hello world"], 100, tmp)
 
 
 def _index_kind():
-    from mono_utils.index import _check_kind
+    from mono_utils.core.index import _check_kind
     _check_kind("banana")
 
 
 # id -> callable(tmp_path). The table's rows name the same ids.
 CASES = {
     # configs
-    "C01": lambda t: __import__("mono_utils.presets", fromlist=["x"]).get_preset("huge"),
+    "C01": lambda t: __import__("mono_utils.build.presets", fromlist=["x"]).get_preset("huge"),
     "C02": lambda t: _preset().replace(n_heads=3),
     "C03": lambda t: _preset().replace(topk_k=10_000),
-    "C04": lambda t: __import__("mono_utils.model", fromlist=["x"]).ModelConfig(d_vocab=0),
-    "C05": lambda t: __import__("mono_utils.model", fromlist=["x"]).TrainConfig(tokens=0),
+    "C04": lambda t: __import__("mono_utils.core.model", fromlist=["x"]).ModelConfig(d_vocab=0),
+    "C05": lambda t: __import__("mono_utils.core.model", fromlist=["x"]).TrainConfig(tokens=0),
     "C06": lambda t: _sae_cfg(architecture="topk", k=8),
     "C07": lambda t: _sae_cfg(architecture="gated"),
-    "C08": lambda t: __import__("mono_utils.pipeline", fromlist=["x"]).model_configs(_preset(), "C"),
+    "C08": lambda t: __import__("mono_utils.build.models", fromlist=["x"]).model_configs(_preset(), "C"),
     "C09": _tokenizer_vocab,
     "C10": _cli_unknown_preset,
     # files
@@ -198,10 +198,10 @@ CASES = {
     "F07": lambda t: _sae_load(t, lambda d: (d / "empty").mkdir() or d / "empty"),
     "F08": lambda t: _sae_load(t, lambda d: d / "no-such-folder"),
     # widget values and prompts
-    "W01": lambda t: _generate(ivs=[__import__("mono_utils.steering", fromlist=["x"]).Intervention(0, "clamp", float("nan"))]),
-    "W02": lambda t: __import__("mono_utils.steering", fromlist=["x"]).Intervention(0, "clamp", float("inf")),
-    "W03": lambda t: __import__("mono_utils.steering", fromlist=["x"]).Intervention(0, "boost", 1.0),
-    "W04": lambda t: _generate(ivs=[__import__("mono_utils.steering", fromlist=["x"]).Intervention(99, "clamp", 1.0)]),
+    "W01": lambda t: _generate(ivs=[__import__("mono_utils.steering.interventions", fromlist=["x"]).Intervention(0, "clamp", float("nan"))]),
+    "W02": lambda t: __import__("mono_utils.steering.interventions", fromlist=["x"]).Intervention(0, "clamp", float("inf")),
+    "W03": lambda t: __import__("mono_utils.steering.interventions", fromlist=["x"]).Intervention(0, "boost", 1.0),
+    "W04": lambda t: _generate(ivs=[__import__("mono_utils.steering.interventions", fromlist=["x"]).Intervention(99, "clamp", 1.0)]),
     "W05": lambda t: _generate(top_p=0.0),
     "W06": lambda t: _generate(temperature=float("inf")),
     "W07": lambda t: _score("confidence", 9),
@@ -255,7 +255,7 @@ def test_bad_input_gives_the_documented_error(case, tmp_path):
 TRAIN_SCRIPT = textwrap.dedent("""
     import os, sys, numpy as np, torch
     torch.set_num_threads(1)
-    from mono_utils import model as mm
+    from mono_utils.core import model as mm
     cfg = mm.ModelConfig(d_vocab=64, d_model=32, n_heads=2, d_mlp=64, n_ctx=16, seed=0)
     tcfg = mm.TrainConfig(tokens=16 * 16 * 30, batch_size=16, lr=5e-3, checkpoint_every=4)
     toks = np.load(sys.argv[1]); kill_at = int(sys.argv[3])
@@ -272,7 +272,7 @@ def _run(code: str, *args, env=None) -> subprocess.CompletedProcess:
 
 
 def test_training_killed_at_a_random_step_resumes_to_the_same_result(tmp_path):
-    from mono_utils import model as mm
+    from mono_utils.core import model as mm
     kill_at = int(np.random.default_rng().integers(5, 29))  # random on purpose; printed on failure
     toks = np.random.default_rng(0).integers(0, 64, size=(64, 16)).astype(np.uint16)
     np.save(tmp_path / "toks.npy", toks)
@@ -298,7 +298,7 @@ def test_training_killed_at_a_random_step_resumes_to_the_same_result(tmp_path):
 
 HALF_SCRIPT = textwrap.dedent("""
     import os, sys
-    from mono_utils.artifacts import ArtifactStore
+    from mono_utils.store.artifacts import ArtifactStore
     def build(tmp):
         with open(tmp / "big.json", "w") as f:
             f.write('{"half": "wri'); f.flush()
@@ -327,7 +327,7 @@ def test_half_written_artifact_is_ignored_and_rebuilt(tmp_path):
 
 CONCURRENT_SCRIPT = textwrap.dedent("""
     import os, sys, time
-    from mono_utils.artifacts import ArtifactStore
+    from mono_utils.store.artifacts import ArtifactStore
     def build(tmp):
         with open(sys.argv[2], "a") as f:
             f.write(f"{os.getpid()}\\n")
@@ -390,8 +390,8 @@ def test_disk_full_while_saving_keeps_the_old_artifact(tmp_path, monkeypatch):
 
 
 def test_disk_full_while_saving_model_weights_or_a_bundle(tmp_path, monkeypatch):
-    from mono_utils.bundle import export_bundle
-    from mono_utils.model import load_weights, save_weights
+    from mono_utils.store.bundle import export_bundle
+    from mono_utils.core.model import load_weights, save_weights
     lm = _tiny_lm()
     save_weights(lm, tmp_path / "w.safetensors")
     old = (tmp_path / "w.safetensors").read_bytes()

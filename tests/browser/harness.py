@@ -458,12 +458,12 @@ class LabPage:
 def browser_artifacts(smoke_store, smoke_preset):
     """The smoke artifact store the kernels use, with the basics built up front (once)."""
     require_browser()
-    from mono_utils import pipeline
+    from mono_utils.build import models as pipeline
     for which in ("A", "B"):
-        pipeline.get_model(smoke_preset, which, smoke_store, progress=False)
+        pipeline.get_model(smoke_preset, smoke_store, which=which, progress=False)
     with contextlib.suppress(ImportError):
-        from mono_utils import train
-        train.get_sae(smoke_preset, "A", store=smoke_store)
+        from mono_utils.core import train
+        train.get_sae(smoke_preset, which="A", store=smoke_store)
     return Path(smoke_store.root).resolve()
 
 

@@ -1,0 +1,376 @@
+"""LLM backends for autointerp: the Anthropic Messages API and any OpenAI-compatible endpoint.
+
+Both speak the interface of :class:`mono_utils.autointerp_offline.OfflineBackend`
+(``explain``, ``simulate``, ``label_logits``, ``estimate``). Prompts are template files with
+few-shot demonstrations in ``mono_utils/prompts/``. Every call goes through
+:meth:`LLMBackend.complete`, which
+
+* answers from an on-disk JSON cache keyed by the hash of the full request (a rerun costs
+  nothing; entries are written atomically and hold no key or header);
+* otherwise calls the API with a timeout, retrying with exponential backoff (and the
+  server's ``retry-after``) on 429, 408/409, 5xx, timeouts and refused connections, and
+  raises :class:`BackendUnavailableError` naming the endpoint once the retries are spent;
+* fails at once, clearly, on other 4xx replies (a bad key, an unknown model).
+
+A reply that cannot be parsed raises :class:`~mono_utils.autointerp.ParseFailure`, which the
+runner counts as a failed unit. API keys are read from the environment only.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import string
+import threading
+import time
+from pathlib import Path
+
+from ..store.artifacts import atomic_write_json, canonical_json, default_root
+from .offline import OfflineBackend
+from .protocol import ExplainInput, LogitInput, ParseFailure, SimulateInput
+
+log = logging.getLogger("mono_utils.autointerp")
+PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
+PROVIDERS = {
+    # provider: (default model, key variable, default base url)
+    "anthropic": ("claude-sonnet-5", "ANTHROPIC_API_KEY", None),
+    "openai": ("gpt-4o-mini", "OPENAI_API_KEY", None),
+}
+MODEL_ENV = "MONO_AUTOINTERP_MODEL"
+RETRY_STATUS = {408, 409, 429}
+
+
+class MissingKeyError(ValueError):
+    """The API key variable is not set."""
+
+
+class BackendError(RuntimeError):
+    """The API refused a request for a reason retries cannot fix (bad key, unknown model...)."""
+
+
+class BackendUnavailableError(ConnectionError):
+    """The endpoint did not answer successfully after all retries."""
+
+
+# ---------------------------------------------------------------- prompts
+def _template(name: str) -> string.Template:
+    return string.Template((PROMPTS_DIR / name).read_text(encoding="utf-8"))
+
+
+def _demos(name: str) -> list[dict]:
+    return json.loads((PROMPTS_DIR / name).read_text(encoding="utf-8"))
+
+
+def show_token(tok: str) -> str:
+    """A token as printed in an explanation prompt (newlines and tabs made visible)."""
+    return tok.replace("\n", "\u21b5").replace("\t", "\u21e5")
+
+
+def render_example(tokens: list[str], acts: list[int]) -> str:
+    """Text with each active token marked as ``«token:7»``."""
+    return "".join(f"\u00ab{show_token(t)}:{a}\u00bb" if a > 0 else show_token(t) for t, a in zip(tokens, acts))
+
+
+def render_explain(inp: ExplainInput) -> str:
+    blocks = [f"Example {i} ({ex['label']}): {render_example(ex['tokens'], ex['acts'])}"
+              for i, ex in enumerate(inp.examples, 1)]
+    fmt = lambda toks: ", ".join(json.dumps(t, ensure_ascii=False) for t in toks) or "(not available)"
+    return _template("explain_user.txt").substitute(
+        examples="\n".join(blocks), top_logits=fmt(inp.top_logits), bottom_logits=fmt(inp.bottom_logits))
+
+
+def render_simulate(inp: SimulateInput) -> str:
+    lines = [f"{i}: {json.dumps(toks, ensure_ascii=False)}" for i, toks in enumerate(inp.examples, 1)]
+    return _template("simulate_user.txt").substitute(explanation=inp.explanation, examples="\n".join(lines))
+
+
+def render_logits(inp: LogitInput) -> str:
+    lines = [f"{i}. {json.dumps(t, ensure_ascii=False)}" for i, t in enumerate(inp.tokens, 1)]
+    return _template("logits_user.txt").substitute(explanation=inp.explanation, tokens="\n".join(lines))
+
+
+def build_messages(task: str, inp) -> tuple[str, list[dict]]:
+    """(system prompt, messages with the few-shot demonstrations first) for a task."""
+    render = {"explain": render_explain, "simulate": render_simulate, "logits": render_logits}[task]
+    cls = {"explain": ExplainInput, "simulate": SimulateInput, "logits": LogitInput}[task]
+    system = (PROMPTS_DIR / f"{task}_system.txt").read_text(encoding="utf-8").strip()
+    messages = []
+    for demo in _demos(f"{task}_demos.json"):
+        messages.append({"role": "user", "content": render(cls(**demo["input"]))})
+        answer = demo["answer"]
+        messages.append({"role": "assistant", "content": answer if isinstance(answer, str) else json.dumps(answer)})
+    messages.append({"role": "user", "content": render(inp)})
+    return system, messages
+
+
+# ---------------------------------------------------------------- parsing
+def parse_explanation(text: str) -> str:
+    found = [m.group(1).strip() for m in re.finditer(r"(?im)^\W*explanation\W*:\s*(.+)$", text or "")]
+    if not found or not found[-1]:
+        raise ParseFailure("the reply has no 'Explanation: ...' line")
+    return found[-1][:1000]
+
+
+def _json_object(text: str) -> dict:
+    text = re.sub(r"```(?:json)?", "", text or "")
+    start, end = text.find("{"), text.rfind("}")
+    if start < 0 or end <= start:
+        raise ParseFailure("the reply holds no JSON object")
+    try:
+        obj = json.loads(text[start:end + 1])
+    except json.JSONDecodeError as e:
+        raise ParseFailure(f"the reply's JSON does not parse ({e.msg})") from None
+    if not isinstance(obj, dict):
+        raise ParseFailure("the reply's JSON is not an object")
+    return obj
+
+
+def parse_simulation(text: str, lengths: list[int]) -> list[list[float]]:
+    obj = _json_object(text)
+    out = []
+    for i, n in enumerate(lengths, 1):
+        vals = obj.get(str(i))
+        if not isinstance(vals, list) or len(vals) != n:
+            raise ParseFailure(f"example {i}: expected a list of {n} numbers, got {str(vals)[:60]}")
+        try:
+            out.append([min(10.0, max(0.0, float(v))) for v in vals])
+        except (TypeError, ValueError):
+            raise ParseFailure(f"example {i}: predictions are not all numbers") from None
+    return out
+
+
+def parse_logit_labels(text: str, n: int) -> list[bool]:
+    picks = _json_object(text).get("plausible")
+    if not isinstance(picks, list) or not all(isinstance(p, int) and 1 <= p <= n for p in picks):
+        raise ParseFailure(f"'plausible' must be a list of token numbers 1-{n}")
+    chosen = set(picks)
+    return [i in chosen for i in range(1, n + 1)]
+
+
+# ---------------------------------------------------------------- cache
+class DiskCache:
+    """One JSON file per request, named by the request's sha256; writes are atomic."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+
+    def _path(self, key: str) -> Path:
+        return self.folder / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> dict | None:
+        p = self._path(key)
+        try:
+            rec = json.loads(p.read_text(encoding="utf-8"))
+            return rec if rec.get("key") == key and isinstance(rec.get("text"), str) else None
+        except (OSError, ValueError):
+            return None
+
+    def put(self, key: str, record: dict) -> None:
+        atomic_write_json(self._path(key), {"key": key, **record})
+
+    def __contains__(self, key: str) -> bool:
+        return self.get(key) is not None
+
+
+def default_cache_dir() -> Path:
+    return default_root() / "autointerp-cache"
+
+
+# ---------------------------------------------------------------- the backend
+class LLMBackend:
+    """An LLM explainer/simulator over the Anthropic or an OpenAI-compatible API."""
+
+    def __init__(self, provider: str = "anthropic", model: str | None = None, *, base_url: str | None = None,
+                 api_key_env: str | None = "default", cache_dir: str | Path | None = None, concurrency: int = 4,
+                 max_retries: int = 4, timeout: float = 60.0, backoff: float = 1.0, max_backoff: float = 30.0,
+                 max_tokens: int = 1024, temperature: float | None = None, seed: int = 0):
+        if provider not in PROVIDERS:
+            raise ValueError(f"unknown LLM provider {provider!r}: choose one of {sorted(PROVIDERS)}")
+        default_model, default_env, default_url = PROVIDERS[provider]
+        self.provider, self.name = provider, provider
+        self.model = model or os.environ.get(MODEL_ENV) or default_model
+        self.base_url = base_url or default_url
+        self.api_key_env = default_env if api_key_env == "default" else api_key_env
+        if self.api_key_env is not None and not os.environ.get(self.api_key_env):
+            raise MissingKeyError(
+                f"the {provider} backend needs an API key in the environment variable {self.api_key_env}, "
+                f"which is not set: `export {self.api_key_env}=...` before starting Python/Jupyter (keys are "
+                f"never read from files or arguments), or use backend='offline'"
+                + (" (a local server that needs no key: pass api_key_env=None)" if provider == "openai" else ""))
+        if concurrency < 1 or max_retries < 0 or timeout <= 0:
+            raise ValueError("concurrency must be >= 1, max_retries >= 0 and timeout > 0")
+        self.concurrency, self.max_retries, self.timeout = concurrency, max_retries, timeout
+        self.backoff, self.max_backoff = backoff, max_backoff
+        self.max_tokens, self.temperature = max_tokens, temperature
+        self.cache = DiskCache(cache_dir if cache_dir is not None else default_cache_dir())
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self._client = None
+        self.stats = {"calls": 0, "cache_hits": 0, "retries": 0, "parse_failures": 0,
+                      "input_tokens": 0, "output_tokens": 0}
+
+    # -- plumbing
+    def _count(self, **kv):
+        with self._lock:
+            for k, v in kv.items():
+                self.stats[k] += v
+
+    def client(self):
+        with self._lock:
+            if self._client is None:
+                key = os.environ.get(self.api_key_env) if self.api_key_env else "no-key-needed"
+                if not key:
+                    raise MissingKeyError(f"{self.api_key_env} is not set (it was unset after the backend was made)")
+                if self.provider == "anthropic":
+                    import anthropic
+                    self._client = anthropic.Anthropic(api_key=key, base_url=self.base_url,
+                                                       max_retries=0, timeout=self.timeout)
+                else:
+                    import openai
+                    self._client = openai.OpenAI(api_key=key, base_url=self.base_url,
+                                                 max_retries=0, timeout=self.timeout)
+            return self._client
+
+    def request_key(self, system: str, messages: list[dict], max_tokens: int) -> str:
+        req = {"provider": self.provider, "model": self.model, "system": system, "messages": messages,
+               "max_tokens": max_tokens, "temperature": self.temperature}
+        return hashlib.sha256(canonical_json(req).encode()).hexdigest()
+
+    def _request(self, system, messages, max_tokens) -> tuple[str, dict]:
+        c = self.client()
+        if self.provider == "anthropic":
+            extra = {"extra_body": {"temperature": self.temperature}} if self.temperature is not None else {}
+            r = c.messages.create(model=self.model, max_tokens=max_tokens, system=system, messages=messages, **extra)
+            text = "".join(getattr(b, "text", "") for b in (r.content or []))
+            u = getattr(r, "usage", None)
+            usage = {"input_tokens": getattr(u, "input_tokens", 0) or 0,
+                     "output_tokens": getattr(u, "output_tokens", 0) or 0}
+        else:
+            extra = {"temperature": self.temperature} if self.temperature is not None else {}
+            r = c.chat.completions.create(model=self.model, max_tokens=max_tokens,
+                                          messages=[{"role": "system", "content": system}, *messages], **extra)
+            if not getattr(r, "choices", None):
+                raise ParseFailure("the reply has no choices")
+            text = r.choices[0].message.content or ""
+            u = getattr(r, "usage", None)
+            usage = {"input_tokens": getattr(u, "prompt_tokens", 0) or 0,
+                     "output_tokens": getattr(u, "completion_tokens", 0) or 0}
+        return text, usage
+
+    def _where(self) -> str:
+        return f"{self.provider} endpoint {self.base_url or '(the provider default)'} (model {self.model!r})"
+
+    def complete(self, system: str, messages: list[dict], max_tokens: int | None = None) -> str:
+        """The reply text for a request: from the cache, else from the API with retries."""
+        max_tokens = max_tokens or self.max_tokens
+        key = self.request_key(system, messages, max_tokens)
+        hit = self.cache.get(key)
+        if hit is not None:
+            self._count(cache_hits=1)
+            return hit["text"]
+        import anthropic
+        import openai
+        status_errors = (anthropic.APIStatusError, openai.APIStatusError)
+        conn_errors = (anthropic.APIConnectionError, openai.APIConnectionError)
+        invalid = (anthropic.APIResponseValidationError, openai.APIResponseValidationError)
+        last = None
+        for attempt in range(self.max_retries + 1):
+            self._count(calls=1)
+            try:
+                text, usage = self._request(system, messages, max_tokens)
+            except (json.JSONDecodeError, *invalid) as e:
+                self._count(parse_failures=1)
+                raise ParseFailure(f"the reply did not match the API's format ({type(e).__name__})") from None
+            except status_errors as e:
+                code = e.status_code
+                if code not in RETRY_STATUS and code < 500:
+                    hint = (f"check the key in {self.api_key_env}" if code in (401, 403) else
+                            "check the model name and the request" if code in (400, 404, 422) else "")
+                    raise BackendError(f"{self._where()} refused the request with HTTP {code}"
+                                       f"{': ' + hint if hint else ''}") from None
+                last, retry_after = f"HTTP {code}", _retry_after(e)
+            except conn_errors as e:
+                last, retry_after = type(e).__name__, None
+            else:
+                self._count(input_tokens=usage["input_tokens"], output_tokens=usage["output_tokens"])
+                self.cache.put(key, {"provider": self.provider, "model": self.model, "text": text,
+                                     "usage": usage, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+                return text
+            if attempt < self.max_retries:
+                self._count(retries=1)
+                with self._lock:
+                    jitter = 0.5 + self._rng.random() / 2
+                delay = min(self.max_backoff, retry_after if retry_after is not None
+                            else self.backoff * 2 ** attempt * jitter)
+                log.warning("%s: %s, retry %d/%d in %.2fs", self._where(), last, attempt + 1,
+                            self.max_retries, delay)
+                time.sleep(delay)
+        raise BackendUnavailableError(
+            f"{self._where()} did not answer after {self.max_retries + 1} attempts (last: {last}). Check that "
+            f"the server is running and the URL is right (for a local server, base_url like "
+            f"http://127.0.0.1:8000/v1), wait and rerun (finished calls are cached), or use backend='offline'")
+
+    # -- the autointerp interface
+    def _ask(self, task, inp, max_tokens=None) -> str:
+        system, messages = build_messages(task, inp)
+        return self.complete(system, messages, max_tokens)
+
+    def _parsed(self, fn, *args):
+        try:
+            return fn(*args)
+        except ParseFailure:
+            self._count(parse_failures=1)
+            raise
+
+    def explain(self, inp: ExplainInput) -> str:
+        return self._parsed(parse_explanation, self._ask("explain", inp))
+
+    def simulate(self, inp: SimulateInput) -> list[list[float]]:
+        budget = max(self.max_tokens, 4 * sum(len(x) for x in inp.examples) + 200)
+        return self._parsed(parse_simulation, self._ask("simulate", inp, budget), [len(x) for x in inp.examples])
+
+    def label_logits(self, inp: LogitInput) -> list[bool]:
+        return self._parsed(parse_logit_labels, self._ask("logits", inp), len(inp.tokens))
+
+    def estimate(self, n_units: int, samples: list[tuple] = ()) -> dict:
+        """Calls and (rough, chars/4) tokens for ``n_units``, from sample (explain, sim, logit) inputs."""
+        per_in, per_out, cached = [], [], 0
+        for ex, sim, lg in samples:
+            chars = 0
+            for task, inp in (("explain", ex), ("simulate", sim), ("logits", lg)):
+                system, messages = build_messages(task, inp)
+                chars += len(system) + sum(len(m["content"]) for m in messages)
+                if task == "explain" and self.request_key(system, messages, self.max_tokens) in self.cache:
+                    cached += 1
+            per_in.append(chars / 4)
+            per_out.append(300 + 4 * sum(len(x) for x in sim.examples) + 200)
+        k = max(1, len(samples))
+        return {"backend": self.provider, "model": self.model, "units": n_units, "calls": 3 * n_units,
+                "input_tokens": int(sum(per_in) / k * n_units), "output_tokens_max": int(sum(per_out) / k * n_units),
+                "explain_prompts_cached_in_sample": f"{cached}/{len(samples)}",
+                "note": "tokens are estimated as characters / 4; cached calls cost nothing"}
+
+
+def _retry_after(e) -> float | None:
+    try:
+        v = e.response.headers.get("retry-after")
+        return max(0.0, float(v)) if v is not None else None
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+BACKENDS = ("offline", "anthropic", "openai")
+
+
+def get_backend(name: str = "offline", **kwargs):
+    """``"offline"`` (default, no network), ``"anthropic"`` or ``"openai"`` (any compatible base_url)."""
+    if name == "offline":
+        return OfflineBackend(**kwargs)
+    if name in PROVIDERS:
+        return LLMBackend(name, **kwargs)
+    raise ValueError(f"unknown autointerp backend {name!r}: choose one of {', '.join(BACKENDS)} "
+                     f"(an OpenAI-compatible local server such as vLLM, Ollama or llama.cpp is "
+                     f"backend='openai' with base_url=...)")

@@ -1,0 +1,449 @@
+"""Score many units with an autointerp backend; the randomized-transformer control.
+
+* :func:`run_unit` walks one unit through explain -> simulate -> score (+ the logit test).
+* :func:`score_units` does it for a list of units (bounded concurrency for LLM backends,
+  an estimate of calls and tokens first) and returns a DataFrame; :func:`summarize` gives
+  medians per unit kind, single-token features apart as the paper reports them.
+* Sources of activations: :class:`IndexSource` wraps the activation index
+  (``mono_utils.index``); :class:`ArraySource` holds arrays (tests, small data).
+* :func:`randomized_model` shuffles each weight tensor of a trained model (the paper's
+  control); :func:`get_randomized_index` trains an SAE on it and indexes its features.
+* :func:`get_offline_scores` / :func:`cached_offline_scores`: the offline backend's scores of
+  every source, kept as a cached result (``mono_utils.results``) so notebook 03 opens in seconds.
+"""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from ..build.indexes import get_index, index_source, sae_identity
+from ..build.models import get_model, get_tokenizer, get_tokens, model_artifact_config
+from ..build.presets import resolve
+from ..build.saes import get_sae, sae_train_config, ultralow_cutoff, ultralow_mask
+from ..core.activations import ActivationStream
+from ..core.device import device_name, on_device, pick_device
+from ..core.index import ActivationIndex, build_index
+from ..core.metrics import evaluate_sae
+from ..core.model import build_model, direction_logit_weights, model_config_of, model_folder
+from ..core.sae import SAEConfig, SparseAutoencoder
+from ..core.train import train_sae
+from ..store.results import cached_result, frame_from_json, frame_to_json, input_id
+from .offline import OfflineBackend
+from .protocol import (
+    DeadUnitError,
+    EvalCorpus,
+    LogitInput,
+    ParseFailure,
+    ProtocolConfig,
+    SimulateInput,
+    explain_input,
+    logit_accuracy,
+    logit_test_tokens,
+    score_simulation,
+    select_examples,
+    simulate_input,
+)
+
+
+# ---------------------------------------------------------------- sources of activations
+class ArraySource:
+    """Activations in memory: ``acts`` maps unit -> [rows, n_ctx], or is [units, rows, n_ctx]."""
+
+    def __init__(self, corpus: EvalCorpus, acts, logit_weights: np.ndarray | None = None, kind: str = "feature"):
+        self.corpus, self.kind = corpus, kind
+        self._acts = dict(acts) if isinstance(acts, dict) else {i: a for i, a in enumerate(acts)}
+        self._logits = None if logit_weights is None else np.asarray(logit_weights)
+
+    @property
+    def units(self) -> list[int]:
+        return sorted(self._acts)
+
+    def unit_acts(self, unit: int) -> np.ndarray:
+        if unit not in self._acts:
+            raise ValueError(f"unit {unit} is not in this source (it has {len(self._acts)} units)")
+        return np.asarray(self._acts[unit], np.float32)
+
+    def logit_weights(self, unit: int):
+        return None if self._logits is None else self._logits[unit]
+
+
+class IndexSource:
+    """One kind of unit ("feature" or "neuron") of an :class:`mono_utils.index.ActivationIndex`."""
+
+    def __init__(self, index, kind: str, vocab_strs: list[str], logit_matrix: np.ndarray | None = None,
+                 corpus: EvalCorpus | None = None, label: str | None = None, logit_id: str | None = None):
+        self.index, self.index_kind, self.kind = index, kind, label or kind
+        self.corpus = corpus or EvalCorpus(index.tokens, vocab_strs)
+        self._logits = logit_matrix
+        # names the artifacts the logit matrix came from, so cached scores need not hash it
+        self.logit_id = logit_id
+
+    @property
+    def units(self) -> list[int]:
+        return [int(u) for u in self.index.live_units(self.index_kind)]
+
+    def unit_acts(self, unit: int) -> np.ndarray:
+        return self.index.unit_acts(self.index_kind, unit)
+
+    def logit_weights(self, unit: int):
+        return None if self._logits is None else self._logits[unit]
+
+
+@torch.no_grad()
+def logit_weight_matrix(model, sae=None) -> np.ndarray:
+    """Each unit's direct effect on the logits: [units, d_vocab] (features: W_dec_raw @ W_out @ W_U)."""
+    import torch
+    dirs = sae.W_dec_raw.detach() if sae is not None else torch.eye(model_config_of(model).d_mlp)
+    return direction_logit_weights(model, dirs).cpu().numpy()
+
+
+# ---------------------------------------------------------------- one unit
+@dataclass
+class UnitResult:
+    unit: int
+    kind: str
+    status: str                     # "ok", "dead", "failed: ..."
+    explanation: str = ""
+    spearman: float = float("nan")
+    pearson: float = float("nan")
+    spearman_unweighted: float = float("nan")
+    logit_accuracy: float = float("nan")
+    single_token: bool = False
+    max_act: float = 0.0
+    failures: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        extra = d.pop("extra")
+        d.update({k: v for k, v in extra.items() if isinstance(v, (str, int, float, bool))})
+        return d
+
+
+def unit_seed(seed: int, unit: int) -> int:
+    """A per-unit seed: results do not depend on the order or concurrency of a run."""
+    return int(np.random.SeedSequence([int(seed), int(unit)]).generate_state(1)[0])
+
+
+def run_unit(backend, acts, corpus: EvalCorpus, unit: int = 0, kind: str = "feature", logit_weights=None,
+             seed: int = 0, cfg: ProtocolConfig = ProtocolConfig(), keep_prompts: bool = False) -> UnitResult:
+    """Explain -> simulate -> score, and the logit test when ``logit_weights`` is given."""
+    s = unit_seed(seed, unit)
+    try:
+        ue = select_examples(acts, corpus, s, cfg)
+    except DeadUnitError:
+        return UnitResult(unit, kind, "dead")
+    res = UnitResult(unit, kind, "ok", single_token=ue.single_token, max_act=ue.max_act)
+    ein = explain_input(ue, corpus.vocab_strs, logit_weights, cfg)
+    if keep_prompts:
+        res.extra.update(examples=ue, explain_input=ein)
+    try:
+        res.explanation = backend.explain(ein)
+        sin = simulate_input(res.explanation, ue, corpus.vocab_strs)
+        if keep_prompts:
+            res.extra["simulate_input"] = sin
+        pred = backend.simulate(sin)
+        if keep_prompts:
+            res.extra["predictions"] = pred
+        res.__dict__.update(score_simulation(ue, pred))
+    except ParseFailure as e:
+        res.status, res.failures = f"failed: {e}", res.failures + 1
+        return res
+    if logit_weights is not None:
+        test = logit_test_tokens(logit_weights, s, cfg)
+        lin = LogitInput(res.explanation, test.tokens(corpus.vocab_strs))
+        if keep_prompts:
+            res.extra.update(logit_input=lin, logit_test=test)
+        try:
+            res.logit_accuracy = logit_accuracy(test, backend.label_logits(lin))
+        except ParseFailure as e:
+            res.failures += 1
+            res.extra["logit_failure"] = str(e)
+    return res
+
+
+# ---------------------------------------------------------------- many units
+def _check_units(units) -> list[int]:
+    units = [int(u) for u in (units if units is not None else [])]
+    if not units:
+        raise ValueError("no units to score: pass a non-empty list of unit indices (e.g. "
+                         "index.live_units('feature')[:100])")
+    return units
+
+
+def estimate_run(source, units, backend, seed: int = 0, cfg: ProtocolConfig = ProtocolConfig(),
+                 n_samples: int = 3) -> dict:
+    """Calls and tokens a run would need (LLM backends), from a few units' real prompts."""
+    units = _check_units(units)
+    samples = []
+    for u in units[:n_samples]:
+        try:
+            ue = select_examples(source.unit_acts(u), source.corpus, unit_seed(seed, u), cfg)
+        except DeadUnitError:
+            continue
+        lw = source.logit_weights(u)
+        ein = explain_input(ue, source.corpus.vocab_strs, lw, cfg)
+        sin = SimulateInput("x" * 120, simulate_input("", ue, source.corpus.vocab_strs).examples)
+        lin = LogitInput("x" * 120, ["token"] * (cfg.logit_ranks[1] - cfg.logit_ranks[0] + cfg.logit_random))
+        samples.append((ein, sin, lin))
+    if hasattr(backend, "provider"):
+        return backend.estimate(len(units), samples)
+    return backend.estimate(len(units))
+
+
+def score_units(source, units, backend, *, seed: int = 0, cfg: ProtocolConfig = ProtocolConfig(),
+                logits: bool = True, progress: bool = True, verbose: bool = True):
+    """Score ``units`` of ``source`` with ``backend``; a DataFrame, one row per unit (in order).
+
+    LLM backends run ``backend.concurrency`` units at a time and print an estimate of calls
+    and tokens first. A reply that cannot be parsed marks that unit "failed: ..." (counted in
+    ``failures``); an endpoint that stays unreachable after the retries stops the run with
+    :class:`~mono_utils.autointerp_backends.BackendUnavailableError` (finished calls are cached).
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+    units = _check_units(units)
+    if verbose and hasattr(backend, "provider"):
+        est = estimate_run(source, units, backend, seed, cfg)
+        print(f"[autointerp] {est['units']} units with {est['backend']} ({est['model']}): about {est['calls']} "
+              f"calls, ~{est['input_tokens']:,} input tokens, <= {est['output_tokens_max']:,} output tokens "
+              f"({est['note']})")
+
+    def one(u):
+        lw = source.logit_weights(u) if logits else None
+        r = run_unit(backend, source.unit_acts(u), source.corpus, u, source.kind, lw, seed, cfg)
+        return r.to_dict()
+
+    t0 = time.time()
+    workers = max(1, int(getattr(backend, "concurrency", 1)))
+    bar = tqdm(total=len(units), desc=f"autointerp {source.kind} units ({backend.name})", disable=not progress)
+    rows = []
+    if workers == 1:
+        for u in units:
+            rows.append(one(u))
+            bar.update()
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for r in pool.map(one, units):
+                rows.append(r)
+                bar.update()
+    bar.close()
+    df = pd.DataFrame(rows)
+    df.attrs["seconds"] = time.time() - t0
+    df.attrs["backend"] = backend.name
+    return df
+
+
+def summarize(df) -> dict:
+    """Median scores of scored units; features split into single-token and the rest."""
+    ok = df[df.status == "ok"]
+    out = {"units": int(len(df)), "scored": int(len(ok)), "failed": int(df.status.str.startswith("failed").sum()),
+           "dead": int((df.status == "dead").sum())}
+    groups = {"all": ok, "single_token": ok[ok.single_token], "multi_token": ok[~ok.single_token]}
+    for name, g in groups.items():
+        out[name] = {"n": int(len(g)),
+                     "median_spearman": float(g.spearman.median()) if len(g) else float("nan"),
+                     "median_pearson": float(g.pearson.median()) if len(g) else float("nan"),
+                     "median_logit_accuracy": float(g.logit_accuracy.median()) if len(g) else float("nan")}
+    return out
+
+
+# ---------------------------------------------------------------- the randomized control
+@torch.no_grad()
+def randomized_model(model, seed: int = 0):
+    """A copy of ``model`` with the entries of every weight tensor shuffled (the paper's control).
+
+    Each parameter (matrices, and also biases and LayerNorm vectors) keeps its own values in
+    a random order, so weight distributions are unchanged and learned structure is gone.
+    """
+    cfg = model_config_of(model)   # a clear error for a model that build_model did not make
+    new = build_model(cfg, tokenizer=getattr(model, "tokenizer", None))
+    src = dict(model.named_parameters())
+    g = torch.Generator().manual_seed(int(seed))
+    for name, p in new.named_parameters():
+        t = src[name].detach().cpu().reshape(-1)
+        p.copy_(t[torch.randperm(t.numel(), generator=g)].reshape(p.shape))
+    new.eval()
+    new.mono_randomized_seed = int(seed)
+    return new
+
+
+def get_randomized_sae(preset=None, store=None, *, seed: int = 0, progress: bool = True, model=None,
+                       **train_overrides):
+    """``(randomized model A, its SAE)``: the paper's control, A/1's recipe on half its activations
+    (all of them on ``paper``), an artifact.
+
+    ``model``: model A if already loaded (it is only shuffled, never changed).
+    """
+    p, s = resolve(preset, store)
+    rmodel = randomized_model(model if model is not None else get_model(p, s, which="A", progress=progress), seed)
+    model_cfg = model_artifact_config(p, "A")
+    cfg = SAEConfig(d_in=p.d_mlp, d_sae=p.sae_main, l1_coeff=p.l1_coeff, seed=seed,
+                    model_name=f"mono-1l-A-randomized{seed}-{p.name}")
+    if not p.side_runs_full:   # the control only needs its features' examples: half A/1's activations
+        train_overrides.setdefault("total_tokens", max(p.sae_batch, p.sae_tokens // 2))
+    tc = sae_train_config(p, "relu", seed=seed, **train_overrides)
+    sae_cfg = cfg.to_dict()
+    sae_cfg.pop("input_scale")
+    config = {"model": model_cfg, "randomize_seed": seed, "sae": sae_cfg, "train": tc.to_dict(),
+              "eval": {"eval_tokens": p.eval_tokens, "density_tokens": p.density_tokens}, "version": 1}
+    name = f"saeA-randomized{seed}-{p.sae_main}-{p.name}"
+
+    def build(tmp):
+        data = get_tokens(p, s)
+        with on_device(rmodel, pick_device()) as dev:
+            source = ActivationStream(rmodel, data.train, tc.batch_size, seed=seed, max_tokens=tc.total_tokens,
+                                      device=dev)
+            sae, hist = train_sae(cfg, source, tc, device=dev, progress=progress)
+        sae = sae.cpu()
+        sae.save(tmp)
+        tv, _, _ = data.split("val")
+        metrics = evaluate_sae(sae, rmodel, tv, p.eval_tokens, progress=progress, density_tokens=p.density_tokens)
+        metrics.update(train_tokens=tc.steps * tc.batch_size, d_sae=p.sae_main, randomize_seed=seed,
+                       train_device=device_name(dev))
+        return metrics
+
+    folder = s.get_or_build("sae-randomized", name, config, build)
+    sae = SparseAutoencoder.load(folder)
+    return rmodel, sae
+
+
+def get_randomized_index(preset=None, store=None, *, seed: int = 0, progress: bool = True, model=None):
+    """``(index, randomized model, its SAE)``: activations of the control's features and neurons."""
+    p, s = resolve(preset, store)
+    rmodel, sae = get_randomized_sae(p, s, seed=seed, progress=progress, model=model)
+    config = {"sae": sae_identity(sae), "index_tokens": p.index_tokens, "version": 1}
+
+    def build(tmp):
+        toks, dom, sub, source, data = index_source(p, p.index_tokens, s)
+        return build_index(rmodel, sae, toks, dom, sub, data.domain_names, data.subdomain_names, tmp,
+                           progress=progress, meta={"which": f"A-randomized{seed}", "source": source})
+
+    folder = s.get_or_build("index-randomized", f"indexA-randomized{seed}-{p.name}", config, build)
+    index = ActivationIndex.load(folder)
+    index.use_sae_ultralow(ultralow_mask(sae), ultralow_cutoff(sae))
+    return index, rmodel, sae
+
+
+def preset_sources(preset=None, store=None, randomized: bool = True, progress: bool = True) -> dict:
+    """``{"feature": ..., "neuron": ..., "randomized": ...}`` sources over the index tokens."""
+    p, s = resolve(preset, store)
+    tok = get_tokenizer(p, s)
+    model = get_model(p, s, which="A", progress=progress)
+    sae = get_sae(p, which="A", store=s, progress=progress)
+    index = get_index(p, which="A", store=s, progress=progress, sae=sae, model=model)
+    corpus = EvalCorpus.from_tokenizer(index.tokens, tok)
+    mid = input_id(model_folder(model))
+    out = {"feature": IndexSource(index, "feature", corpus.vocab_strs, logit_weight_matrix(model, sae), corpus,
+                                  logit_id=f"{mid}|{input_id(sae)}"),
+           "neuron": IndexSource(index, "neuron", corpus.vocab_strs, logit_weight_matrix(model), corpus,
+                                 logit_id=mid)}
+    if randomized:
+        rindex, rmodel, rsae = get_randomized_index(p, s, progress=progress, model=model)
+        rcorpus = corpus if np.array_equal(rindex.tokens, index.tokens) else EvalCorpus(rindex.tokens, corpus.vocab_strs)
+        # the randomized SAE's folder names model A's config and the shuffle seed
+        out["randomized"] = IndexSource(rindex, "feature", corpus.vocab_strs, logit_weight_matrix(rmodel, rsae),
+                                        rcorpus, label="randomized", logit_id=input_id(rsae))
+    return out
+
+
+def sample_units(source, n: int | None, seed: int = 0) -> list[int]:
+    """``n`` live units of a source drawn at random (all of them when ``n`` is None), sorted."""
+    units = np.asarray(source.units)
+    if n is not None and n < len(units):
+        units = np.sort(np.random.default_rng(seed).choice(units, size=n, replace=False))
+    return [int(u) for u in units]
+
+
+def score_all(sources: dict, backend, n_units: int | None = None, seed: int = 0, progress: bool = True) -> dict:
+    """``{kind: DataFrame}`` for every source; ``n_units`` live units per kind (None: all)."""
+    return {k: score_units(src, sample_units(src, n_units, seed), backend, seed=seed, progress=progress)
+            for k, src in sources.items()}
+
+
+# ---------------------------------------------------------------- cached offline scores (notebook 03, the build)
+OFFLINE_SCORES_VERSION = 1
+
+
+def default_n_units(preset) -> int | None:
+    """Units scored per kind in notebook 03 and the build: all live ones, a sample on ``paper``."""
+    return preset.autointerp_units
+
+
+def source_identity(src) -> dict:
+    """What a source's scores depend on: its index folder, unit kind, logit matrix and vocabulary."""
+    import hashlib
+
+    if not isinstance(src, IndexSource):
+        raise ValueError(f"cached scores need sources over a stored activation index (IndexSource), not "
+                         f"{type(src).__name__}: score it with score_all instead")
+    logits = src.logit_id
+    if logits is None and src._logits is not None:
+        logits = "sha:" + hashlib.sha256(np.ascontiguousarray(src._logits).tobytes()).hexdigest()[:16]
+    vocab = hashlib.sha256("\0".join(src.corpus.vocab_strs).encode("utf-8")).hexdigest()[:16]
+    corpus = hashlib.sha256(np.ascontiguousarray(src.corpus.tokens).tobytes()).hexdigest()[:16]
+    return {"index": input_id(src.index), "index_kind": src.index_kind, "label": src.kind, "logits": logits,
+            "vocab": vocab, "corpus": corpus}
+
+
+def _frame_to_parts(prefix: str, df) -> tuple[dict, dict]:
+    """Numeric columns as arrays, text columns (explanations, status) as JSON."""
+    num = [c for c in df.columns if df[c].dtype.kind in "biuf"]
+    text = [c for c in df.columns if c not in num]
+    return ({f"{prefix}.{c}": df[c].to_numpy() for c in num},
+            {"columns": list(df.columns), "numeric": num, "text": frame_to_json(df[text]), "attrs": dict(df.attrs)})
+
+
+def _frame_from_parts(prefix: str, arrays: dict, meta: dict):
+    df = frame_from_json(meta["text"])
+    for c in meta["numeric"]:
+        df[c] = arrays[f"{prefix}.{c}"]
+    df = df[meta["columns"]]
+    df.attrs.update(meta["attrs"])
+    return df
+
+
+def cached_offline_scores(sources: dict, n_units: int | None = None, seed: int = 0, store=None, *,
+                          backend=None, progress: bool = True, force: bool = False) -> dict:
+    """``score_all(sources, offline backend, n_units, seed)``, computed once and then loaded.
+
+    Only the offline backend is cached here: it is deterministic, so its scores are a function of
+    the sources, its parameters and the seed. LLM backends cache their replies themselves (use
+    ``score_all``).
+    """
+    backend = backend if backend is not None else OfflineBackend()
+    if getattr(backend, "name", None) != "offline":
+        raise ValueError(f"cached_offline_scores caches the offline backend only, not {backend.name!r}: "
+                         f"use score_all (LLM replies are cached on disk by the backend)")
+    config = {"sources": {k: source_identity(src) for k, src in sources.items()},
+              "backend": {"name": backend.name, **{k: v for k, v in sorted(vars(backend).items())}},
+              "protocol": asdict(ProtocolConfig()), "n_units": n_units, "seed": int(seed),
+              "version": OFFLINE_SCORES_VERSION}
+
+    def compute():
+        results = score_all(sources, backend, n_units, seed, progress)
+        arrays, meta = {}, {"kinds": list(results)}
+        for k, df in results.items():
+            a, m = _frame_to_parts(k, df)
+            arrays.update(a)
+            meta[k] = m
+        return arrays, meta
+
+    arrays, meta = cached_result("autointerp-offline", config, compute, store, force=force)
+    return {k: _frame_from_parts(k, arrays, meta[k]) for k in meta["kinds"]}
+
+
+def get_offline_scores(preset=None, store=None, *, sources: dict | None = None, progress: bool = True) -> dict:
+    """Offline autointerp scores of A/1's features, A's neurons and the randomized control.
+
+    The build stage and notebook 03 call this (``default_n_units`` units per kind, seed 0); pass
+    ``sources`` from ``preset_sources`` if already loaded. Needs: tokenizer, model A, SAE A/1,
+    index A/1, SAE randomized, index randomized (built if missing).
+    """
+    p, s = resolve(preset, store)
+    sources = sources if sources is not None else preset_sources(p, s, progress=progress)
+    return cached_offline_scores(sources, default_n_units(p), 0, s, progress=progress)

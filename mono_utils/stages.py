@@ -1,0 +1,64 @@
+"""The build's stage graph: every artifact the notebooks need, in order, with what each needs first.
+
+It names artifacts of every lesson, so it sits above them (with the CLI), while each recipe lives
+in its own package: ``build`` for the corpus, models, SAEs and indexes, each lesson for its
+analyses.
+"""
+from __future__ import annotations
+
+from .autointerp.run import get_offline_scores, get_randomized_index, get_randomized_sae
+from .build.indexes import get_index, get_topk_index
+from .build.models import get_corpus_dir, get_model, get_tokenizer, get_tokens
+from .build.saes import get_lambda_sweep, get_sae, get_sae_family, get_topk_sae
+from .features.proxies import get_proxy_table
+from .splitting.family import get_family_analysis, get_umap_layout
+from .steering.catalog import get_feature_catalog
+from .universality.cache import get_comparison
+
+
+def build_stages(preset, store):
+    """The ordered (name, function) stages that build everything the notebooks need."""
+    stages = [
+        ("corpus", lambda: get_corpus_dir(preset, store)),
+        ("tokenizer", lambda: get_tokenizer(preset, store)),
+        ("tokens", lambda: get_tokens(preset, store)),
+        ("model A", lambda: get_model(preset, store, which="A")),
+        ("model B", lambda: get_model(preset, store, which="B")),
+    ]
+    # longest first once their inputs exist, so that two workers finish together
+    stages += [
+        ("SAE A/1", lambda: get_sae(preset, which="A", store=store)),
+        ("SAE B/1", lambda: get_sae(preset, which="B", store=store)),
+        ("SAE family A", lambda: get_sae_family(preset, which="A", store=store)),
+        ("SAE randomized", lambda: get_randomized_sae(preset, store=store)),
+        ("SAE A/1 TopK", lambda: get_topk_sae(preset, which="A", store=store)),
+        ("SAE A lambda sweep", lambda: get_lambda_sweep(preset, which="A", store=store)),
+        ("index A/1", lambda: get_index(preset, which="A", store=store)),
+        ("index B/1", lambda: get_index(preset, which="B", store=store)),
+        ("index randomized", lambda: get_randomized_index(preset, store=store)),
+        ("index A/1 TopK", lambda: get_topk_index(preset, which="A", store=store)),
+        # analyses the notebooks show, cached so that every notebook opens in seconds
+        ("proxy table", lambda: get_proxy_table(preset, store)),
+        ("proxy table TopK", lambda: get_proxy_table(preset, store, architecture="topk")),
+        ("autointerp offline", lambda: get_offline_scores(preset, store)),
+        ("feature catalog", lambda: get_feature_catalog(preset, store)),
+        ("universality comparison", lambda: get_comparison(preset, store)),
+        ("family analysis", lambda: get_family_analysis(preset, store)),
+        ("family UMAP", lambda: get_umap_layout(preset, store)),
+    ]
+    return stages
+
+
+# What each stage needs built first: with --jobs N independent stages run side by side.
+STAGE_DEPS = {
+    "corpus": (), "tokenizer": ("corpus",), "tokens": ("tokenizer",),
+    "model A": ("tokens",), "model B": ("tokens",),
+    "SAE A/1": ("model A",), "SAE B/1": ("model B",), "SAE A/1 TopK": ("model A",),
+    "SAE A lambda sweep": ("model A",), "SAE family A": ("SAE A/1",),
+    "index A/1": ("SAE A/1",), "index B/1": ("SAE B/1",),
+    "SAE randomized": ("model A",), "index randomized": ("SAE randomized", "tokens"),
+    "index A/1 TopK": ("SAE A/1 TopK",), "proxy table": ("index A/1",), "proxy table TopK": ("index A/1 TopK",),
+    "autointerp offline": ("index A/1", "index randomized"),
+    "feature catalog": ("SAE A/1",), "universality comparison": ("SAE A/1", "SAE B/1"),
+    "family analysis": ("SAE family A",), "family UMAP": ("family analysis",),
+}

@@ -1,0 +1,289 @@
+"""The artifact store: every built thing lives in ``<root>/<kind>/<name>-<confighash>/``.
+
+A folder holds ``config.json``, ``metrics.json`` and its weights (safetensors / npy / json).
+It is built in a temporary sibling folder and renamed into place only when complete, with a
+``MANIFEST.json`` of every file's size and sha256; loading checks the manifest, so a partial
+or tampered artifact is never silently used. A lock file serialises two processes that build
+the same artifact (the second one waits, then reuses the first one's result).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+ARTIFACTS_ENV = "MONO_ARTIFACTS"
+MANIFEST = "MANIFEST.json"
+UNHASHED = {MANIFEST, "metrics.json"}  # metrics may be extended after the build
+
+
+class ArtifactError(RuntimeError):
+    """An artifact is missing, partial or corrupted."""
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[2]   # mono_utils/store/artifacts.py
+
+
+def default_root() -> Path:
+    env = os.environ.get(ARTIFACTS_ENV)
+    return Path(env) if env else repo_root() / "data" / "artifacts"
+
+
+def canonical_json(obj) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:12]
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- atomic writes
+@contextlib.contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; on success fsync it and rename it over ``path``.
+
+    If the body raises (a full disk included), the temp file is removed and the old file at
+    ``path`` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file, fsync, rename)."""
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(o):
+    try:
+        import numpy as np
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_json(path: str | Path):
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"{path} is not valid JSON ({e}); delete it or rebuild the artifact") from e
+
+
+def save_safetensors_atomic(tensors: dict, path: str | Path, metadata: dict | None = None) -> Path:
+    from safetensors.torch import save
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    return atomic_write_bytes(path, save(tensors, metadata=metadata))
+
+
+# ---------------------------------------------------------------- locking
+@contextlib.contextmanager
+def file_lock(path: Path, timeout: float = 3600.0) -> Iterator[None]:
+    """An inter-process exclusive lock (fcntl on POSIX, msvcrt on Windows)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+b")
+    try:
+        start = time.monotonic()
+        while True:
+            try:
+                if os.name == "nt":  # pragma: no cover
+                    import msvcrt
+                    msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+                else:
+                    import fcntl
+                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() - start > timeout:
+                    raise TimeoutError(f"waited {timeout:.0f}s for lock {path}; is another build stuck?")
+                time.sleep(0.2)
+        yield
+    finally:
+        if os.name != "nt":
+            import fcntl
+            with contextlib.suppress(OSError):
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        f.close()
+
+
+# ---------------------------------------------------------------- the store
+def write_manifest(folder: Path) -> dict:
+    files = {}
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder).as_posix()
+        if p.is_file() and rel not in UNHASHED and not p.name.startswith(".lock"):
+            st = p.stat()
+            files[rel] = {"size": st.st_size, "sha256": sha256_file(p), "mtime_ns": st.st_mtime_ns}
+    manifest = {"files": files, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    atomic_write_json(folder / MANIFEST, manifest)
+    return manifest
+
+
+QUICK_VERIFY_BYTES = 64 << 20
+
+
+def verify_folder(folder: Path, deep: bool = False) -> list[str]:
+    """Problems with an artifact folder (empty list: it is complete and intact).
+
+    Every file's size is checked and its sha256 recomputed, except that files over 64 MB
+    whose modification time is unchanged since the build skip the hash (a 1 GB index would
+    otherwise cost seconds on every load); ``deep=True`` hashes everything.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return [f"{folder} does not exist"]
+    mpath = folder / MANIFEST
+    if not mpath.exists():
+        return [f"{folder} has no {MANIFEST}: it is partial (a build was interrupted)"]
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        files = manifest["files"]
+    except Exception as e:  # noqa: BLE001 - any damage means "corrupt"
+        return [f"{mpath} is unreadable ({e})"]
+    problems = []
+    for rel, meta in files.items():
+        p = folder / rel
+        if not p.is_file():
+            problems.append(f"{rel} is missing")
+        elif p.stat().st_size != meta["size"]:
+            problems.append(f"{rel} has {p.stat().st_size} bytes, expected {meta['size']} (truncated?)")
+        elif (not deep and meta["size"] > QUICK_VERIFY_BYTES
+              and p.stat().st_mtime_ns == meta.get("mtime_ns")):
+            continue
+        elif sha256_file(p) != meta["sha256"]:
+            problems.append(f"{rel} does not match its recorded sha256 (modified or corrupted)")
+    return problems
+
+
+class ArtifactStore:
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root is not None else default_root()
+
+    def path(self, kind: str, name: str, config: dict) -> Path:
+        return self.root / kind / f"{name}-{config_hash(config)}"
+
+    def is_built(self, kind: str, name: str, config: dict) -> bool:
+        return not verify_folder(self.path(kind, name, config))
+
+    def get_or_build(self, kind: str, name: str, config: dict,
+                     build: Callable[[Path], dict | None], *, force: bool = False,
+                     verbose: bool = True) -> Path:
+        """Return the folder of a complete artifact, building it with ``build(tmpdir)`` if needed.
+
+        ``build`` writes its files into ``tmpdir`` and may return a metrics dict. A corrupted
+        or partial artifact is reported and rebuilt; the old folder is kept aside until the new
+        one is in place, so a failed rebuild loses nothing that was intact.
+        """
+        final = self.path(kind, name, config)
+        lock = final.parent / f".lock-{final.name}"
+        with file_lock(lock):
+            if not force:
+                problems = verify_folder(final)
+                if not problems:
+                    return final
+                if final.exists() and verbose:
+                    print(f"[mono_utils] {kind}/{final.name} is damaged, rebuilding: {'; '.join(problems[:3])}")
+            tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+            try:
+                atomic_write_json(tmp / "config.json", {"kind": kind, "name": name, **config}) \
+                    if not (tmp / "config.json").exists() else None
+                metrics = build(tmp)
+                if not (tmp / "config.json").exists():
+                    atomic_write_json(tmp / "config.json", {"kind": kind, "name": name, **config})
+                if metrics is not None:
+                    atomic_write_json(tmp / "metrics.json", metrics)
+                elif not (tmp / "metrics.json").exists():
+                    atomic_write_json(tmp / "metrics.json", {})
+                write_manifest(tmp)
+                aside = None
+                if final.exists():
+                    aside = final.parent / f".old-{final.name}-{os.getpid()}"
+                    os.replace(final, aside)
+                os.replace(tmp, final)
+                if aside is not None:
+                    shutil.rmtree(aside, ignore_errors=True)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            return final
+
+    def load_checked(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        problems = verify_folder(folder)
+        if problems:
+            raise ArtifactError(f"artifact {folder} is not usable: {'; '.join(problems)}. "
+                                f"Delete the folder and rebuild it (e.g. python -m mono_utils build).")
+        return folder
+
+    def update_metrics(self, folder: str | Path, **metrics) -> dict:
+        """Merge new entries into an artifact's metrics.json (atomically)."""
+        path = Path(folder) / "metrics.json"
+        current = read_json(path) if path.exists() else {}
+        current.update(metrics)
+        atomic_write_json(path, current)
+        return current
+
+    def entries(self) -> list[dict]:
+        out = []
+        if not self.root.exists():
+            return out
+        for kind_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            for folder in sorted(p for p in kind_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                problems = verify_folder(folder)
+                size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+                metrics = {}
+                with contextlib.suppress(Exception):
+                    metrics = read_json(folder / "metrics.json")
+                out.append({"kind": kind_dir.name, "name": folder.name, "path": str(folder),
+                            "ok": not problems, "problems": problems, "bytes": size,
+                            "metrics": metrics})
+        return out

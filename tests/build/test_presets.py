@@ -1,0 +1,33 @@
+import pytest
+
+from mono_utils.build.presets import PRESETS, get_preset
+
+
+def test_known_presets_validate():
+    for name in PRESETS:
+        assert get_preset(name).name == name
+
+
+def test_env_overrides(monkeypatch):
+    monkeypatch.setenv("MONO_PRESET", "smoke")
+    assert get_preset("default").name == "smoke"
+
+
+def test_unknown_preset_names_the_choices(monkeypatch):
+    monkeypatch.delenv("MONO_PRESET", raising=False)
+    with pytest.raises(ValueError, match="unknown preset 'huge'.*smoke, default, paper"):
+        get_preset("huge")
+
+
+@pytest.mark.parametrize("field,value", [("d_mlp", 0), ("vocab_size", -5), ("sae_main", 0), ("l1_coeff", 0.0),
+                                         ("model_tokens", -1)])
+def test_non_positive_sizes_rejected(field, value):
+    with pytest.raises(ValueError, match=field):
+        get_preset("smoke").replace(**{field: value})
+
+
+def test_default_has_the_papers_shape():
+    p = get_preset("default")
+    assert (p.d_model, p.d_mlp, p.n_heads, p.n_ctx, p.vocab_size) == (128, 512, 4, 128, 4096)
+    assert p.sae_main == 4096 and 512 in p.sae_sizes and 8192 in p.sae_sizes
+    assert max(get_preset("paper").sae_sizes) == 131072
