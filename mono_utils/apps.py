@@ -8,6 +8,7 @@ which build everything they need from the artifact store (or build it first, on 
 """
 from __future__ import annotations
 
+import html
 import os
 import subprocess
 import sys
@@ -94,9 +95,8 @@ def steering_app(preset=None, store=None, which: str = "A", prompt: str | None =
 def rating_app(preset=None, store=None, which: str = "A", seed: int = 0, n_features: int = 20,
                n_neurons: int = 20, folder=None):
     """A name box, then the blinded rating form for that rater (saved after every unit)."""
-    import html
 
-    import ipywidgets as W
+    import ipywidgets as W  # lazy: widgets only in a notebook
 
     p = get_preset(preset)
     model = get_model(p, store, which=which, progress=False)

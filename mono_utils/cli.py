@@ -19,7 +19,7 @@ from .store.bundle import export_bundle, import_bundle
 
 
 def _machine() -> str:
-    import torch
+    import torch  # lazy: torch is heavy
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
 

@@ -18,7 +18,7 @@ def notebook_paths(folder: str | Path | None = None) -> list[Path]:
 
 
 def _tree_rss(pid: int) -> int:
-    import psutil
+    import psutil  # lazy: only to measure memory
     try:
         proc = psutil.Process(pid)
         procs = [proc] + proc.children(recursive=True)
@@ -84,9 +84,9 @@ def is_picture(output: dict) -> bool:
 
 def _run_here(path: str, out: str, timeout: str) -> int:
     """Child-process entry: execute with nbclient, save the executed copy (even on error)."""
-    import nbformat
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
+    import nbformat  # lazy: only to run notebooks
+    from nbclient import NotebookClient  # lazy: only to run notebooks
+    from nbclient.exceptions import CellExecutionError  # lazy: only to run notebooks
     nb = nbformat.read(path, as_version=4)
     t0 = time.time()
     seen = []

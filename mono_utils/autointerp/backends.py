@@ -225,11 +225,11 @@ class LLMBackend:
                 if not key:
                     raise MissingKeyError(f"{self.api_key_env} is not set (it was unset after the backend was made)")
                 if self.provider == "anthropic":
-                    import anthropic
+                    import anthropic  # lazy: optional backend
                     self._client = anthropic.Anthropic(api_key=key, base_url=self.base_url,
                                                        max_retries=0, timeout=self.timeout)
                 else:
-                    import openai
+                    import openai  # lazy: optional backend
                     self._client = openai.OpenAI(api_key=key, base_url=self.base_url,
                                                  max_retries=0, timeout=self.timeout)
             return self._client
@@ -271,8 +271,8 @@ class LLMBackend:
         if hit is not None:
             self._count(cache_hits=1)
             return hit["text"]
-        import anthropic
-        import openai
+        import anthropic  # lazy: optional backend
+        import openai  # lazy: optional backend
         status_errors = (anthropic.APIStatusError, openai.APIStatusError)
         conn_errors = (anthropic.APIConnectionError, openai.APIConnectionError)
         invalid = (anthropic.APIResponseValidationError, openai.APIResponseValidationError)

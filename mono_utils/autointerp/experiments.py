@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
 
 from .offline import OfflineBackend
 from .protocol import score_simulation, select_examples
@@ -65,7 +67,6 @@ def ceiling_table(sources: dict, results: dict, n_units: int = 40, seed: int = 1
     """Median offline score against the lookup ceiling, per kind: a DataFrame (notebook 03, the
     benchmark). ``results``: scored units per kind (``get_offline_scores``); ``n_units`` of the
     scored ones are drawn at random (``seed``) and given to :func:`lookup_ceiling`."""
-    import pandas as pd
     rows = []
     for kind in kinds:
         ok = results[kind][results[kind].status == "ok"]
@@ -91,8 +92,6 @@ def budget_curve(sources: dict, budgets=(1, 2, 3, 5, 10, 30), n_units: int | Non
     units per kind (the same sample for every budget). A DataFrame: one row per (budget, kind),
     with the median over all scored units and over the multi-token ones.
     """
-    import pandas as pd
-    from tqdm.auto import tqdm
     if not budgets or any(int(k) < 1 for k in budgets):
         raise ValueError(f"budgets must be token counts >= 1, got {budgets!r}")
     units = {kind: sample_units(src, n_units, seed) for kind, src in sources.items()}

@@ -13,12 +13,15 @@
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from ..build.indexes import get_index, index_source, sae_identity
 from ..build.models import get_model, get_tokenizer, get_tokens, model_artifact_config
@@ -96,7 +99,7 @@ class IndexSource:
 @torch.no_grad()
 def logit_weight_matrix(model, sae=None) -> np.ndarray:
     """Each unit's direct effect on the logits: [units, d_vocab] (features: W_dec_raw @ W_out @ W_U)."""
-    import torch
+    import torch  # lazy: torch is heavy
     dirs = sae.W_dec_raw.detach() if sae is not None else torch.eye(model_config_of(model).d_mlp)
     return direction_logit_weights(model, dirs).cpu().numpy()
 
@@ -204,8 +207,6 @@ def score_units(source, units, backend, *, seed: int = 0, cfg: ProtocolConfig = 
     ``failures``); an endpoint that stays unreachable after the retries stops the run with
     :class:`~mono_utils.autointerp_backends.BackendUnavailableError` (finished calls are cached).
     """
-    import pandas as pd
-    from tqdm.auto import tqdm
     units = _check_units(units)
     if verbose and hasattr(backend, "provider"):
         est = estimate_run(source, units, backend, seed, cfg)
@@ -376,7 +377,6 @@ def default_n_units(preset) -> int | None:
 
 def source_identity(src) -> dict:
     """What a source's scores depend on: its index folder, unit kind, logit matrix and vocabulary."""
-    import hashlib
 
     if not isinstance(src, IndexSource):
         raise ValueError(f"cached scores need sources over a stored activation index (IndexSource), not "

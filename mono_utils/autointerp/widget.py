@@ -4,6 +4,7 @@ from __future__ import annotations
 import html
 
 import numpy as np
+import pandas as pd
 
 from .backends import get_backend
 from .run import score_all, summarize
@@ -15,7 +16,6 @@ COLOURS = {"feature": "#1f77b4", "neuron": "#d62728", "randomized": "#7f7f7f"}
 
 def summary_table(results: dict):
     """Medians per kind, single-token features apart (the paper reports them separately)."""
-    import pandas as pd
     rows = []
     for kind, df in results.items():
         s = summarize(df)
@@ -34,7 +34,7 @@ def summary_table(results: dict):
 
 def score_figure(results: dict, metric: str = "spearman", title: str | None = None):
     """Overlaid histograms of a score per kind (multi-token units), medians as dashed lines."""
-    import plotly.graph_objects as go
+    import plotly.graph_objects as go  # lazy: plotly is heavy: figures only
     fig = go.Figure()
     for kind, df in results.items():
         ok = df[(df.status == "ok") & ~df.single_token]
@@ -83,8 +83,8 @@ def examples_html(result, vocab_strs, n: int = 6) -> str:
 
 def autointerp_widget(sources: dict, default_n: int = 50, results: dict | None = None):
     """Choose a backend and a sample size, run, and see the distributions and the summary."""
-    import ipywidgets as W
-    from IPython.display import display
+    import ipywidgets as W  # lazy: widgets only in a notebook
+    from IPython.display import display  # lazy: display only in a notebook
     backend = W.Dropdown(options=["offline", "anthropic", "openai"], value="offline", description="backend")
     n = W.IntSlider(value=default_n, min=5, max=max(default_n, max(len(s.units) for s in sources.values())),
                     step=5, description="units/kind")
@@ -129,7 +129,7 @@ def autointerp_widget(sources: dict, default_n: int = 50, results: dict | None =
 
 def budget_figure(curve):
     """Median Spearman against the number of tokens an explanation may name (``budget_curve``)."""
-    import plotly.graph_objects as go
+    import plotly.graph_objects as go  # lazy: plotly is heavy: figures only
     fig = go.Figure()
     for kind, g in curve.groupby("kind", sort=False):
         colour = COLOURS.get(kind, None)

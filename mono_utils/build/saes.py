@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from safetensors.torch import load_file
+
 from ..core.activations import ActivationStream
 from ..core.device import device_name, on_device, pick_device
 from ..core.metrics import ULTRALOW_DEFAULT, evaluate_sae
@@ -187,7 +189,6 @@ def sae_history(sae) -> list[dict]:
 
 
 def feature_density(sae):
-    from safetensors.torch import load_file
     return load_file(str(Path(sae.folder) / "feature_density.safetensors"))["density"]
 
 

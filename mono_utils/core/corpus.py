@@ -12,8 +12,10 @@ import functools
 import gettext
 import hashlib
 import json
+import os
 import random
 import re
+import socket
 import sys
 import sysconfig
 import unicodedata
@@ -142,7 +144,7 @@ def python_code(rng: random.Random) -> Iterable[Document]:
 
 def english_prose(rng: random.Random) -> Iterable[Document]:
     try:
-        from pydoc_data.topics import topics
+        from pydoc_data.topics import topics  # lazy: only to build the corpus
         for key in sorted(topics):
             for c in _chunks(topics[key]):
                 yield Document(c, "english", "python_docs", "pydoc_data")
@@ -214,7 +216,7 @@ FAKER_LOCALES = ["he_IL", "ar_AA", "ru_RU", "uk_UA", "zh_CN", "ja_JP", "el_GR", 
 
 def _faker_docs(rng: random.Random, per_locale: int = 300) -> Iterable[Document]:
     try:
-        from faker import Faker
+        from faker import Faker  # lazy: heavy: only to build the corpus
     except ImportError:  # pragma: no cover
         return
     fakers = []
@@ -353,12 +355,11 @@ def load_text_files(paths: Iterable[str | Path], domain: str = "user") -> list[D
 def load_hf_dataset(name: str, split: str = "train", text_field: str = "text",
                     max_docs: int | None = None) -> list[Document]:
     """A Hugging Face dataset by name (needs the hub); offline it fails at once, clearly."""
-    import os
     if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1" or not hub_reachable():
         raise ConnectionError(
             f"cannot load dataset {name!r}: the Hugging Face hub is not reachable from this machine. "
             f"Use local files instead: mono_utils.data.load_text_files(['my.txt' or 'my.jsonl'])")
-    import datasets
+    import datasets  # lazy: optional: only where a hub is reachable
     ds = datasets.load_dataset(name, split=split)
     docs = []
     for i, rec in enumerate(ds):
@@ -369,7 +370,6 @@ def load_hf_dataset(name: str, split: str = "train", text_field: str = "text",
 
 
 def hub_reachable(timeout: float = 2.0) -> bool:
-    import socket
     try:
         socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
         return True

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .malloc_tuning import tune_malloc
 from .metrics import ultralow_threshold
@@ -181,7 +183,6 @@ def build_index(model, sae, tokens: np.ndarray, domain: np.ndarray, subdomain: n
                 chunk_tokens: int = 8192, progress: bool = True, meta: dict | None = None) -> dict:
     """Index ``model``'s neurons and ``sae``'s features over ``tokens`` into ``out_dir``; returns metrics."""
     tune_malloc()   # no page faults per step (see malloc_tuning)
-    from tqdm.auto import tqdm
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokens = np.ascontiguousarray(tokens)
@@ -226,7 +227,6 @@ def build_index(model, sae, tokens: np.ndarray, domain: np.ndarray, subdomain: n
         metrics[kind] = {"units": int(n_units), "nonzeros": nnz, "dead": int((dens == 0).sum()),
                          "ultralow": int(((dens > 0) & (dens < cutoff)).sum()),
                          "mean_l0": nnz / max(1, n_tok), "bytes": nnz * 6}
-    import shutil
     shutil.rmtree(spill, ignore_errors=True)
     info = {"domain_names": list(domain_names), "subdomain_names": list(subdomain_names),
             "kinds": list(accs), "version": INDEX_VERSION, "ultralow_density": cutoff, **(meta or {})}

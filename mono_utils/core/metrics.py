@@ -24,12 +24,14 @@ splicing and ablations apply to positions 1.., and its identical loss cancels in
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from ..store.results import cached_result, input_id
 from .malloc_tuning import tune_malloc
@@ -161,7 +163,6 @@ _BASELINES: dict = {}
 
 
 def _fingerprint(model, tokens: np.ndarray) -> tuple:
-    import hashlib
     h = hashlib.sha1()
     for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
         h.update(name.encode())
@@ -171,7 +172,6 @@ def _fingerprint(model, tokens: np.ndarray) -> tuple:
 
 @torch.no_grad()
 def _compute_baselines(model, tokens: np.ndarray, batches, d_mlp: int, progress: bool) -> dict:
-    from tqdm.auto import tqdm
     n_ctx = tokens.shape[1]
     total = torch.zeros(d_mlp, dtype=torch.float64)
     for tok in batches:
@@ -232,7 +232,6 @@ def evaluate_sae(sae, model, tokens: np.ndarray, max_tokens: int | None = None, 
     those going through the model only up to the MLP and through the encoder only.
     """
     tune_malloc()   # no page faults per step (see malloc_tuning)
-    from tqdm.auto import tqdm
     d_mlp = int(model.cfg.d_mlp)
     if sae.cfg.d_in != d_mlp:
         raise ValueError(f"the SAE has d_in = {sae.cfg.d_in} but the model's MLP has {d_mlp} neurons: "

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import io
 import math
 import time
 import weakref
@@ -15,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
 
 from ..store.artifacts import atomic_write_bytes, save_safetensors_atomic
 from .corpus import hub_reachable
@@ -71,8 +74,8 @@ class TrainConfig:
 
 def build_model(cfg: ModelConfig, tokenizer=None, device: str | None = None):
     """A freshly initialised model (seeded by ``cfg.seed``), as a TransformerBridge."""
-    from transformer_lens.config import TransformerBridgeConfig
-    from transformer_lens.model_bridge import TransformerBridge
+    from transformer_lens.config import TransformerBridgeConfig  # lazy: heavy: loaded only to build a model
+    from transformer_lens.model_bridge import TransformerBridge  # lazy: heavy: loaded only to build a model
     tl_cfg = TransformerBridgeConfig(
         d_model=cfg.d_model, d_head=cfg.d_head, n_layers=cfg.n_layers, n_ctx=cfg.n_ctx,
         n_heads=cfg.n_heads, d_vocab=cfg.d_vocab, d_mlp=cfg.d_mlp, act_fn=cfg.act_fn,
@@ -92,7 +95,6 @@ def save_weights(model, path: str | Path) -> None:
 
 def load_weights(model, path: str | Path) -> None:
     """Load safetensors weights, checking every name and shape against the model."""
-    from safetensors.torch import load_file
     path = Path(path)
     try:
         state = load_file(str(path))
@@ -223,7 +225,6 @@ def train_model(model, tokens: np.ndarray, cfg: TrainConfig, checkpoint: str | P
 
 def _train_model(model, tokens, cfg, checkpoint, progress, on_step, stop_after):
     tune_malloc()   # no page faults per step (see malloc_tuning)
-    from tqdm.auto import tqdm
     n_ctx = tokens.shape[1]
     steps = max(1, cfg.tokens // (cfg.batch_size * n_ctx))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
@@ -276,7 +277,6 @@ def _load_params(model, state: dict) -> None:
 
 
 def _save_checkpoint(path: Path, model, opt, step: int, history: list[dict]) -> None:
-    import io
     keys = ["step", "tokens", "loss", "lr"]
     buf = io.BytesIO()
     torch.save({"model": {k: v.detach().clone() for k, v in unique_parameters(model).items()},
@@ -345,7 +345,7 @@ def load_pretrained(name: str, d_mlp: int | None = None):
             f"cannot load pretrained model {name!r}: the Hugging Face hub is not reachable from this "
             f"machine. Train the suite's own model instead (mono_utils.pipeline.get_model), or copy a "
             f"checkpoint saved with save_pretrained and load it from a local folder.")
-    from transformer_lens.model_bridge import TransformerBridge
+    from transformer_lens.model_bridge import TransformerBridge  # lazy: heavy: loaded only to build a model
     model = TransformerBridge.boot_transformers(name)
     actual = model.cfg.d_mlp
     if d_mlp is not None and actual != d_mlp:

@@ -1,6 +1,7 @@
 """Plotly figures for the foundation notebook (corpus, training curves, per-domain loss)."""
 from __future__ import annotations
 
+import numpy as np
 import plotly.graph_objects as go
 
 
@@ -72,7 +73,6 @@ def domain_loss(metrics: dict[str, dict]) -> go.Figure:
 
 def neuron_density(acts, title: str = "How often each MLP neuron fires") -> go.Figure:
     """Histogram over neurons of log10 firing frequency."""
-    import numpy as np
     freq = (acts.reshape(-1, acts.shape[-1]) > 0).float().mean(0).numpy()
     fig = go.Figure(go.Histogram(x=np.log10(freq + 1e-7), nbinsx=40))
     fig.update_layout(title=title, xaxis_title="log10(fraction of tokens where the neuron is > 0)",

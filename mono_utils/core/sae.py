@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from safetensors.torch import load_file
 
 from ..store.artifacts import atomic_write_json, read_json, save_safetensors_atomic, sha256_file, verify_folder
 from .model import HOOK_MLP_POST
@@ -300,7 +301,6 @@ def _kaiming_uniform(t: torch.Tensor, g: torch.Generator) -> None:
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
     try:
         state = load_file(str(path))
     except Exception as e:  # noqa: BLE001 - safetensors raises several types

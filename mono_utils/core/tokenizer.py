@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
+
 EOT = "<|endoftext|>"
 
 
@@ -11,8 +13,14 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path):
     """Train a byte-level BPE with ``<|endoftext|>`` as BOS/EOS/pad and save it to ``out_dir``."""
     if vocab_size < 300:
         raise ValueError(f"vocab_size {vocab_size} is too small for byte-level BPE (needs >= 300: 256 bytes + merges)")
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import (  # lazy: only to train or load a tokenizer
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        trainers,
+    )
+    from transformers import PreTrainedTokenizerFast  # lazy: heavy: only for a pretrained model
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -29,7 +37,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path):
 
 def load_tokenizer(folder: str | Path):
     """Load with AutoTokenizer (the form TransformerLens accepts), offline."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # lazy: heavy: only for a pretrained model
     folder = Path(folder)
     if not (folder / "tokenizer.json").exists():
         raise FileNotFoundError(f"{folder} holds no tokenizer.json: build the tokenizer first "
@@ -58,7 +66,6 @@ def pack_documents(docs, tokenizer, n_ctx: int, labels: list[str] | None = None)
     ``tokens`` [rows, n_ctx] (uint16), per-token ``domain`` and ``subdomain`` label ids
     [rows, n_ctx] (uint8), the label names, and the token count of each document.
     """
-    import numpy as np
     if n_ctx < 2:
         raise ValueError(f"n_ctx must be >= 2, got {n_ctx}")
     bos = tokenizer.convert_tokens_to_ids(EOT)

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from ..store.artifacts import atomic_write_bytes
 from .device import deterministic, pick_device
@@ -150,7 +151,6 @@ def train_sae(cfg: SAEConfig, source, tc: TrainSAEConfig, *, device=None, checkp
 
 def _train_sae(cfg, source, tc, dev, checkpoint, progress, live, stop_after):
     tune_malloc()   # no page faults per step (see malloc_tuning)
-    from tqdm.auto import tqdm
     if getattr(source, "d_in", cfg.d_in) != cfg.d_in:
         raise ValueError(f"the activation source has d_in = {source.d_in} but the SAE config says d_in = "
                          f"{cfg.d_in}: set SAEConfig.d_in to the model's d_mlp")
@@ -258,8 +258,8 @@ class LivePlot:
     PANELS = ("loss", "mse", "l0", "dead_frac")
 
     def __init__(self, title: str = "SAE training", every: int = 1):
-        import plotly.graph_objects as go
-        from plotly.subplots import make_subplots
+        import plotly.graph_objects as go  # lazy: plotly is heavy: figures only
+        from plotly.subplots import make_subplots  # lazy: plotly is heavy: figures only
         fig = make_subplots(rows=1, cols=4, subplot_titles=["loss", "MSE (scaled)", "L0", "dead fraction"])
         for i, _ in enumerate(self.PANELS):
             fig.add_trace(go.Scatter(x=[], y=[], mode="lines", showlegend=False), row=1, col=i + 1)

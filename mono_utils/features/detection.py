@@ -17,11 +17,11 @@ zero points.
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import rankdata
 
 
 def auroc(acts: np.ndarray, y: np.ndarray) -> float:
     """Area under the ROC curve of dense ``acts`` as a score for ``y`` (ties count half); fast when most acts are 0."""
-    from scipy.stats import rankdata
     a = np.asarray(acts, np.float64).reshape(-1)
     y = np.asarray(y, bool).reshape(-1)
     n_pos, n_neg = int(y.sum()), int((~y).sum())

@@ -21,9 +21,12 @@ unspecific and sensitive by construction; the best-threshold columns compare the
 """
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
 
 from ..build.indexes import get_index, get_topk_index
 from ..build.models import get_tokenizer
@@ -264,8 +267,6 @@ def best_units(index: ActivationIndex, y: np.ndarray, kinds=("feature", "neuron"
 def proxy_table(index: ActivationIndex, tokenizer, masks: dict | None = None, min_tokens: int = 10,
                 progress: bool = True):
     """A DataFrame: per proxy, the best feature and best neuron (``best_units``) and their scores (``score_unit``)."""
-    import pandas as pd
-    from tqdm.auto import tqdm
     masks = masks if masks is not None else proxy_masks(index, tokenizer)
     rows = []
     for name, y in tqdm(masks.items(), desc="proxies", disable=not progress):
@@ -338,7 +339,6 @@ PROXY_RESULT_VERSION = 2   # 2: best unit by best-F1 threshold; F1, average prec
 
 def tokenizer_bytes_id(tokenizer) -> str:
     """A content hash of the tokenizer's token bytes: the only thing the proxies read from it."""
-    import hashlib
     h = hashlib.sha256()
     for b in token_bytes(tokenizer):
         h.update(len(b).to_bytes(4, "little") + b)
@@ -398,6 +398,5 @@ def get_proxy_table(preset=None, store=None, *, index: ActivationIndex | None = 
 def win_table(tables: dict):
     """One row per SAE (``{name: proxy table}``), one column per measure: on how many proxies its
     best feature beats the best neuron ("k/n"), as in ``win_counts``."""
-    import pandas as pd
     rows = {name: {WIN_METRICS[m]: v for m, v in win_counts(t).items()} for name, t in tables.items()}
     return pd.DataFrame.from_dict(rows, orient="index")

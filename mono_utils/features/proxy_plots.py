@@ -27,7 +27,7 @@ def _rows(table, proxy: str):
 def proxy_figure(index: ActivationIndex, table, proxy: str, masks: dict, bins: int = 40):
     """Histograms of the best feature's and best neuron's non-zero activations, coloured by the proxy;
     a dashed line marks each unit's best-F1 threshold."""
-    from plotly.subplots import make_subplots
+    from plotly.subplots import make_subplots  # lazy: plotly is heavy: figures only
     sub = _rows(table, proxy)
     y = masks[proxy].reshape(-1)
     fig = make_subplots(rows=1, cols=len(sub), subplot_titles=[
@@ -56,7 +56,7 @@ def pr_figure(index: ActivationIndex, table, proxy: str, masks: dict, max_points
     A circle marks "on" (> 0), a star the best-F1 threshold. Where the feature's curve lies above
     the neuron's, the feature is the cleaner detector at that coverage.
     """
-    import plotly.graph_objects as go
+    import plotly.graph_objects as go  # lazy: plotly is heavy: figures only
     sub = _rows(table, proxy)
     y = masks[proxy].reshape(-1)
     fig = go.Figure()

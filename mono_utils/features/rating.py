@@ -16,11 +16,14 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 import re
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
 
 from ..store.artifacts import atomic_write_text, repo_root
 
@@ -39,7 +42,6 @@ FIELDS = ["rater", "seed", "sae", "item", "kind", "unit", "interpretation", *SCO
 
 def default_folder() -> Path:
     """``data/ratings/`` in the repo, or ``$MONO_RATINGS_DIR`` (tests, a shared class folder)."""
-    import os
     env = os.environ.get("MONO_RATINGS_DIR")
     return Path(env) if env else repo_root() / "data" / "ratings"
 
@@ -215,7 +217,6 @@ class RatingSession:
 # ---------------------------------------------------------------- unblinding
 def load_ratings(paths) -> tuple["object", list[str]]:
     """All good rows of one or more rating files (or a folder of them) as a DataFrame, plus problems."""
-    import pandas as pd
     if isinstance(paths, (str, Path)) and Path(paths).is_dir():
         paths = sorted(Path(paths).glob("*.csv"))
     elif isinstance(paths, (str, Path)):
@@ -240,7 +241,7 @@ def summary(df) -> dict:
 
 def unblind_figure(df):
     """Score distributions for features against neurons."""
-    import plotly.graph_objects as go
+    import plotly.graph_objects as go  # lazy: plotly is heavy: figures only
     fig = go.Figure()
     for kind, col in (("feature", "#1f77b4"), ("neuron", "#d62728")):
         t = df[df.kind == kind]["total"]
@@ -254,7 +255,6 @@ def unblind_figure(df):
 
 def agreement(df) -> dict:
     """Inter-rater agreement on units rated by several raters: pairwise Spearman and mean |difference|."""
-    from scipy.stats import spearmanr
     key = ["sae", "kind", "unit"]
     last = df.sort_values("timestamp").groupby(key + ["rater"], as_index=False).last()
     wide = last.pivot_table(index=key, columns="rater", values="total")

@@ -122,7 +122,7 @@ class FeatureBrowser:
 
     def __init__(self, index: ActivationIndex, model, tokenizer, sae=None, kind: str = "feature", unit: int = 0,
                  seed: int = 0, dashboard_kw: dict | None = None):
-        import ipywidgets as W
+        import ipywidgets as W  # lazy: widgets only in a notebook
         self.index, self.model, self.tokenizer, self.sae = index, model, tokenizer, sae
         self.rng = np.random.default_rng(seed)
         self.render = make_renderer(index, model, tokenizer, sae, **(dashboard_kw or {}))
@@ -158,7 +158,7 @@ class FeatureBrowser:
         self.show(self.kind.value, unit)
 
     def _ipython_display_(self):
-        from IPython.display import display
+        from IPython.display import display  # lazy: display only in a notebook
         display(self.widget)
 
     def _error(self, e: Exception) -> None:
@@ -204,7 +204,7 @@ class FeatureBrowser:
         self.show(kind, int(self.rng.choice(live)))
 
     def _buttons(self, title: str, kind: str, items: list[tuple[int, str]]) -> None:
-        import ipywidgets as W
+        import ipywidgets as W  # lazy: widgets only in a notebook
         btns = []
         for u, label in items:
             b = W.Button(description=label, tooltip=f"open {kind} {u}", layout=W.Layout(width="auto"))
@@ -235,7 +235,7 @@ class FeatureBrowser:
         return hits
 
     def analyse_text(self, text: str) -> dict | None:
-        import ipywidgets as W
+        import ipywidgets as W  # lazy: widgets only in a notebook
         kind = self.kind.value
         try:
             res = active_units_in_text(self.model, self.sae, self.tokenizer, text, kind, index=self.index)
@@ -263,7 +263,7 @@ class RatingWidget:
     """The blinded rating form for a ``rating.RatingSession``; saves after every unit."""
 
     def __init__(self, session, render):
-        import ipywidgets as W
+        import ipywidgets as W  # lazy: widgets only in a notebook
         self.session, self.render = session, render
         self.progress = W.HTML()
         self.dashboard = W.HTML()
@@ -285,7 +285,7 @@ class RatingWidget:
         self._load()
 
     def _ipython_display_(self):
-        from IPython.display import display
+        from IPython.display import display  # lazy: display only in a notebook
         display(self.widget)
 
     def _update_total(self) -> int:

@@ -13,11 +13,14 @@ they are pure functions of model A, the family's SAEs and the held-out tokens.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 import torch
+from tqdm.auto import tqdm
 
 from ..build.models import get_model, get_tokenizer, get_tokens
 from ..build.presets import resolve
@@ -109,7 +112,6 @@ class SplitGraph:
 
     def splits(self, min_children: int = 2):
         """Every feature with >= ``min_children`` children, most children first (a DataFrame)."""
-        import pandas as pd
         rows = []
         for lv in range(len(self.sizes) - 1):
             p = self.parent[lv + 1]
@@ -192,7 +194,6 @@ def link_activations(acts: dict, threshold: float = PAPER_THRESHOLD, chunk: int 
 def family_activations(model, saes: dict, tokens: np.ndarray, batch_rows: int = 64,
                        progress: bool = True) -> dict[int, sp.csr_matrix]:
     """Every SAE of the family on the same tokens: {size: CSR [tokens, size]} (one model forward)."""
-    from tqdm.auto import tqdm
     sizes = _check_family(sorted(saes))
     d_in = {s: int(saes[s].cfg.d_in) for s in sizes}
     if len(set(d_in.values())) != 1:
@@ -218,9 +219,7 @@ def umap_layout(decoders: dict, seed: int = 0, n_neighbors: int = 15, live: dict
     Deterministic for a given seed (UMAP then runs single-threaded). ``live``: {size: bool mask}
     of features to include (e.g. exclude dead ones).
     """
-    import warnings
 
-    import pandas as pd
     sizes = _check_family(sorted(decoders))
     rows, X = [], []
     for s in sizes:
@@ -238,7 +237,7 @@ def umap_layout(decoders: dict, seed: int = 0, n_neighbors: int = 15, live: dict
         raise ValueError(f"only {len(X)} directions: UMAP with {n_neighbors} neighbours needs more")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import umap
+        import umap  # lazy: umap is heavy (numba)
         emb = umap.UMAP(n_neighbors=n_neighbors, metric="cosine", random_state=seed, min_dist=min_dist,
                         n_jobs=1).fit_transform(X)
     df = pd.concat(rows, ignore_index=True)
@@ -325,7 +324,6 @@ def get_umap_layout(preset=None, store=None, *, progress: bool = True, family=No
     Live: fires on notebook 05's tokens (``get_family_analysis``, built if missing; pass it, and
     the family, already loaded to skip loading them; other ``inputs`` go to it). Same seed, same layout.
     """
-    import pandas as pd
     p, s = resolve(preset, store)
     family, sae_ids = _family_inputs(p, s, family, progress)
     if analysis is None:

@@ -13,7 +13,7 @@ COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e3
 
 def family_quality_figure(metrics_by_size: dict[int, dict]) -> go.Figure:
     """L0 and loss recovered of each dictionary size (from each SAE's ``metrics.json``)."""
-    from plotly.subplots import make_subplots
+    from plotly.subplots import make_subplots  # lazy: plotly is heavy: figures only
     sizes = sorted(metrics_by_size)
     labels = [f"{n:,}" for n in sizes]
     fig = make_subplots(rows=1, cols=2, subplot_titles=["L0 (features active per token)", "loss recovered"])
@@ -101,7 +101,7 @@ def umap_figure(layout, hover: dict | None = None, widget: bool = False):
 
 def umap_explorer(layout, hover: dict | None, show_feature):
     """The UMAP map as a widget: clicking a point calls ``show_feature(size, feature)`` (returns HTML)."""
-    import ipywidgets as W
+    import ipywidgets as W  # lazy: widgets only in a notebook
     fig = umap_figure(layout, hover, widget=True)
     out = W.HTML("<i>click a point to open its feature</i>")
 
@@ -132,7 +132,7 @@ def lineage_widget(graph: SplitGraph, hover: dict | None = None, examples=None, 
 
     ``examples``: optional ``f(level, feature) -> HTML`` shown under the tree (top examples).
     """
-    import ipywidgets as W
+    import ipywidgets as W  # lazy: widgets only in a notebook
     level0, feat0 = start or (0, 0)
     size = W.Dropdown(options=[(str(s), i) for i, s in enumerate(graph.sizes)], value=level0, description="size")
     feat = W.BoundedIntText(value=feat0, min=0, max=graph.sizes[level0] - 1, description="feature")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from ..build.models import get_model, get_tokenizer, get_tokens
 from ..build.presets import resolve
@@ -81,7 +82,6 @@ def feature_catalog(model, sae, tokens: np.ndarray, subdomain: np.ndarray, subdo
 
     ``max_acts`` (e.g. from ``mono_utils.index``'s larger scan) overrides the scanned maxima.
     """
-    from tqdm.auto import tqdm
 
     d, n_sub = int(sae.cfg.d_sae), len(subdomain_names)
     mx = torch.zeros(d)

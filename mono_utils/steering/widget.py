@@ -17,6 +17,7 @@ it was computed with, formatted like the slider readout (``.2f``).
 """
 from __future__ import annotations
 
+import asyncio
 import html
 import time
 
@@ -29,8 +30,8 @@ from .interventions import MODES, FastLM, Intervention, generate, next_token_shi
 
 def next_token_figure(first_logits, tokenizer, k: int = 12, title: str = "next-token probabilities"):
     """A bar chart of the ``k`` most likely next tokens (plotly)."""
-    import plotly.graph_objects as go
-    import torch
+    import plotly.graph_objects as go  # lazy: plotly is heavy: figures only
+    import torch  # lazy: torch is heavy
     p = torch.softmax(first_logits.float(), -1)
     top = p.topk(max(1, min(k, p.numel())))
     names = [repr(t) for t in str_tokens(tokenizer, top.indices.tolist())]
@@ -59,7 +60,7 @@ def render_tokens(toks: list[str], acts, n_prompt: int, vmax: float, title: str 
 class SteeringWidget:
     def __init__(self, model, tokenizer, sae, catalog: FeatureCatalog, prompt: str = DEMO_PROMPT,
                  features=(), k: float = 10.0, debounce_s: float = 0.08, n_shift: int = 8):
-        import ipywidgets as W
+        import ipywidgets as W  # lazy: widgets only in a notebook
         self.W = W
         self.model, self.tokenizer, self.sae, self.catalog = model, tokenizer, sae, catalog
         self.fast = FastLM(model)
@@ -119,7 +120,7 @@ class SteeringWidget:
 
     # ------------------------------------------------------------ building blocks
     def _make_figure(self):
-        import plotly.graph_objects as go
+        import plotly.graph_objects as go  # lazy: plotly is heavy: figures only
         # one trace per direction with a fixed colour: a per-bar colour array reached Voila's
         # renderer after the bars and left them black there
         fig = go.Figure([go.Bar(x=[], y=[], orientation="h", marker_color="#2a9d8f", name="more likely"),
@@ -245,7 +246,6 @@ class SteeringWidget:
     # ------------------------------------------------------------ redraw
     def _changed(self, *_):
         if self.debounce_s and self.debounce_s > 0:
-            import asyncio
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
@@ -329,6 +329,6 @@ class SteeringWidget:
                 fig.show()
 
     def show(self):
-        from IPython.display import display
+        from IPython.display import display  # lazy: display only in a notebook
         display(self.ui)
         return self

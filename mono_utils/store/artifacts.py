@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
+from safetensors.torch import save
+
 ARTIFACTS_ENV = "MONO_ARTIFACTS"
 MANIFEST = "MANIFEST.json"
 UNHASHED = {MANIFEST, "metrics.json"}  # metrics may be extended after the build
@@ -117,7 +119,6 @@ def read_json(path: str | Path):
 
 
 def save_safetensors_atomic(tensors: dict, path: str | Path, metadata: dict | None = None) -> Path:
-    from safetensors.torch import save
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     return atomic_write_bytes(path, save(tensors, metadata=metadata))
 
@@ -133,10 +134,10 @@ def file_lock(path: Path, timeout: float = 3600.0) -> Iterator[None]:
         while True:
             try:
                 if os.name == "nt":  # pragma: no cover
-                    import msvcrt
+                    import msvcrt  # lazy: Windows only
                     msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
                 else:
-                    import fcntl
+                    import fcntl  # lazy: POSIX only
                     fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except OSError:
@@ -146,7 +147,7 @@ def file_lock(path: Path, timeout: float = 3600.0) -> Iterator[None]:
         yield
     finally:
         if os.name != "nt":
-            import fcntl
+            import fcntl  # lazy: POSIX only
             with contextlib.suppress(OSError):
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
         f.close()

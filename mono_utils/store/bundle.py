@@ -28,6 +28,8 @@ import uuid
 import zlib
 from pathlib import Path, PurePosixPath
 
+import numpy as np
+
 from .. import __version__
 from .artifacts import ArtifactStore, atomic_output, file_lock, sha256_file, verify_folder
 
@@ -135,7 +137,6 @@ def _safe_member_name(name: str) -> tuple[str, str, str]:
 
 
 def _check_npy(path: Path) -> None:
-    import numpy as np
     with open(path, "rb") as f:
         try:
             version = np.lib.format.read_magic(f)

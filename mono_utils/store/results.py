@@ -14,10 +14,14 @@ matrices.
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from safetensors.numpy import load_file, save_file
 
 from .artifacts import ArtifactError, ArtifactStore, atomic_write_json, read_json
 
@@ -65,7 +69,6 @@ def cached_result(name: str, config: dict, compute: Callable[[], tuple[dict, dic
 
 
 def _save(folder: Path, arrays: dict, meta: dict) -> None:
-    from safetensors.numpy import save_file
     clean = {}
     for k, v in arrays.items():
         a = np.asarray(v)
@@ -79,7 +82,6 @@ def _save(folder: Path, arrays: dict, meta: dict) -> None:
 
 
 def load_result(folder: str | Path) -> tuple[dict, dict]:
-    from safetensors.numpy import load_file
     folder = ArtifactStore().load_checked(folder)
     try:
         arrays = load_file(str(folder / ARRAYS))
@@ -91,7 +93,6 @@ def load_result(folder: str | Path) -> tuple[dict, dict]:
 
 def array_digest(*arrays) -> str:
     """A short content hash of arrays (dtype, shape and bytes), to name data inputs in a config."""
-    import hashlib
     h = hashlib.sha256()
     for a in arrays:
         a = np.ascontiguousarray(a)
@@ -108,7 +109,6 @@ def frame_to_json(df) -> dict:
 
 
 def frame_from_json(d: dict):
-    import pandas as pd
     df = pd.DataFrame(d["data"], columns=d["columns"], index=d["index"])
     for c, t in zip(d["columns"], d["dtypes"]):
         try:
@@ -126,6 +126,5 @@ def csr_to_arrays(prefix: str, m) -> dict:
 
 
 def csr_from_arrays(prefix: str, arrays: dict):
-    import scipy.sparse as sp
     return sp.csr_matrix((arrays[f"{prefix}.data"], arrays[f"{prefix}.indices"], arrays[f"{prefix}.indptr"]),
                          shape=tuple(int(s) for s in arrays[f"{prefix}.shape"]))

@@ -11,13 +11,16 @@ artifact store (``get_comparison``), computed once from the models, the SAEs and
 """
 from __future__ import annotations
 
+import html
 import time
 from dataclasses import dataclass, field
 from typing import Iterable
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 import torch
+from tqdm.auto import tqdm
 
 from ..core.model import direction_logit_weights, mlp_post, model_config_of
 from ..features.dashboards import show_token
@@ -304,7 +307,6 @@ class UniversalityResult:
 
     def named_matches(self, labels: Iterable[str] | None = None):
         """One row per label: the A feature that tracks it best, its match in B, the similarities."""
-        import pandas as pd
         rows = []
         for lab in (labels or self.label_names):
             if lab not in self.label_names:
@@ -354,7 +356,6 @@ def compare_models(model_a, model_b, sae_a, sae_b, tokens: np.ndarray, labels: d
     ``labels``: {"prefix": (ids [rows, n_ctx], names)} per-token labels (e.g. subdomain), used
     to find the feature that tracks each label best.
     """
-    from tqdm.auto import tqdm
     da, db = sae_a.cfg.d_in, sae_b.cfg.d_in
     if da != db:
         raise ValueError(f"the SAEs read activations of different widths (d_in {da} vs {db}): "
@@ -470,7 +471,6 @@ def top_tokens(acts: sp.csc_matrix, tokens: np.ndarray, vocab: list[str], k: int
 def examples_html(acts: sp.csc_matrix, unit: int, tokens: np.ndarray, vocab: list[str], k: int = 5,
                   before: int = 10, after: int = 3, title: str = "") -> str:
     """The unit's top-k examples, tokens shaded by its activation (no JS, no network)."""
-    import html
     tokens = np.asarray(tokens)
     n_ctx = tokens.shape[1]
     pos, vals = top_positions(acts, unit, k)

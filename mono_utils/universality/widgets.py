@@ -55,7 +55,7 @@ def similarity_scatter(res: UniversalityResult, max_points: int = 5000, seed: in
 def shared_logit_tokens(res: UniversalityResult, i: int, model_a, model_b, sae_a, sae_b, vocab: list[str],
                         k: int = 20) -> list[str]:
     """Tokens among the top-k positive logit weights of both A feature i and its B match."""
-    import torch
+    import torch  # lazy: torch is heavy
     j = int(res.features.match[i])
     if j < 0:
         return []
@@ -92,7 +92,7 @@ def pair_html(res: UniversalityResult, i: int, model_a, model_b, sae_a, sae_b, t
 def pair_browser(res: UniversalityResult, model_a, model_b, sae_a, sae_b, tokenizer, index_a=None, index_b=None,
                  named=None):
     """Browse matched pairs: order by correlation (high/low/random) or jump to a named feature."""
-    import ipywidgets as W
+    import ipywidgets as W  # lazy: widgets only in a notebook
     live = np.flatnonzero(res.features.live_a)
     if not len(live):
         raise ValueError("no live A feature to browse")
