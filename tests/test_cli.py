@@ -70,5 +70,5 @@ def test_parallel_build_runs_stages_in_worker_processes(smoke_store, smoke_model
 
 
 def test_build_rejects_zero_jobs(capsys):
-    assert cli.main(["build", "--preset", "smoke", "--jobs", "0"]) == 1
+    assert cli.main(["build", "--preset", "smoke", "--jobs", "0"]) == 2   # a usage error, like an unknown preset
     assert capsys.readouterr().err.strip() == "error: --jobs must be at least 1, got 0"

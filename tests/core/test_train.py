@@ -138,8 +138,11 @@ def test_get_sae_builds_an_artifact_on_smoke(smoke_preset, smoke_store):
 def test_pick_device_reads_mono_device(monkeypatch):
     """$MONO_DEVICE wins over the automatic choice; an explicit device wins over both."""
     from mono_utils.core.device import deterministic, device_name, pick_device
-    monkeypatch.setenv("MONO_DEVICE", "meta")
-    assert pick_device().type == "meta"
+    monkeypatch.setenv("MONO_DEVICE", "cpu")
+    with monkeypatch.context() as m:     # a GPU present: $MONO_DEVICE=cpu still wins
+        m.setattr(torch.cuda, "is_available", lambda: True)
+        assert pick_device().type == "cpu"
+    monkeypatch.setenv("MONO_DEVICE", "cuda")
     assert pick_device("cpu").type == "cpu"
     monkeypatch.delenv("MONO_DEVICE")
     assert pick_device().type in ("cpu", "cuda")
