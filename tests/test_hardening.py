@@ -16,12 +16,12 @@ import sys
 import tarfile
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from _llm_servers import ReplyServer, chat_completion, send
 from _mono_standins import random_index
 from mono_utils.store.artifacts import ArtifactError, ArtifactStore, verify_folder, write_manifest
 from mono_utils.store.bundle import BundleError, export_bundle, import_bundle
@@ -208,44 +208,6 @@ def test_h07_a_malformed_manifest_is_damage_not_a_crash(tmp_path, manifest, caps
 
 
 # ---------------------------------------------------------------- H08-H10: a misbehaving LLM endpoint
-class _Server:
-    """A local HTTP server whose replies ``reply(handler) -> None`` write (status, headers, body) by hand."""
-
-    def __init__(self, reply):
-        class H(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                self.rfile.read(int(self.headers.get("content-length", 0)))
-                server.requests += 1
-                reply(self)
-        server = self
-        self.requests = 0
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def _send(h, body: bytes, ctype="application/json", status=200):
-    h.send_response(status)
-    h.send_header("content-type", ctype)
-    h.send_header("content-length", str(len(body)))
-    h.end_headers()
-    h.wfile.write(body)
-
-
-def _chat(text: str) -> bytes:
-    return json.dumps({"id": "c", "object": "chat.completion", "created": 0, "model": "m", "choices": [
-        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
-
-
 def _backend(provider, url, tmp, **kw):
     from mono_utils.autointerp.backends import LLMBackend
     opts = dict(base_url=url + ("/v1" if provider == "openai" else ""), api_key_env=None, cache_dir=tmp / "cache",
@@ -275,7 +237,7 @@ BAD_REPLIES = {
 def test_h08_a_misbehaving_endpoint_fails_units_not_the_run(provider, bad, tmp_path):
     from mono_utils.autointerp.run import score_units, summarize
     body, ctype = BAD_REPLIES[bad]
-    srv = _Server(lambda h: _send(h, body, ctype))
+    srv = ReplyServer(lambda h: send(h, body, ctype))
     try:
         b = _backend(provider, srv.url, tmp_path)
         df = score_units(_source(2), [0, 1], b, progress=False, verbose=False)
@@ -292,7 +254,7 @@ def test_h09_a_dripping_endpoint_is_cut_off_at_the_timeout(tmp_path):
     stop = threading.Event()
 
     def drip(h):
-        body = _chat("Explanation: slow.")
+        body = chat_completion("Explanation: slow.")
         h.send_response(200)
         h.send_header("content-type", "application/json")
         h.send_header("content-length", str(len(body)))
@@ -305,7 +267,7 @@ def test_h09_a_dripping_endpoint_is_cut_off_at_the_timeout(tmp_path):
                 h.wfile.flush()
             except OSError:
                 return
-    srv = _Server(drip)
+    srv = ReplyServer(drip)
     try:
         b = _backend("openai", srv.url, tmp_path, timeout=1.0, max_retries=1, backoff=0.01, max_backoff=0.01)
         t = time.monotonic()
@@ -323,8 +285,8 @@ def test_h10_only_good_replies_are_cached_and_the_url_is_in_the_key(tmp_path):
     from mono_utils.autointerp.protocol import ParseFailure
     from mono_utils.autointerp.backends import MAX_REPLY_CHARS, parse_explanation
     replies = ["I cannot help with that.", "Explanation: " + "z" * (MAX_REPLY_CHARS + 10), "Explanation: fine."]
-    srv = _Server(lambda h: _send(h, _chat(replies.pop(0) if len(replies) > 1 else replies[0])))
-    other = _Server(lambda h: _send(h, _chat("Explanation: from the other server.")))
+    srv = ReplyServer(lambda h: send(h, chat_completion(replies.pop(0) if len(replies) > 1 else replies[0])))
+    other = ReplyServer(lambda h: send(h, chat_completion("Explanation: from the other server.")))
     msgs = [{"role": "user", "content": "hi"}]
     try:
         b = _backend("openai", srv.url, tmp_path)

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import torch
 
+from _llm_servers import ReplyServer, chat_completion, send
 from mono_utils.store.artifacts import ArtifactError, ArtifactStore, atomic_write_json, verify_folder
 
 REPO = Path(__file__).resolve().parent.parent
@@ -298,47 +299,13 @@ def _long_interpretation(tmp):
     RatingSession(random_index(), "ada", folder=tmp).record("x" * 200_000, 1, 1, 1, 0, 1)
 
 
-class _OneReply:
-    """A local HTTP server that answers every POST with the same status, content type and body."""
-
-    def __init__(self, body: bytes, ctype: str = "application/json", status: int = 200):
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        class H(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                self.rfile.read(int(self.headers.get("content-length", 0)))
-                self.send_response(status)
-                self.send_header("content-type", ctype)
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        __import__("threading").Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def _llm_reply(tmp, provider, body: bytes, ctype="application/json", **kw):
     from mono_utils.autointerp.protocol import ExplainInput
     from mono_utils.autointerp.backends import LLMBackend
-    with _OneReply(body, ctype) as srv:
+    with ReplyServer(lambda h: send(h, body, ctype)) as srv:
         b = LLMBackend(provider, base_url=srv.url + ("/v1" if provider == "openai" else ""), api_key_env=None,
                        cache_dir=tmp / "cache", max_retries=0, timeout=5.0, **kw)
         b.explain(ExplainInput([{"label": "top", "tokens": ["a", "b"], "acts": [0, 9]}], ["b"], ["a"]))
-
-
-def _chat(text: str) -> bytes:
-    return json.dumps({"id": "c", "object": "chat.completion", "created": 0, "model": "m", "choices": [
-        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}]}).encode()
 
 
 # id -> callable(tmp_path). The table's rows name the same ids.
@@ -411,7 +378,7 @@ CASES = {
     "L01": lambda t: _llm_reply(t, "openai", b"\xff\xfe\x00not utf-8 \xc3\x28"),
     "L02": lambda t: _llm_reply(t, "anthropic", b'{"unexpected": ["shape"], "content": 5}'),
     "L03": lambda t: _llm_reply(t, "openai", b"<html><body>Welcome to nginx!</body></html>", "text/html"),
-    "L04": lambda t: _llm_reply(t, "openai", _chat("Explanation: " + "z" * 300_000)),
+    "L04": lambda t: _llm_reply(t, "openai", chat_completion("Explanation: " + "z" * 300_000)),
 }
 
 
