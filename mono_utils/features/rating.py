@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 import re
 import time
 from pathlib import Path
@@ -49,7 +50,6 @@ FORMULA_START = ("=", "+", "-", "@", "\t", "\r")   # a spreadsheet runs a cell s
 
 def default_folder() -> Path:
     """``data/ratings/`` in the repo, or ``$MONO_RATINGS_DIR`` (tests, a shared class folder)."""
-    import os
     env = os.environ.get("MONO_RATINGS_DIR")
     return Path(env) if env else repo_root() / "data" / "ratings"
 
@@ -161,7 +161,6 @@ def append_rows(path: str | Path, rows: list[dict]) -> None:
     mid-write) gets a newline first, so the cut line stays one damaged line and the new rows
     stay whole.
     """
-    import os
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(path.parent / f".{path.name}.lock"):

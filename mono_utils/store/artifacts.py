@@ -206,9 +206,10 @@ def verify_folder(folder: Path, deep: bool = False) -> list[str]:
             problems.append(f"{rel} is not listed in {MANIFEST} (added after the build?)")
     for rel, meta in files.items():
         p = folder / rel
-        if p.is_symlink() or not p.is_file():
-            if not p.is_symlink():
-                problems.append(f"{rel} is missing")
+        if p.is_symlink():
+            continue                        # reported above
+        if not p.is_file():
+            problems.append(f"{rel} is missing")
         elif p.stat().st_size != meta["size"]:
             problems.append(f"{rel} has {p.stat().st_size} bytes, expected {meta['size']} (truncated?)")
         elif (not deep and meta["size"] > QUICK_VERIFY_BYTES
