@@ -8,8 +8,10 @@ which build everything they need from the artifact store (or build it first, on 
 """
 from __future__ import annotations
 
+import contextlib
 import html
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -40,12 +42,28 @@ def voila_command(name: str, port: int = 8866, ip: str = "127.0.0.1", open_brows
     """The Voila command line that serves app ``name`` (sources stripped, no browser opened)."""
     if not isinstance(port, int) or not 0 < port < 65536:
         raise ValueError(f"port must be an integer in 1..65535, got {port!r}")
-    cmd = [sys.executable, "-m", "voila", str(app_path(name)), f"--port={port}", f"--Voila.ip={ip}",
+    cmd = [sys.executable, "-m", "voila", str(app_path(name)), f"--port={port}", "--Voila.port_retries=0", f"--Voila.ip={ip}",
            "--strip_sources=True", "--theme=light", "--show_tracebacks=False",
            f"--Voila.root_dir={repo_root() / 'apps'}"]
     if not open_browser:
         cmd.append("--no-browser")
     return cmd
+
+
+def free_port(ip: str = "127.0.0.1", port: int = 8866, tries: int = 50) -> int:
+    """``port`` if nothing listens there, else the next free one of the following ``tries``.
+
+    The app prints the port this returns and pins Voila to it (``port_retries=0``), so the
+    address printed is the one served (Voila on its own would move to the next port silently).
+    """
+    for p in range(port, min(65536, port + tries + 1)):
+        with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+            try:
+                s.bind((ip if ip not in ("", "0.0.0.0") else "0.0.0.0", p))
+            except OSError:
+                continue
+            return p
+    raise OSError(f"ports {port}..{port + tries} on {ip} are all taken: pass --port with a free one")
 
 
 def launch_app(name: str, port: int = 8866, *, ip: str = "127.0.0.1", open_browser: bool = False,
@@ -60,17 +78,22 @@ def launch_app(name: str, port: int = 8866, *, ip: str = "127.0.0.1", open_brows
         import voila  # noqa: F401
     except ImportError as e:
         raise ImportError("the apps need Voila: pip install voila (it is in requirements.txt)") from e
-    cmd = voila_command(name, port, ip, open_browser)
+    voila_command(name, port, ip, open_browser)   # checks the name and port first
+    served = free_port(ip, port)
+    cmd = voila_command(name, served, ip, open_browser)
     full_env = {**os.environ, **(env or {})}
     full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo_root()), full_env.get("PYTHONPATH", "")) if p)
+    taken = f" (port {port} is taken)" if served != port else ""
+    print(f"serving the {name} app on http://{ip}:{served}/{taken}" + (" (Ctrl-C to stop)" if wait else ""), flush=True)
     if wait:
-        print(f"serving the {name} app on http://{ip}:{port}/ (Ctrl-C to stop)", flush=True)
         try:
             return subprocess.call(cmd, env=full_env, cwd=repo_root() / "apps")
         except KeyboardInterrupt:
             return 0
-    return subprocess.Popen(cmd, env=full_env, cwd=repo_root() / "apps", stdout=log or subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, env=full_env, cwd=repo_root() / "apps", stdout=log or subprocess.DEVNULL,
                             stderr=subprocess.STDOUT if log else subprocess.DEVNULL, start_new_session=True)
+    proc.port = served
+    return proc
 
 
 # ---------------------------------------------------------------- the apps' contents

@@ -24,11 +24,31 @@ def _machine() -> str:
     return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
 
 
+def max_jobs() -> int:
+    """The most ``--jobs`` a machine can use: one stage per core (at least 2)."""
+    return max(2, os.cpu_count() or 1)
+
+
+def _build_args_error(args, names: list[str]) -> str | None:
+    """Why ``build``'s --jobs/--only/--stage cannot be honoured (None: they can)."""
+    if not 1 <= args.jobs <= max_jobs():
+        return (f"--jobs {args.jobs} is more than this machine can use ({os.cpu_count()} cores): use --jobs "
+                f"{max_jobs()} or fewer" if args.jobs > 1 else f"--jobs must be at least 1, got {args.jobs}")
+    if args.stage is not None and args.stage not in names:
+        return f"unknown build stage {args.stage!r}: choose one of {', '.join(names)}"
+    if args.only and not any(o.lower() in n.lower() for n in names for o in args.only):
+        return (f"no build stage matches --only {' '.join(args.only)}: stage names are {', '.join(names)} "
+                f"(--only keeps the stages whose name contains a word)")
+    return None
+
+
 def cmd_build(args) -> int:
     preset = validate(PRESETS[args.preset])  # the flag wins over $MONO_PRESET
     store = ArtifactStore(args.artifacts)
-    if args.jobs < 1:
-        raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
+    problem = _build_args_error(args, [n for n, _ in build_stages(preset, store)])
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if args.jobs > 1 and not args.stage:
         names = [n for n, _ in build_stages(preset, store)
                  if not args.only or any(o.lower() in n.lower() for o in args.only)]
@@ -120,7 +140,7 @@ def make_parser() -> argparse.ArgumentParser:
     _add = sub.add_parser
     sub.add_parser = lambda *a, **k: _add(*a, parents=[common], **k)
     b = sub.add_parser("build", help="build everything the notebooks need for a preset")
-    b.add_argument("--preset", default=os.environ.get("MONO_PRESET", "default"), help="smoke | default | paper")
+    b.add_argument("--preset", default=os.environ.get("MONO_PRESET") or "default", help="smoke | default | paper")
     b.add_argument("--only", nargs="*", help="only stages whose name contains one of these words (e.g. model)")
     b.add_argument("--jobs", type=int, default=1,
                    help="build independent stages side by side in this many processes (e.g. 2 on 2 cores)")
@@ -130,7 +150,7 @@ def make_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true")
     i.set_defaults(fn=cmd_info)
     r = sub.add_parser("run-notebooks", help="execute every notebook top to bottom into runs/ and print timings")
-    r.add_argument("--preset", default=os.environ.get("MONO_PRESET", "default"))
+    r.add_argument("--preset", default=os.environ.get("MONO_PRESET") or "default")
     r.add_argument("--only", nargs="*", help="only notebooks whose file name contains one of these")
     r.add_argument("--out", default=None, help="folder for executed copies (default runs/<preset>)")
     r.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
@@ -151,7 +171,10 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = make_parser().parse_args(argv)
-    if getattr(args, "preset", None):
+    if getattr(args, "preset", None) is not None:
+        if not args.preset.strip():
+            print(f"error: the preset name is empty: choose one of {', '.join(PRESETS)}", file=sys.stderr)
+            return 2
         if args.preset not in PRESETS:
             print(f"error: unknown preset {args.preset!r}: choose one of {', '.join(PRESETS)}", file=sys.stderr)
             return 2

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 from torch import nn
+
 from mono_utils.core.model import model_config_of
 
 
@@ -97,6 +98,7 @@ def planted_index(model, tmp_path, rows=40, seed=2):
 def random_index(n_features=30, n_neurons=16, rows=20, n_ctx=8, seed=0):
     """An in-memory ActivationIndex from random sparse activations (units 0 of each kind are dead)."""
     import torch
+
     from mono_utils.core.index import ActivationIndex, build_index_arrays
     toks, dom, sub, dn, sn = random_tokens(rows, n_ctx, 64, seed=seed)
     g = np.random.default_rng(seed)

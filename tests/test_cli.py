@@ -50,8 +50,8 @@ def test_errors_are_one_line(tmp_path, capsys, monkeypatch):
 
 
 def test_stage_dependencies_cover_every_stage_in_order():
-    from mono_utils.store.artifacts import ArtifactStore
     from mono_utils.build.presets import get_preset
+    from mono_utils.store.artifacts import ArtifactStore
     names = [n for n, _ in cli.build_stages(get_preset("smoke"), ArtifactStore("/nonexistent"))]
     assert set(names) == set(cli.STAGE_DEPS)
     for i, n in enumerate(names):  # every dependency comes earlier: the sequential order is valid too
@@ -70,5 +70,5 @@ def test_parallel_build_runs_stages_in_worker_processes(smoke_store, smoke_model
 
 
 def test_build_rejects_zero_jobs(capsys):
-    assert cli.main(["build", "--preset", "smoke", "--jobs", "0"]) == 1
+    assert cli.main(["build", "--preset", "smoke", "--jobs", "0"]) == 2   # a usage error, like an unknown preset
     assert capsys.readouterr().err.strip() == "error: --jobs must be at least 1, got 0"

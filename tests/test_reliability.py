@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _llm_servers import ReplyServer, chat_completion, send
 
 from mono_utils.store.artifacts import ArtifactError, ArtifactStore, atomic_write_json, verify_folder
 
@@ -175,6 +176,139 @@ def _index_kind():
     _check_kind("banana")
 
 
+# ---------------------------------------------------------------- hardening round two (issue 18)
+def _cli(argv, env=None):
+    """Run the CLI in-process; exit status 2 raises ExitStatus2 with its stderr."""
+    from unittest import mock
+
+    from mono_utils.cli import main
+    err = io.StringIO()
+    with mock.patch.dict(os.environ, env or {}), contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        rc = main(argv)
+    if rc == 2:
+        raise ExitStatus2(err.getvalue())
+    return rc
+
+
+def _device(value, cuda=False):
+    from unittest import mock
+
+    from mono_utils.core.device import pick_device
+    with mock.patch.dict(os.environ, {"MONO_DEVICE": value}), mock.patch("torch.cuda.is_available", lambda: cuda):
+        pick_device()
+
+
+def _bad_manifest(tmp, manifest):
+    store, folder = _artifact(tmp)
+    (folder / "MANIFEST.json").write_text(json.dumps(manifest))
+    store.load_checked(folder)
+
+
+def _store_env_is_a_file(tmp):
+    from unittest import mock
+    (tmp / "afile").write_text("not a folder")
+    with mock.patch.dict(os.environ, {"MONO_ARTIFACTS": str(tmp / "afile")}):
+        ArtifactStore()
+
+
+def _sae_cfg_value(tmp, value: str):
+    from mono_utils.core.sae import SAEConfig, SparseAutoencoder
+    SparseAutoencoder(SAEConfig(d_in=8, d_sae=4)).save(tmp / "sae")
+    cfg = tmp / "sae" / "cfg.json"
+    cfg.write_text(re.sub(r'"d_in": *\d+', f'"d_in": {value}', cfg.read_text()))
+    (tmp / "sae" / "config.json").unlink()        # another tool's SAE: cfg.json alone describes it
+    SparseAutoencoder.load(tmp / "sae")
+
+
+def _tokenizer_files(tmp, edit):
+    from mono_utils.core.tokenizer import load_tokenizer, train_tokenizer
+    train_tokenizer(["hello world, the cat sat on the mat"] * 20, 300, tmp / "tok")
+    edit(tmp / "tok" / "tokenizer.json")
+    load_tokenizer(tmp / "tok")
+
+
+def _empty_vocab(path: Path):
+    tj = json.loads(path.read_text())
+    tj["model"]["vocab"], tj["model"]["merges"], tj["added_tokens"] = {}, [], []
+    path.write_text(json.dumps(tj))
+
+
+def _bundle_with(tmp, edit):
+    """A bundle from _artifact's store whose members ``edit(index, members)`` changes, bundle.json kept consistent."""
+    import hashlib
+
+    from mono_utils.store.bundle import export_bundle, import_bundle
+    store, _ = _artifact(tmp)
+    b = export_bundle(tmp / "b.tar", store, verbose=False)
+    with tarfile.open(b) as tin:
+        members = [(m.name, tin.extractfile(m).read()) for m in tin.getmembers()]
+    index = json.loads(members[0][1])
+    members = edit(index, members[1:])
+    index["files"] = {n: {"size": len(d), "sha256": hashlib.sha256(d).hexdigest()} for n, d in members}
+    raw = index.pop("_raw", None) or json.dumps(index).encode()
+    with tarfile.open(b, "w") as tout:
+        for name, data in [("bundle.json", raw)] + members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tout.addfile(info, io.BytesIO(data))
+    import_bundle(b, ArtifactStore(tmp / "dst"), verbose=False)
+
+
+def _cache_member(index, members):
+    body = json.dumps({"key": "ab" + "1" * 62, "text": "Explanation: planted"}).encode()
+    return members + [("artifacts/autointerp-cache/ab/ab" + "1" * 62 + ".json", body)]
+
+
+def _empty_manifest(index, members):
+    return [(n, b'{"files": {}}' if n.endswith("MANIFEST.json") else d) for n, d in members]
+
+
+def _deep_index(index, members):
+    index["_raw"] = b'{"format": "mono-bundle", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    return members
+
+
+def _no_room(tmp):
+    from unittest import mock
+    usage = __import__("shutil").disk_usage(tmp)
+    with mock.patch("shutil.disk_usage", lambda p: usage._replace(free=1000)):
+        _bundle(tmp)
+
+
+def _bomb(tmp):
+    """A bundle whose bundle.json lists a 1 GiB member (the check comes before anything is unpacked)."""
+    from mono_utils.store.bundle import import_bundle
+    name = "artifacts/x/a-0123456789ab/zeros.npy"
+    index = {"format": "mono-bundle", "version": 1, "artifacts": [], "files": {name: {"size": 2**30, "sha256": "0" * 64}}}
+    with tarfile.open(tmp / "bomb.tar.gz", "w:gz") as tout:
+        raw = json.dumps(index).encode()
+        info = tarfile.TarInfo("bundle.json")
+        info.size = len(raw)
+        tout.addfile(info, io.BytesIO(raw))
+    import_bundle(tmp / "bomb.tar.gz", ArtifactStore(tmp / "dst"), verbose=False)
+
+
+def _steer(**kw):
+    from mono_utils.steering.interventions import Intervention
+    _generate(**kw) if "ivs" not in kw else _generate(ivs=[Intervention(0, *kw.pop("ivs"))], **kw)
+
+
+def _long_interpretation(tmp):
+    from _mono_standins import random_index
+
+    from mono_utils.features.rating import RatingSession
+    RatingSession(random_index(), "ada", folder=tmp).record("x" * 200_000, 1, 1, 1, 0, 1)
+
+
+def _llm_reply(tmp, provider, body: bytes, ctype="application/json", **kw):
+    from mono_utils.autointerp.backends import LLMBackend
+    from mono_utils.autointerp.protocol import ExplainInput
+    with ReplyServer(lambda h: send(h, body, ctype)) as srv:
+        b = LLMBackend(provider, base_url=srv.url + ("/v1" if provider == "openai" else ""), api_key_env=None,
+                       cache_dir=tmp / "cache", max_retries=0, timeout=5.0, **kw)
+        b.explain(ExplainInput([{"label": "top", "tokens": ["a", "b"], "acts": [0, 9]}], ["b"], ["a"]))
+
+
 # id -> callable(tmp_path). The table's rows name the same ids.
 CASES = {
     # configs
@@ -218,6 +352,34 @@ CASES = {
     "B04": lambda t: _bundle(t, edit=_add_member("artifacts/x/a-1/run.pkl")),
     "B05": lambda t: _bundle(t, raw=lambda b: b"this is not a tar file " * 40),
     "B06": lambda t: _bundle(t, edit=lambda m: m[1:]),
+    # hardening round two (issue 18)
+    "B07": lambda t: _bundle_with(t, _cache_member),
+    "B08": lambda t: _bundle_with(t, _empty_manifest),
+    "B09": lambda t: _bundle_with(t, _deep_index),
+    "B10": _no_room,
+    "B11": _bomb,
+    "C11": lambda t: _cli(["build", "--preset", "", "--artifacts", str(t / "s")]),
+    "C12": lambda t: _device("cuda"),
+    "C13": lambda t: _device("tpu"),
+    "C14": lambda t: _cli(["build", "--preset", "smoke", "--jobs", "1000", "--artifacts", str(t / "s")]),
+    "C15": lambda t: _cli(["build", "--preset", "smoke", "--only", "nosuchstage", "--artifacts", str(t / "s")]),
+    "C16": lambda t: _cli(["build", "--preset", "smoke", "--stage", "model C", "--artifacts", str(t / "s")]),
+    "F09": lambda t: _bad_manifest(t, {"files": {"data.json": {"sha256": "0" * 64}}}),
+    "F10": lambda t: _bad_manifest(t, {"files": ["data.json", "config.json"]}),
+    "F11": _store_env_is_a_file,
+    "F12": lambda t: _sae_cfg_value(t, "NaN"),
+    "F13": lambda t: _sae_cfg_value(t, '"abc"'),
+    "F14": lambda t: _tokenizer_files(t, lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2])),
+    "F15": lambda t: _tokenizer_files(t, _empty_vocab),
+    "W09": lambda t: _steer(ivs=("clamp", 1e30)),
+    "W10": lambda t: _steer(temperature=1e-300),
+    "W11": lambda t: _steer(temperature=-1.0),
+    "W12": _long_interpretation,
+    "P06": lambda t: _rater("-2+3"),
+    "L01": lambda t: _llm_reply(t, "openai", b"\xff\xfe\x00not utf-8 \xc3\x28"),
+    "L02": lambda t: _llm_reply(t, "anthropic", b'{"unexpected": ["shape"], "content": 5}'),
+    "L03": lambda t: _llm_reply(t, "openai", b"<html><body>Welcome to nginx!</body></html>", "text/html"),
+    "L04": lambda t: _llm_reply(t, "openai", chat_completion("Explanation: " + "z" * 300_000)),
 }
 
 
@@ -226,7 +388,7 @@ def table_rows() -> dict[str, tuple[str, str]]:
     rows = {}
     for line in TABLE.read_text(encoding="utf-8").splitlines():
         m = re.match(r"^\|\s*([A-Z]\d\d)\s*\|.*\|\s*`(\w+)`\s*\|\s*(.+?)\s*\|\s*$", line)
-        if m:
+        if m and not m.group(1).startswith("H"):
             excerpt = m.group(3).strip()
             assert excerpt.startswith("\u201c") and excerpt.endswith("\u201d"), f"{m.group(1)}: quote the excerpt"
             rows[m.group(1)] = (m.group(2), excerpt[1:-1].replace("\\|", "|"))
@@ -238,6 +400,15 @@ def test_table_and_cases_match():
     assert len(rows) >= 20, f"RELIABILITY.md lists only {len(rows)} bad inputs"
     assert sorted(rows) == sorted(CASES), (f"table without case: {sorted(set(rows) - set(CASES))}; "
                                            f"case without row: {sorted(set(CASES) - set(rows))}")
+
+
+def test_hardening_rows_and_tests_match():
+    """Each row ``| H01 | ... |`` of the "Data kept" table is a test ``test_h01_...`` in test_hardening.py."""
+    rows = set(re.findall(r"^\|\s*(H\d\d)\s*\|", TABLE.read_text(encoding="utf-8"), flags=re.M))
+    tests = {m.upper() for m in re.findall(r"^def test_(h\d\d)_\w+\(", (REPO / "tests" / "test_hardening.py").read_text(
+        encoding="utf-8"), flags=re.M)}
+    assert len(rows) >= 10, f"RELIABILITY.md lists only {len(rows)} H rows"
+    assert rows == tests, f"row without test: {sorted(rows - tests)}; test without row: {sorted(tests - rows)}"
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -390,8 +561,8 @@ def test_disk_full_while_saving_keeps_the_old_artifact(tmp_path, monkeypatch):
 
 
 def test_disk_full_while_saving_model_weights_or_a_bundle(tmp_path, monkeypatch):
-    from mono_utils.store.bundle import export_bundle
     from mono_utils.core.model import load_weights, save_weights
+    from mono_utils.store.bundle import export_bundle
     lm = _tiny_lm()
     save_weights(lm, tmp_path / "w.safetensors")
     old = (tmp_path / "w.safetensors").read_bytes()

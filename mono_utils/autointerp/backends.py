@@ -5,18 +5,25 @@ Both speak the interface of :class:`mono_utils.autointerp_offline.OfflineBackend
 few-shot demonstrations in ``mono_utils/prompts/``. Every call goes through
 :meth:`LLMBackend.complete`, which
 
-* answers from an on-disk JSON cache keyed by the hash of the full request (a rerun costs
-  nothing; entries are written atomically and hold no key or header);
-* otherwise calls the API with a timeout, retrying with exponential backoff (and the
-  server's ``retry-after``) on 429, 408/409, 5xx, timeouts and refused connections, and
-  raises :class:`BackendUnavailableError` naming the endpoint once the retries are spent;
+* answers from an on-disk JSON cache keyed by the hash of the full request, the endpoint's
+  base URL included (a rerun costs nothing; entries are written atomically and hold no key
+  or header; caches stay on the machine: bundles never carry them);
+* otherwise calls the API with a timeout that bounds the *whole* call (a server that drips
+  a byte a second is cut off after ``timeout`` seconds, not kept alive read by read),
+  retrying with exponential backoff (and the server's ``retry-after``) on 429, 408/409, 5xx,
+  timeouts and refused connections, and raises :class:`BackendUnavailableError` naming the
+  endpoint once the retries are spent;
 * fails at once, clearly, on other 4xx replies (a bad key, an unknown model).
 
-A reply that cannot be parsed raises :class:`~mono_utils.autointerp.ParseFailure`, which the
-runner counts as a failed unit. API keys are read from the environment only.
+A reply that cannot be parsed (bytes that are not UTF-8, JSON of the wrong shape, an HTML
+page with status 200, a reply longer than ``MAX_REPLY_CHARS``, text without the expected
+answer) raises :class:`~mono_utils.autointerp.ParseFailure` naming the endpoint, which the
+runner counts as a failed unit; such a reply is never cached, so the next run asks again.
+API keys are read from the environment only.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -41,6 +48,7 @@ PROVIDERS = {
 }
 MODEL_ENV = "MONO_AUTOINTERP_MODEL"
 RETRY_STATUS = {408, 409, 429}
+MAX_REPLY_CHARS = 100_000   # a reply longer than this is a failure (and not cached)
 
 
 class MissingKeyError(ValueError):
@@ -53,6 +61,10 @@ class BackendError(RuntimeError):
 
 class BackendUnavailableError(ConnectionError):
     """The endpoint did not answer successfully after all retries."""
+
+
+class _WholeCallTimeout(Exception):
+    """A call took longer than the backend's timeout in all (however fast each read was)."""
 
 
 # ---------------------------------------------------------------- prompts
@@ -209,6 +221,7 @@ class LLMBackend:
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._client = None
+        self._ssl = None
         self.stats = {"calls": 0, "cache_hits": 0, "retries": 0, "parse_failures": 0,
                       "input_tokens": 0, "output_tokens": 0}
 
@@ -218,29 +231,67 @@ class LLMBackend:
             for k, v in kv.items():
                 self.stats[k] += v
 
+    def _make_client(self):
+        key = os.environ.get(self.api_key_env) if self.api_key_env else "no-key-needed"
+        if not key:
+            raise MissingKeyError(f"{self.api_key_env} is not set (it was unset after the backend was made)")
+        with self._lock:   # one TLS context for all clients: making one per client costs ~28 ms, sharing ~2 ms
+            if self._ssl is None:
+                import httpx  # lazy: only LLM runs need it
+                self._ssl = httpx.create_ssl_context(trust_env=True)
+        if self.provider == "anthropic":
+            import anthropic as sdk  # lazy: the SDKs are heavy and only LLM runs need them
+            cls = sdk.Anthropic
+        else:
+            import openai as sdk
+            cls = sdk.OpenAI
+        return cls(api_key=key, base_url=self.base_url, max_retries=0, timeout=self.timeout,
+                   http_client=sdk.DefaultHttpxClient(verify=self._ssl))
+
     def client(self):
+        """A shared SDK client (each call of :meth:`complete` uses its own, so that it can be cut off)."""
         with self._lock:
             if self._client is None:
-                key = os.environ.get(self.api_key_env) if self.api_key_env else "no-key-needed"
-                if not key:
-                    raise MissingKeyError(f"{self.api_key_env} is not set (it was unset after the backend was made)")
-                if self.provider == "anthropic":
-                    import anthropic  # lazy: optional backend
-                    self._client = anthropic.Anthropic(api_key=key, base_url=self.base_url,
-                                                       max_retries=0, timeout=self.timeout)
-                else:
-                    import openai  # lazy: optional backend
-                    self._client = openai.OpenAI(api_key=key, base_url=self.base_url,
-                                                 max_retries=0, timeout=self.timeout)
+                self._client = self._make_client()
             return self._client
 
     def request_key(self, system: str, messages: list[dict], max_tokens: int) -> str:
         req = {"provider": self.provider, "model": self.model, "system": system, "messages": messages,
                "max_tokens": max_tokens, "temperature": self.temperature}
+        if self.base_url:   # two servers never share replies (left out for the default URL: old keys stay valid)
+            req["base_url"] = self.base_url
         return hashlib.sha256(canonical_json(req).encode()).hexdigest()
 
-    def _request(self, system, messages, max_tokens) -> tuple[str, dict]:
-        c = self.client()
+    def _bounded_request(self, system, messages, max_tokens) -> tuple[str, dict]:
+        """:meth:`_request` on a fresh client in a worker thread, given up after ``timeout`` seconds in all.
+
+        The SDKs' own timeout applies to each read, so a server that drips a byte a second
+        would keep a call alive for minutes; here the call is abandoned at the deadline and its
+        client closed (the worker thread then ends at its next read).
+        """
+        c = self._make_client()
+        box: dict = {}
+
+        def run():
+            try:
+                box["ok"] = self._request(system, messages, max_tokens, c)
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                box["err"] = e
+        t = threading.Thread(target=run, name="mono-llm-call", daemon=True)
+        t.start()
+        t.join(self.timeout)
+        if t.is_alive():
+            with contextlib.suppress(Exception):
+                c.close()
+            raise _WholeCallTimeout(f"no complete reply within {self.timeout:g}s")
+        with contextlib.suppress(Exception):
+            c.close()
+        if "err" in box:
+            raise box["err"]
+        return box["ok"]
+
+    def _request(self, system, messages, max_tokens, client=None) -> tuple[str, dict]:
+        c = client if client is not None else self.client()
         if self.provider == "anthropic":
             extra = {"extra_body": {"temperature": self.temperature}} if self.temperature is not None else {}
             r = c.messages.create(model=self.model, max_tokens=max_tokens, system=system, messages=messages, **extra)
@@ -258,32 +309,48 @@ class LLMBackend:
             u = getattr(r, "usage", None)
             usage = {"input_tokens": getattr(u, "prompt_tokens", 0) or 0,
                      "output_tokens": getattr(u, "completion_tokens", 0) or 0}
+        if not isinstance(text, str):
+            raise TypeError(f"the reply's text is {type(text).__name__}")
         return text, usage
 
     def _where(self) -> str:
         return f"{self.provider} endpoint {self.base_url or '(the provider default)'} (model {self.model!r})"
 
-    def complete(self, system: str, messages: list[dict], max_tokens: int | None = None) -> str:
-        """The reply text for a request: from the cache, else from the API with retries."""
+    def complete(self, system: str, messages: list[dict], max_tokens: int | None = None, parse=None):
+        """The reply to a request, from the cache, else from the API with retries.
+
+        With ``parse`` (a parser raising :class:`ParseFailure`) the parsed reply is returned, and
+        a reply that does not parse is counted, raised and *not* cached (a cached entry that does
+        not parse, left by an older version, is asked again). Without it, the reply text.
+        """
         max_tokens = max_tokens or self.max_tokens
         key = self.request_key(system, messages, max_tokens)
         hit = self.cache.get(key)
         if hit is not None:
-            self._count(cache_hits=1)
-            return hit["text"]
+            try:
+                value = parse(hit["text"]) if parse is not None else hit["text"]
+            except ParseFailure:
+                value = hit = None
+            if hit is not None:
+                self._count(cache_hits=1)
+                return value
         import anthropic  # lazy: optional backend
         import openai  # lazy: optional backend
         status_errors = (anthropic.APIStatusError, openai.APIStatusError)
         conn_errors = (anthropic.APIConnectionError, openai.APIConnectionError)
         invalid = (anthropic.APIResponseValidationError, openai.APIResponseValidationError)
+        # what a reply that is not the API's format raises inside the SDKs or _request
+        not_the_format = (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError, KeyError,
+                          IndexError, ValueError, *invalid)
         last = None
         for attempt in range(self.max_retries + 1):
             self._count(calls=1)
             try:
-                text, usage = self._request(system, messages, max_tokens)
-            except (json.JSONDecodeError, *invalid) as e:
-                self._count(parse_failures=1)
-                raise ParseFailure(f"the reply did not match the API's format ({type(e).__name__})") from None
+                text, usage = self._bounded_request(system, messages, max_tokens)
+            except MissingKeyError:
+                raise
+            except _WholeCallTimeout as e:
+                last, retry_after = str(e), None
             except status_errors as e:
                 code = e.status_code
                 if code not in RETRY_STATUS and code < 500:
@@ -294,11 +361,28 @@ class LLMBackend:
                 last, retry_after = f"HTTP {code}", _retry_after(e)
             except conn_errors as e:
                 last, retry_after = type(e).__name__, None
+            except not_the_format as e:
+                self._count(parse_failures=1)
+                raise ParseFailure(f"{self._where()} sent a reply that is not the API's format "
+                                   f"({type(e).__name__}): counted as a failed unit; check that base_url "
+                                   f"points at an {self.provider}-compatible API") from None
             else:
                 self._count(input_tokens=usage["input_tokens"], output_tokens=usage["output_tokens"])
+                if len(text) > MAX_REPLY_CHARS:
+                    self._count(parse_failures=1)
+                    raise ParseFailure(f"{self._where()}: the reply of {len(text)} characters is longer than the "
+                                       f"{MAX_REPLY_CHARS}-character cap on a reply: counted as a failed unit, not "
+                                       f"cached")
+                value = text
+                if parse is not None:
+                    try:
+                        value = parse(text)
+                    except ParseFailure as e:
+                        self._count(parse_failures=1)
+                        raise ParseFailure(f"{e} (reply from {self._where()}; not cached)") from None
                 self.cache.put(key, {"provider": self.provider, "model": self.model, "text": text,
                                      "usage": usage, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
-                return text
+                return value
             if attempt < self.max_retries:
                 self._count(retries=1)
                 with self._lock:
@@ -314,26 +398,20 @@ class LLMBackend:
             f"http://127.0.0.1:8000/v1), wait and rerun (finished calls are cached), or use backend='offline'")
 
     # -- the autointerp interface
-    def _ask(self, task, inp, max_tokens=None) -> str:
+    def _ask(self, task, inp, parse, max_tokens=None):
         system, messages = build_messages(task, inp)
-        return self.complete(system, messages, max_tokens)
-
-    def _parsed(self, fn, *args):
-        try:
-            return fn(*args)
-        except ParseFailure:
-            self._count(parse_failures=1)
-            raise
+        return self.complete(system, messages, max_tokens, parse=parse)
 
     def explain(self, inp: ExplainInput) -> str:
-        return self._parsed(parse_explanation, self._ask("explain", inp))
+        return self._ask("explain", inp, parse_explanation)
 
     def simulate(self, inp: SimulateInput) -> list[list[float]]:
         budget = max(self.max_tokens, 4 * sum(len(x) for x in inp.examples) + 200)
-        return self._parsed(parse_simulation, self._ask("simulate", inp, budget), [len(x) for x in inp.examples])
+        lengths = [len(x) for x in inp.examples]
+        return self._ask("simulate", inp, lambda text: parse_simulation(text, lengths), budget)
 
     def label_logits(self, inp: LogitInput) -> list[bool]:
-        return self._parsed(parse_logit_labels, self._ask("logits", inp), len(inp.tokens))
+        return self._ask("logits", inp, lambda text: parse_logit_labels(text, len(inp.tokens)))
 
     def estimate(self, n_units: int, samples: list[tuple] = ()) -> dict:
         """Calls and (rough, chars/4) tokens for ``n_units``, from sample (explain, sim, logit) inputs."""

@@ -12,15 +12,42 @@ import torch
 
 
 def pick_device(device=None) -> torch.device:
-    """``device``, else ``$MONO_DEVICE`` (e.g. ``cpu`` to keep a GPU free), else CUDA when present."""
+    """``device``, else ``$MONO_DEVICE`` (e.g. ``cpu`` to keep a GPU free), else CUDA when present.
+
+    A device this torch cannot use (``cuda`` without CUDA, ``tpu``, a typo) is a ``ValueError``
+    that names where it came from (the argument or ``MONO_DEVICE``) and what to use instead.
+    """
+    source = "device" if device else "MONO_DEVICE"
     device = device or os.environ.get("MONO_DEVICE") or None
     if device is not None:
-        return torch.device(device)
+        return _check_device(device, source)
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+def _check_device(device, source: str) -> torch.device:
+    text = str(device).strip()
+    fix = "unset MONO_DEVICE or set MONO_DEVICE=cpu" if source == "MONO_DEVICE" else "pass device='cpu'"
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, TypeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"{source}={text!r} is not a device: use cpu, cuda, cuda:N or mps ({fix})")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{source}={text} asks for a GPU, but this torch has no CUDA (torch "
+                             f"{torch.__version__}{', CPU-only build' if torch.version.cuda is None else ''}, or no "
+                             f"GPU visible): {fix}")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{source}={text}: this machine has {torch.cuda.device_count()} GPU(s), "
+                             f"numbered from 0: use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"{source}={text} asks for Apple's GPU, which this torch cannot use: {fix}")
+    return dev
 
 
 @contextmanager

@@ -321,7 +321,7 @@ def _config_from(lens: dict, ours: dict, state: dict, folder: Path) -> SAEConfig
     for key in ("d_in", "d_sae"):
         if key not in lens:
             raise ValueError(f"{folder / SAELENS_CFG} has no {key!r}: it is not an SAE config")
-    d_in, d_sae = int(lens["d_in"]), int(lens["d_sae"])
+    d_in, d_sae = (_positive_int(lens[k], k, folder) for k in ("d_in", "d_sae"))
     expect = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,)}
     for name, shape in expect.items():
         if tuple(state[name].shape) != shape:
@@ -343,8 +343,17 @@ def _config_from(lens: dict, ours: dict, state: dict, folder: Path) -> SAEConfig
         return cfg
     meta = lens.get("metadata") or {}
     return SAEConfig(d_in=d_in, d_sae=d_sae, architecture="relu" if arch == "standard" else "topk",
-                     k=int(lens.get("k", 32)), hook_name=meta.get("hook_name", HOOK_MLP_POST),
+                     k=_positive_int(lens.get("k", 32), "k", folder), hook_name=meta.get("hook_name", HOOK_MLP_POST),
                      model_name=meta.get("model_name", "unknown"), input_scale=1.0)
+
+
+def _positive_int(v, key: str, folder: Path) -> int:
+    """A cfg.json size: an integer (or an integral number) > 0; NaN, Infinity, text... are damage."""
+    ok = (not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and v == int(v) and v > 0)
+    if not ok:
+        raise ValueError(f"{folder / SAELENS_CFG}: {key} is {v!r}, not a positive integer: the config is damaged "
+                         f"or not an SAE's; fix it or re-save the SAE")
+    return int(v)
 
 
 def load_json_cfg(folder: str | Path) -> dict:

@@ -42,7 +42,16 @@ def load_tokenizer(folder: str | Path):
     if not (folder / "tokenizer.json").exists():
         raise FileNotFoundError(f"{folder} holds no tokenizer.json: build the tokenizer first "
                                 f"(mono_utils.pipeline.get_tokenizer)")
-    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - tokenizers/transformers raise many kinds of errors on bad files
+        raise ValueError(f"{folder / 'tokenizer.json'} is damaged or not a tokenizer ({type(e).__name__}: "
+                         f"{str(e)[:200]}): delete the tokenizer's artifact folder and rebuild it") from None
+    if len(tok) <= 1 or not tok("a b", add_special_tokens=False)["input_ids"]:
+        raise ValueError(f"{folder / 'tokenizer.json'} has an empty vocabulary ({len(tok)} entries; it would "
+                         f"encode every text to []): the file is damaged; delete the tokenizer's artifact "
+                         f"folder and rebuild it")
+    return tok
 
 
 def encode(tokenizer, text: str) -> list[int]:

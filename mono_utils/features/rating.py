@@ -1,11 +1,19 @@
 """Blinded human rating of features and neurons with the paper's rubric (max 14), for a classroom.
 
 A ``RatingSession`` draws a seeded random mix of live features and neurons, hides which is
-which, and records each rating to ``data/ratings/<rater>.csv`` right away (the whole file is
-rewritten atomically, so an interruption never leaves half a row). A session restarted with
-the same rater, seed and SAE resumes at the first unrated unit. ``load_ratings`` reads many
-raters' files, keeps every good row and reports the bad ones; ``summary``, ``unblind_figure``
-and ``agreement`` unblind the result.
+which, and records each rating to ``data/ratings/<rater>.csv`` right away. The file is
+append-only: each rating is one line appended (and fsynced) under a lock, so two sessions of
+one rater (two browser tabs, a restarted kernel with an old form open) never drop each other's
+rows, and a row is never lost by a rewrite. Re-rating an item appends a newer row; readers keep
+the newest row of each (rater, seed, SAE, item). A session restarted with the same rater, seed
+and SAE resumes at the first unrated unit. ``load_ratings`` reads many raters' files, keeps
+every good row and reports the bad ones (a damaged line stays in the file for a human to see);
+``summary``, ``unblind_figure`` and ``agreement`` unblind the result.
+
+Interpretations are capped at ``MAX_INTERPRETATION`` characters at entry (a clear error, never a
+silent cut). An interpretation that starts with ``=``, ``+``, ``-`` or ``@`` is saved with a
+leading apostrophe (``'=1+1``) so that a spreadsheet opening the class's CSVs shows it as text
+instead of running it as a formula (CSV injection); it is read back with the apostrophe.
 
 Rubric (Bricken et al. 2023): confidence 0-3, activation consistency 0-5, logit consistency
 0-3, effect-size separation 0-1 (only when logit consistency < 3; otherwise not applicable),
@@ -25,7 +33,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from ..store.artifacts import atomic_write_text, repo_root
+from ..store.artifacts import file_lock, repo_root
 
 RUBRIC = {  # name: (max, question)
     "confidence": (3, "Confidence in the interpretation"),
@@ -38,6 +46,8 @@ RUBRIC = {  # name: (max, question)
 SCORES = list(RUBRIC)
 MAX_TOTAL = 14
 FIELDS = ["rater", "seed", "sae", "item", "kind", "unit", "interpretation", *SCORES, "total", "timestamp"]
+MAX_INTERPRETATION = 2000        # characters; the csv module's field limit is 131072
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")   # a spreadsheet runs a cell starting with these
 
 
 def default_folder() -> Path:
@@ -50,9 +60,10 @@ def rater_file(rater: str, folder: str | Path | None = None) -> Path:
     name = (rater or "").strip()
     if not name:
         raise ValueError("the rater name is empty: type your name (letters, digits, - or _) so your ratings get their own file")
-    if not re.fullmatch(r"[A-Za-z0-9_\-]{1,64}", name):
-        raise ValueError(f"rater name {rater!r} may only use letters, digits, '-' and '_' (it names the file "
-                         f"data/ratings/<rater>.csv): try {re.sub(r'[^A-Za-z0-9_-]', '_', name)[:64]!r}")
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_\-]{0,63}", name):
+        raise ValueError(f"rater name {rater!r} may only use letters, digits, '-' and '_', not starting with '-' "
+                         f"(it names the file data/ratings/<rater>.csv): try "
+                         f"{re.sub(r'[^A-Za-z0-9_-]', '_', name).lstrip('-')[:64] or 'rater1'!r}")
     return Path(folder or default_folder()) / f"{name}.csv"
 
 
@@ -99,16 +110,19 @@ def read_ratings(path: str | Path) -> tuple[list[dict], list[str]]:
     if header != FIELDS:
         problems.append(f"{path.name} line 1: header is not {','.join(FIELDS)}; reading the lines as data")
         start = 0 if len(header) == len(FIELDS) and header[0] != "rater" else 1
-    rows = []
+    rows: dict[tuple, dict] = {}
     for n, line in enumerate(lines[start:], start=start + 1):
         if not line.strip():
             continue
         try:
-            vals = next(csv.reader([line]))
-            rows.append(_parse_row(vals))
+            r = _parse_row(next(csv.reader([line])))
         except (ValueError, csv.Error, StopIteration) as e:
             problems.append(f"{path.name} line {n}: {e} (line skipped: {line[:60]!r})")
-    return rows, problems
+            continue
+        key = (r["rater"], r["seed"], r["sae"], r["item"])
+        rows.pop(key, None)         # the newest row of an item wins (re-ratings are appended)
+        rows[key] = r
+    return list(rows.values()), problems
 
 
 def _parse_row(vals: list[str]) -> dict:
@@ -127,13 +141,41 @@ def _parse_row(vals: list[str]) -> dict:
     return r
 
 
-def _format(rows: list[dict]) -> str:
+def _format(rows: list[dict], header: bool = True) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(FIELDS)
+    if header:
+        w.writerow(FIELDS)
     for r in rows:
         w.writerow(["" if r.get(k) is None else r[k] for k in FIELDS])
     return buf.getvalue()
+
+
+def neutralise(text: str) -> str:
+    """``text`` made safe for a spreadsheet: a leading ``= + - @`` (or tab/CR) gets an apostrophe."""
+    return "'" + text if text[:1] in FORMULA_START else text
+
+
+def append_rows(path: str | Path, rows: list[dict]) -> None:
+    """Append ``rows`` to a ratings file under a lock, fsynced; nothing already in the file is rewritten.
+
+    A missing or empty file gets the header first; a file whose last line was cut (a crash
+    mid-write) gets a newline first, so the cut line stays one damaged line and the new rows
+    stay whole.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(path.parent / f".{path.name}.lock"):
+        with open(path, "ab") as f:
+            size = f.seek(0, os.SEEK_END)
+            lead = b""
+            if size:
+                with open(path, "rb") as r:
+                    r.seek(size - 1)
+                    lead = b"" if r.read(1) == b"\n" else b"\n"
+            f.write(lead + _format(rows, header=size == 0).encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
 
 
 # ---------------------------------------------------------------- a session
@@ -162,7 +204,6 @@ class RatingSession:
         self.sae_id = sae_id or (index.info.get("sae") if getattr(index, "info", None) else None) or "sae"
         self.plan = draw_units(index, n_features, n_neurons, seed)
         self.rows, self.problems = read_ratings(self.path)
-        self._rejected = list(self.problems)
 
     def _mine(self, r: dict) -> bool:
         return r["rater"] == self.rater and r["seed"] == self.seed and r["sae"] == self.sae_id
@@ -194,20 +235,18 @@ class RatingSession:
         if not 0 <= item < len(self.plan):
             raise ValueError(f"item {item} is outside this session's {len(self.plan)} units")
         total = rubric_total(confidence, activation_consistency, logit_consistency, effect_separation, specificity)
+        text = " ".join(str(interpretation or "").split())
+        if len(text) > MAX_INTERPRETATION:
+            raise ValueError(f"the interpretation is {len(text)} characters long: keep it to at most "
+                             f"{MAX_INTERPRETATION} (a sentence or two); nothing was saved")
         kind, unit = self.plan[item]
         row = {"rater": self.rater, "seed": self.seed, "sae": self.sae_id, "item": item, "kind": kind, "unit": unit,
-               "interpretation": " ".join(str(interpretation or "").split()), "confidence": confidence,
+               "interpretation": neutralise(text), "confidence": confidence,
                "activation_consistency": activation_consistency, "logit_consistency": logit_consistency,
                "effect_separation": None if logit_consistency >= 3 else (effect_separation or 0),
                "specificity": specificity, "total": total, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        rows = [r for r in self.rows if not (self._mine(r) and r["item"] == item)] + [row]
-        if self._rejected:  # keep the damaged lines for a human, outside the CSV
-            side = self.path.with_suffix(".rejected.txt")
-            old = side.read_text(encoding="utf-8") if side.exists() else ""
-            atomic_write_text(side, old + "\n".join(self._rejected) + "\n")
-            self._rejected = []
-        atomic_write_text(self.path, _format(rows))
-        self.rows = rows
+        append_rows(self.path, [row])
+        self.rows, self.problems = read_ratings(self.path)   # other tabs' rows too
         return row
 
     def progress(self) -> str:

@@ -32,6 +32,11 @@ from ..core.model import HOOK_MLP_POST
 from ..core.tokenizer import EOT, decode, encode, str_tokens
 
 MODES = ("clamp", "add", "ablate")
+# Documented ranges. A feature's activations are in the tens (the widget's sliders span a few
+# times a feature's max), so |value| <= MAX_STEER leaves room for any experiment while keeping
+# float32 far from overflow; temperatures below MIN_TEMPERATURE overflow the softmax (use 0: greedy).
+MAX_STEER = 1e4
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 100.0
 
 
 # ---------------------------------------------------------------- interventions
@@ -54,6 +59,10 @@ class Intervention:
         if not math.isfinite(v):
             raise ValueError(f"steering value for feature {self.feature} is {v}: use a finite "
                              f"number (e.g. a multiple of the feature's max activation)")
+        if abs(v) > MAX_STEER:
+            raise ValueError(f"steering value {v:g} for feature {self.feature} is outside the documented range "
+                             f"-{MAX_STEER:.0f}..{MAX_STEER:.0f} (a feature's activations are in the tens): use a "
+                             f"smaller multiple of the feature's max activation")
         object.__setattr__(self, "value", v)
         object.__setattr__(self, "feature", int(self.feature))
         if self.positions is not None:
@@ -289,6 +298,27 @@ def one_thread(n: int | None = 1):
             torch.set_num_threads(old)
 
 
+def check_temperature(temperature) -> float:
+    """0 (greedy) or MIN_TEMPERATURE..MAX_TEMPERATURE; anything else is a ValueError saying so."""
+    t = float(temperature)
+    if t < 0:
+        raise ValueError(f"temperature {t} is negative: use 0 for greedy decoding or a positive value (e.g. 0.8)")
+    if 0 < t < MIN_TEMPERATURE:
+        raise ValueError(f"temperature {temperature:g} is too small (it overflows the softmax): use 0 for greedy "
+                         f"decoding or a value from {MIN_TEMPERATURE:g} to {MAX_TEMPERATURE:g}")
+    if t > MAX_TEMPERATURE:
+        raise ValueError(f"temperature {t:g} is too large (the text would be noise): use at most {MAX_TEMPERATURE:g}")
+    return t
+
+
+def check_logits(logits: torch.Tensor, step: int) -> torch.Tensor:
+    """The next-token logits, or a ValueError when they are not finite (both backends call this)."""
+    if not torch.isfinite(logits).all():
+        raise ValueError(f"the steered model's next-token logits are not finite (NaN or Inf) at new token {step + 1}: "
+                         f"the interventions push the activations too far; use smaller values")
+    return logits
+
+
 def pick_token(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
                g: torch.Generator) -> int:
     """One next token from logits [V], exactly as ``mono_utils.model.sample`` does (plus top-p)."""
@@ -364,6 +394,7 @@ def generate(model, tokenizer, sae, prompt: str, interventions=(), *, max_new_to
     for name, v in (("temperature", temperature), ("top_p", top_p)):
         if v is not None and not math.isfinite(float(v)):
             raise ValueError(f"{name} is {v}: use a finite number")
+    check_temperature(temperature)
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if top_k is not None and top_k < 0:
@@ -397,7 +428,7 @@ def generate(model, tokenizer, sae, prompt: str, interventions=(), *, max_new_to
             for step in range(max_new_tokens):
                 if f is not None and tracked:
                     rec.append(f[0].float())
-                last = logits[0, -1]
+                last = check_logits(logits[0, -1], step)
                 if first is None:
                     first = last.clone()
                 nxt = pick_token(last, temperature, top_k, top_p, g)
@@ -411,7 +442,7 @@ def generate(model, tokenizer, sae, prompt: str, interventions=(), *, max_new_to
                 for step in range(max_new_tokens):
                     record.clear()
                     logits = model(torch.tensor([ids]))
-                    last = logits[0, -1].float()
+                    last = check_logits(logits[0, -1].float(), step)
                     if record and tracked:
                         rec.append(record[-1][0, (0 if first is None else -1):].float())
                     if first is None:

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..core.tokenizer import str_tokens
 from .catalog import DEMO_PROMPT, FeatureCatalog
-from .interventions import MODES, FastLM, Intervention, generate, next_token_shift, one_thread
+from .interventions import MAX_STEER, MODES, FastLM, Intervention, generate, next_token_shift, one_thread
 
 
 def next_token_figure(first_logits, tokenizer, k: int = 12, title: str = "next-token probabilities"):
@@ -144,7 +144,7 @@ class SteeringWidget:
     def _range(self, feature: int) -> tuple[float, float]:
         mx = float(self.catalog.max_act[feature])
         mx = mx if np.isfinite(mx) and mx > 0 else 1.0
-        return mx, self.range_k.value * mx
+        return mx, min(MAX_STEER, self.range_k.value * mx)    # sliders stay inside the documented range
 
     def add_feature(self, feature, value: float | None = None, refresh: bool = True):
         """Add a slider for ``feature`` (value defaults to its max activation)."""

@@ -23,6 +23,9 @@ from safetensors.torch import save
 ARTIFACTS_ENV = "MONO_ARTIFACTS"
 MANIFEST = "MANIFEST.json"
 UNHASHED = {MANIFEST, "metrics.json"}  # metrics may be extended after the build
+# Folders of the store that hold caches, not artifacts: never listed, exported or imported.
+CACHE_KINDS = ("autointerp-cache", "activations")
+LOCAL_FOLDERS = CACHE_KINDS + ("build-logs",)   # ... and the logs of build --jobs N
 
 
 class ArtifactError(RuntimeError):
@@ -35,6 +38,9 @@ def repo_root() -> Path:
 
 def default_root() -> Path:
     env = os.environ.get(ARTIFACTS_ENV)
+    if env and Path(env).exists() and not Path(env).is_dir():
+        raise ValueError(f"{ARTIFACTS_ENV}={env} is a file, not a folder: point {ARTIFACTS_ENV} at the artifact "
+                         f"store's folder (or unset it to use data/artifacts)")
     return Path(env) if env else repo_root() / "data" / "artifacts"
 
 
@@ -174,7 +180,9 @@ def verify_folder(folder: Path, deep: bool = False) -> list[str]:
 
     Every file's size is checked and its sha256 recomputed, except that files over 64 MB
     whose modification time is unchanged since the build skip the hash (a 1 GB index would
-    otherwise cost seconds on every load); ``deep=True`` hashes everything.
+    otherwise cost seconds on every load); ``deep=True`` hashes everything. A MANIFEST that is
+    malformed, lists nothing, or leaves out a file of the folder, and a symbolic link anywhere in
+    the folder, are damage too (the build rebuilds such a folder; export leaves it out).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -184,12 +192,23 @@ def verify_folder(folder: Path, deep: bool = False) -> list[str]:
         return [f"{folder} has no {MANIFEST}: it is partial (a build was interrupted)"]
     try:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
-        files = manifest["files"]
     except Exception as e:  # noqa: BLE001 - any damage means "corrupt"
         return [f"{mpath} is unreadable ({e})"]
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    malformed = _manifest_problem(files)
+    if malformed:
+        return [f"{mpath} is malformed ({malformed}): the artifact is damaged"]
     problems = []
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder).as_posix()
+        if p.is_symlink():
+            problems.append(f"{rel} is a symbolic link (an artifact holds only regular files)")
+        elif p.is_file() and rel not in files and rel not in UNHASHED and not p.name.startswith("."):
+            problems.append(f"{rel} is not listed in {MANIFEST} (added after the build?)")
     for rel, meta in files.items():
         p = folder / rel
+        if p.is_symlink():
+            continue                        # reported above
         if not p.is_file():
             problems.append(f"{rel} is missing")
         elif p.stat().st_size != meta["size"]:
@@ -202,9 +221,31 @@ def verify_folder(folder: Path, deep: bool = False) -> list[str]:
     return problems
 
 
+def _manifest_problem(files) -> str | None:
+    """Why a MANIFEST's ``files`` is not a non-empty {relative path: {size, sha256}} map (None: it is)."""
+    if not isinstance(files, dict):
+        return f"'files' is {type(files).__name__}, not a mapping of file names"
+    if not files:
+        return "it lists no files"
+    for rel, meta in files.items():
+        if not isinstance(rel, str) or not rel or rel.startswith("/") or ".." in rel.split("/") or "\\" in rel:
+            return f"entry {rel!r} is not a relative file name"
+        if not isinstance(meta, dict):
+            return f"entry {rel!r} is not a mapping"
+        size, digest = meta.get("size"), meta.get("sha256")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            return f"entry {rel!r} has no valid size"
+        if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+            return f"entry {rel!r} has no valid sha256"
+    return None
+
+
 class ArtifactStore:
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root is not None else default_root()
+        if self.root.exists() and not self.root.is_dir():
+            raise ValueError(f"the artifact store {self.root} is a file, not a folder: give a folder "
+                             f"(--artifacts or ${ARTIFACTS_ENV})")
 
     def path(self, kind: str, name: str, config: dict) -> Path:
         return self.root / kind / f"{name}-{config_hash(config)}"
@@ -222,6 +263,8 @@ class ArtifactStore:
         one is in place, so a failed rebuild loses nothing that was intact.
         """
         final = self.path(kind, name, config)
+        if not force and not verify_folder(final):
+            return final        # complete: no lock needed (a read-only store can be read)
         lock = final.parent / f".lock-{final.name}"
         with file_lock(lock):
             if not force:
@@ -277,7 +320,8 @@ class ArtifactStore:
         out = []
         if not self.root.exists():
             return out
-        for kind_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
+        for kind_dir in sorted(p for p in self.root.iterdir()
+                               if p.is_dir() and p.name not in LOCAL_FOLDERS and not p.name.startswith(".")):
             for folder in sorted(p for p in kind_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
                 problems = verify_folder(folder)
                 size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())

@@ -5,11 +5,16 @@ A bundle is a plain tar file (``.tar``, or gzip-compressed when the name ends in
 whose first member is ``bundle.json``: the format version, and the size and sha256 of every
 other member. The members are ``artifacts/<kind>/<folder>/<file>`` for every *complete* artifact
 folder of the store (corpus, tokenizer, tokens + corpus manifest, models, SAEs, indexes, ...).
+Only regular files inside the store travel: an artifact holding a symbolic link (or linked in
+from elsewhere) is left out as damaged, and caches (the LLM replies of ``autointerp-cache/``,
+``activations/``) and build logs never travel.
 
 Import is defensive: nothing is unpickled (files are only copied; ``.npy`` headers are checked
 for object arrays and only data formats are accepted); links, devices, absolute paths and
 ``..`` are refused; every file must be listed with the right size and sha256, and every listed
-file must be present; each artifact folder must then pass its own ``MANIFEST.json`` check.
+file must be present; each artifact folder must then pass its own ``MANIFEST.json`` check and
+hold the ``config.json`` naming its kind. Members under a cache folder are refused, and so is a
+bundle that would not fit on the disk or lists over ``MAX_EXPANSION`` times its size (a gzip bomb).
 Everything is unpacked into hidden staging folders first and renamed into place only when the
 whole bundle has verified, so a tampered, truncated or partial bundle changes nothing.
 """
@@ -31,7 +36,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from .. import __version__
-from .artifacts import ArtifactStore, atomic_output, file_lock, sha256_file, verify_folder
+from .artifacts import LOCAL_FOLDERS, ArtifactStore, atomic_output, file_lock, sha256_file, verify_folder
 
 FORMAT = "mono-bundle"
 VERSION = 1
@@ -39,6 +44,9 @@ INDEX = "bundle.json"
 PREFIX = "artifacts"
 ALLOWED_SUFFIXES = {".json", ".jsonl", ".npy", ".safetensors", ".txt", ".md", ".csv"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,200}$")
+_ARTIFACT_FOLDER = re.compile(r"^.+-[0-9a-f]{12}$")   # <name>-<config hash>, as ArtifactStore.path names it
+FREE_SPACE_MARGIN = 64 * 2**20   # an import leaves at least this much of the disk free
+MAX_EXPANSION = 200              # real bundles unpack to a few times their size; a gzip bomb to 1000x
 _CHUNK = 1 << 20
 
 
@@ -58,7 +66,12 @@ def export_bundle(path: str | Path, store: ArtifactStore | None = None, *,
     path = Path(path)
     if path.exists() and path.is_dir():
         raise ValueError(f"{path} is a folder: give a file name such as {path / 'artifacts.tar'}")
-    entries = [e for e in store.entries() if kinds is None or e["kind"] in kinds]
+    entries = [e for e in store.entries() if (kinds is None or e["kind"] in kinds) and e["kind"] not in LOCAL_FOLDERS]
+    root = Path(store.root).resolve()
+    for e in entries:   # an artifact folder that is a link, or leads out of the store, is not exported
+        folder = Path(e["path"])
+        if e["ok"] and (folder.is_symlink() or root not in folder.resolve().parents):
+            e["ok"], e["problems"] = False, [f"{folder} is a symbolic link or lies outside the store {root}"]
     skipped = [e for e in entries if not e["ok"]]
     good = [e for e in entries if e["ok"]]
     if not good:
@@ -72,8 +85,8 @@ def export_bundle(path: str | Path, store: ArtifactStore | None = None, *,
         folder = Path(e["path"])
         listed = []
         for p in sorted(folder.rglob("*")):
-            if not p.is_file() or p.name.startswith("."):
-                continue
+            if p.is_symlink() or p.name.startswith(".") or not p.is_file():
+                continue    # verify_folder already counts a link as damage: only regular files travel
             rel = p.relative_to(folder).as_posix()
             if Path(rel).suffix not in ALLOWED_SUFFIXES:
                 raise ValueError(f"{p}: files of type {Path(rel).suffix or '(none)'} are not exported "
@@ -136,6 +149,17 @@ def _safe_member_name(name: str) -> tuple[str, str, str]:
     return parts[1], parts[2], "/".join(parts[3:])
 
 
+def _check_artifact_member(name: str) -> None:
+    """A listed member belongs to an artifact folder of a kind that export writes (never a cache)."""
+    kind, folder, _ = _safe_member_name(name)
+    if kind in LOCAL_FOLDERS:
+        raise BundleError(f"refusing member {name!r}: {kind} is not an artifact kind but a local cache or log folder "
+                          f"(caches never travel in a bundle); get the bundle from python -m mono_utils export")
+    if not _ARTIFACT_FOLDER.match(folder):
+        raise BundleError(f"refusing member {name!r}: {kind}/{folder} is not an artifact kind/folder "
+                          f"(<name>-<config hash>) that export writes; get a fresh bundle")
+
+
 def _check_npy(path: Path) -> None:
     with open(path, "rb") as f:
         try:
@@ -160,6 +184,9 @@ def _read_index(tar: tarfile.TarFile, first: tarfile.TarInfo | None) -> dict:
         index = json.loads(tar.extractfile(first).read().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BundleError(f"{INDEX} is not valid JSON ({e}): the bundle is damaged") from e
+    except RecursionError:
+        raise BundleError(f"{INDEX} is nested too deeply to be a bundle index: the bundle is damaged or "
+                          f"hostile; get a fresh copy") from None
     if not isinstance(index, dict) or index.get("format") != FORMAT:
         raise BundleError(f"not a mono_utils bundle ({INDEX} has no format {FORMAT!r})")
     if index.get("version") != VERSION:
@@ -169,11 +196,25 @@ def _read_index(tar: tarfile.TarFile, first: tarfile.TarInfo | None) -> dict:
     if not isinstance(files, dict) or not files:
         raise BundleError(f"{INDEX} lists no files: the bundle is empty or damaged")
     for name, meta in files.items():
-        _safe_member_name(name)
+        _check_artifact_member(name)
         if not (isinstance(meta, dict) and isinstance(meta.get("size"), int) and meta["size"] >= 0
                 and isinstance(meta.get("sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", meta["sha256"])):
             raise BundleError(f"{INDEX}: entry for {name} lacks a valid size/sha256")
     return index
+
+
+def _check_free_space(index: dict, root: Path, bundle_bytes: int) -> None:
+    """Refuse before unpacking anything if the listed files would not fit, or look like a gzip bomb."""
+    need = sum(meta["size"] for meta in index["files"].values())
+    if need > MAX_EXPANSION * bundle_bytes + _CHUNK:
+        raise BundleError(f"the bundle lists {need / 2**20:.0f} MB of files in a {bundle_bytes / 2**20:.1f} MB file "
+                          f"(over {MAX_EXPANSION} times its size: a decompression bomb?): refused; get a fresh "
+                          f"copy from whoever exported it")
+    free = shutil.disk_usage(root).free
+    if need + FREE_SPACE_MARGIN > free:
+        raise BundleError(f"the bundle unpacks to {need / 2**20:.0f} MB but only {free / 2**20:.0f} MB are free in "
+                          f"{root} (keeping {FREE_SPACE_MARGIN >> 20} MB spare): free some space or import into "
+                          f"another store (--artifacts)")
 
 
 def import_bundle(path: str | Path, store: ArtifactStore | None = None, *, sha256: str | None = None,
@@ -234,6 +275,7 @@ def _unpack_verified(path: Path, stage: "_Stage") -> set[tuple[str, str]]:
     try:
         with tar:
             index = _read_index(tar, tar.next())
+            _check_free_space(index, stage.root, path.stat().st_size)
             files = index["files"]
             while True:
                 member = tar.next()
@@ -282,10 +324,23 @@ def _unpack_verified(path: Path, stage: "_Stage") -> set[tuple[str, str]]:
                           f"(e.g. {missing[0]}); copy it again or re-export it")
     for kind, folder in sorted(folders):
         problems = verify_folder(stage / kind / folder)
+        if not problems:
+            problems = _config_problems(stage / kind / folder, kind)
         if problems:
             raise BundleError(f"artifact {kind}/{folder} in the bundle is not complete: "
                               f"{'; '.join(problems[:3])}; re-export it from an intact store")
     return folders
+
+
+def _config_problems(folder: Path, kind: str) -> list[str]:
+    """An artifact folder holds the config.json that ArtifactStore.get_or_build writes (its kind included)."""
+    try:
+        cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return ["its config.json is missing or unreadable"]
+    if not isinstance(cfg, dict) or cfg.get("kind") != kind:
+        return [f"its config.json does not name the kind {kind!r}"]
+    return []
 
 
 def _commit(stage: "_Stage", folders: set[tuple[str, str]], store: ArtifactStore, verbose: bool) -> list[Path]:

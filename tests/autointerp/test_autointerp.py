@@ -7,11 +7,24 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from mono_utils.autointerp.protocol import (EvalCorpus, ExplainInput, ParseFailure, ProtocolConfig, SimulateInput,
-                                   explain_input, logit_test_tokens, quantise, score_simulation, select_examples,
-                                   simulate_input, weighted_pearson, weighted_rank, weighted_spearman)
 from mono_utils.autointerp.backends import build_messages, get_backend, render_explain
 from mono_utils.autointerp.offline import OfflineBackend
+from mono_utils.autointerp.protocol import (
+    EvalCorpus,
+    ExplainInput,
+    ParseFailure,
+    ProtocolConfig,
+    SimulateInput,
+    explain_input,
+    logit_test_tokens,
+    quantise,
+    score_simulation,
+    select_examples,
+    simulate_input,
+    weighted_pearson,
+    weighted_rank,
+    weighted_spearman,
+)
 from mono_utils.autointerp.run import ArraySource, randomized_model, run_unit, score_units, summarize
 
 
@@ -291,6 +304,7 @@ def test_widget_and_figures_offline():
 def test_cached_offline_scores_equal_direct_then_load(tiny_model, tmp_path, monkeypatch):
     import pandas as pd
     from _mono_standins import planted_index
+
     from mono_utils.autointerp import run as ar
     from mono_utils.store.artifacts import ArtifactStore
     idx, _ = planted_index(tiny_model, tmp_path, rows=60)
@@ -370,8 +384,8 @@ def test_ceiling_table_sets_offline_scores_beside_the_oracles():
 
 
 def test_budget_curve_limits_the_explanation():
-    from mono_utils.autointerp.protocol import ExplainInput
     from mono_utils.autointerp.experiments import budget_curve
+    from mono_utils.autointerp.protocol import ExplainInput
     from mono_utils.autointerp.widget import budget_figure
     corpus, rng = word_corpus(vocab=20)
     src = ArraySource(corpus, planted_units(corpus, rng))

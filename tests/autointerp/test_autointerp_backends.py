@@ -16,9 +16,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mono_utils.autointerp.backends import (
+    BackendError,
+    BackendUnavailableError,
+    LLMBackend,
+    MissingKeyError,
+    get_backend,
+    parse_explanation,
+    parse_logit_labels,
+    parse_simulation,
+)
 from mono_utils.autointerp.protocol import EvalCorpus, ParseFailure
-from mono_utils.autointerp.backends import (BackendError, BackendUnavailableError, LLMBackend, MissingKeyError,
-                                            get_backend, parse_explanation, parse_logit_labels, parse_simulation)
 from mono_utils.autointerp.run import ArraySource, score_units, summarize
 
 KEY = "sk-test-SECRET-7f3a9c1e5b"

@@ -1,6 +1,5 @@
 """Fixtures for the real-browser tests (see harness.py); every test here is marked ``browser``."""
 import pytest
-
 from harness import browser_artifacts, browser_context, lab, lab_page, voila_page  # noqa: F401
 
 

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 import torch
-
 from _mono_standins import StandInSAE, random_tokens
+
+from mono_utils.build.saes import ultralow_cutoff, ultralow_mask
 from mono_utils.core.index import ActivationIndex, build_index, build_index_arrays
 from mono_utils.core.model import model_config_of
-from mono_utils.build.saes import ultralow_cutoff, ultralow_mask
 
 
 def _dense_sparse(n_tok, n_units, seed=0, density=0.1):
@@ -119,9 +119,9 @@ def test_index_takes_the_sae_ultralow_set(tmp_path):
 
     import numpy as np
     import torch
+    from _mono_standins import random_index
     from safetensors.torch import save_file
 
-    from _mono_standins import random_index
     from mono_utils.store.results import input_id
     idx = random_index(n_features=30)
     idx.folder = tmp_path / "indexA"

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from mono_utils.core.metrics import density_histogram, evaluate_sae, fvu, kl_divergence, loss_recovered
-from mono_utils.core.sae import SAEConfig, SparseAutoencoder
 from mono_utils.core.model import set_model_folder
+from mono_utils.core.sae import SAEConfig, SparseAutoencoder
 
 torch.set_num_threads(1)
 

@@ -116,9 +116,8 @@ def test_bad_training_data():
 
 
 def test_get_sae_builds_an_artifact_on_smoke(smoke_preset, smoke_store):
+    from mono_utils.build.saes import feature_density, get_sae, sae_history, sae_metrics
     from mono_utils.core.sae import SparseAutoencoder
-    from mono_utils.build.saes import feature_density, sae_history, sae_metrics
-    from mono_utils.build.saes import get_sae
     kw = dict(d_sae=256, total_tokens=40_960, store=smoke_store, progress=False)
     sae = get_sae(smoke_preset, which="A", **kw)
     folder = sae.folder
@@ -138,8 +137,11 @@ def test_get_sae_builds_an_artifact_on_smoke(smoke_preset, smoke_store):
 def test_pick_device_reads_mono_device(monkeypatch):
     """$MONO_DEVICE wins over the automatic choice; an explicit device wins over both."""
     from mono_utils.core.device import deterministic, device_name, pick_device
-    monkeypatch.setenv("MONO_DEVICE", "meta")
-    assert pick_device().type == "meta"
+    monkeypatch.setenv("MONO_DEVICE", "cpu")
+    with monkeypatch.context() as m:     # a GPU present: $MONO_DEVICE=cpu still wins
+        m.setattr(torch.cuda, "is_available", lambda: True)
+        assert pick_device().type == "cpu"
+    monkeypatch.setenv("MONO_DEVICE", "cuda")
     assert pick_device("cpu").type == "cpu"
     monkeypatch.delenv("MONO_DEVICE")
     assert pick_device().type in ("cpu", "cuda")

@@ -3,8 +3,8 @@ import time
 import numpy as np
 import pytest
 import torch
-
 from _mono_standins import CharTokenizer, StandInSAE, planted_index
+
 from mono_utils.features import dashboards as db
 
 

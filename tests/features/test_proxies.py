@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
-
 from _mono_standins import random_tokens
+
+from mono_utils.core.index import ActivationIndex, build_index_arrays
 from mono_utils.features import proxies as px
 from mono_utils.features import proxy_plots as pp
-from mono_utils.core.index import ActivationIndex, build_index_arrays
 
 
 def _enc(tok, text):
@@ -109,6 +109,7 @@ def _fail(*a, **k):
 def test_cached_proxy_table_equals_direct_then_loads(tok, tiny_model, tmp_path, monkeypatch):
     import pandas as pd
     from _mono_standins import planted_index
+
     from mono_utils.store.artifacts import ArtifactStore
     idx, _ = planted_index(tiny_model, tmp_path)
     store = ArtifactStore(tmp_path / "art")
@@ -134,7 +135,9 @@ def test_cached_proxy_table_equals_direct_then_loads(tok, tiny_model, tmp_path, 
 
 def test_get_proxy_table_writes_metrics(tok, tiny_model, tmp_path):
     import json
+
     from _mono_standins import planted_index
+
     from mono_utils.store.artifacts import ArtifactStore
     idx, _ = planted_index(tiny_model, tmp_path)
     table, masks = px.get_proxy_table("smoke", ArtifactStore(tmp_path / "art"), index=idx, tokenizer=tok,

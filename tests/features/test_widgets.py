@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
-
 from _mono_standins import CharTokenizer, StandInSAE, planted_index, random_index
+
 from mono_utils.features import widgets as wd
 
 

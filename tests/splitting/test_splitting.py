@@ -141,11 +141,12 @@ def test_family_analysis_and_umap_cached(smoke_preset, smoke_store, tmp_path, mo
     import copy
 
     import pandas as pd
+
     from mono_utils.build import models as pipeline
-    from mono_utils.universality import compare as U
-    from mono_utils.store.artifacts import ArtifactStore
-    from mono_utils.features.dashboards import vocab_strings
     from mono_utils.build.saes import get_sae_family
+    from mono_utils.features.dashboards import vocab_strings
+    from mono_utils.store.artifacts import ArtifactStore
+    from mono_utils.universality import compare as U
     store = ArtifactStore(tmp_path)     # results here, the smoke model and family from the shared store
     model = pipeline.get_model(smoke_preset, smoke_store, which="A", progress=False)
     family = get_sae_family(smoke_preset, which="A", store=smoke_store, progress=False)

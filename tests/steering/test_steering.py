@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from mono_utils.core.model import HOOK_MLP_POST, ModelConfig, build_model, sample
+from mono_utils.core.model import HOOK_MLP_POST, ModelConfig, build_model, sample, set_model_folder
 from mono_utils.core.sae import SAEConfig, SparseAutoencoder
-from mono_utils.steering.interventions import FastLM, Intervention, edit_acts, generate, next_token_shift, steered
-from mono_utils.steering.catalog import feature_catalog, measure_effect, proxy_token_share
 from mono_utils.core.tokenizer import EOT, encode, train_tokenizer
-from mono_utils.core.model import set_model_folder
+from mono_utils.steering.catalog import feature_catalog, measure_effect, proxy_token_share
+from mono_utils.steering.interventions import FastLM, Intervention, edit_acts, generate, next_token_shift, steered
 
 TEXTS = ["1,2,3,4,5,6,7,8,9,10 the cat sat on the mat. " * 3,
          "ACGTTGCAACGTAGGCTTAACG " * 4, "QUJDRGVmZ2hpams0NTY3+/abXyZ09 " * 3,

@@ -7,8 +7,8 @@ import torch
 
 from mono_utils.core.model import ModelConfig, build_model
 from mono_utils.core.sae import SAEConfig, SparseAutoencoder
-from mono_utils.steering.catalog import feature_catalog
 from mono_utils.core.tokenizer import EOT, train_tokenizer
+from mono_utils.steering.catalog import feature_catalog
 
 TEXTS = ["1,2,3,4,5,6,7,8,9,10 the cat sat on the mat. " * 3, "ACGTTGCAACGTAGGCTTAACG " * 4,
          "שלום עולם מה שלומך " * 3, "def f(x):\n    return x + 1\n" * 3]
@@ -113,9 +113,9 @@ def test_add_remove_features_and_render_time(widget, parts):
 
 
 def test_next_token_figure_shows_the_most_likely_tokens(parts):
+    from mono_utils.core.tokenizer import str_tokens
     from mono_utils.steering.interventions import generate
     from mono_utils.steering.widget import next_token_figure
-    from mono_utils.core.tokenizer import str_tokens
     lm, tok, sae, _ = parts
     logits = generate(lm, tok, sae, "1,2,3", max_new_tokens=1, seed=0).first_logits
     fig = next_token_figure(logits, tok, k=5)

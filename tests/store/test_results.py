@@ -5,8 +5,14 @@ import pytest
 import scipy.sparse as sp
 
 from mono_utils.store.artifacts import ArtifactError, ArtifactStore
-from mono_utils.store.results import (cached_result, csr_from_arrays, csr_to_arrays, frame_from_json, frame_to_json,
-                                input_id)
+from mono_utils.store.results import (
+    cached_result,
+    csr_from_arrays,
+    csr_to_arrays,
+    frame_from_json,
+    frame_to_json,
+    input_id,
+)
 
 
 def test_cached_result_computes_once_and_reloads(tmp_path):

@@ -8,9 +8,9 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from mono_utils.universality import compare as U
 from mono_utils.core.model import model_config_of
 from mono_utils.universality import cache as UC
+from mono_utils.universality import compare as U
 
 
 def _sparse_acts(rng, n, k, density=0.05):
@@ -191,8 +191,8 @@ class _Tok:
 
 
 def test_figures_and_pair_html(tiny_model):
-    from mono_utils.universality import widgets as UW
     from mono_utils.core.model import ModelConfig, build_model
+    from mono_utils.universality import widgets as UW
     model_b = build_model(ModelConfig(d_vocab=64, d_model=32, n_heads=2, d_mlp=64, n_ctx=16, seed=1))
     tokens = np.random.default_rng(0).integers(0, 64, (32, 16)).astype(np.int64)
     sae_a = _planted_sae(tiny_model, tokens, 7, slot=3, d_sae=16, seed=0)
@@ -254,8 +254,8 @@ def _assert_same_comparison(got, ref):
 
 def test_comparison_cached_in_the_store(smoke_preset, smoke_store, tmp_path, monkeypatch):
     from mono_utils.build import models as pipeline
-    from mono_utils.store.artifacts import ArtifactStore
     from mono_utils.build.saes import get_sae
+    from mono_utils.store.artifacts import ArtifactStore
     store = ArtifactStore(tmp_path)     # results here, the smoke models and SAEs from the shared store
     models = [pipeline.get_model(smoke_preset, smoke_store, which=w, progress=False) for w in "AB"]
     saes = [get_sae(smoke_preset, which=w, store=smoke_store, progress=False) for w in "AB"]
