@@ -458,12 +458,11 @@ class LabPage:
 def browser_artifacts(smoke_store, smoke_preset):
     """The smoke artifact store the kernels use, with the basics built up front (once)."""
     require_browser()
-    from mono_utils.build import models as pipeline
+    from mono_utils.build.models import get_model
+    from mono_utils.build.saes import get_sae
     for which in ("A", "B"):
-        pipeline.get_model(smoke_preset, smoke_store, which=which, progress=False)
-    with contextlib.suppress(ImportError):
-        from mono_utils.core import train
-        train.get_sae(smoke_preset, which="A", store=smoke_store)
+        get_model(smoke_preset, smoke_store, which=which, progress=False)
+    get_sae(smoke_preset, smoke_store, which="A")
     return Path(smoke_store.root).resolve()
 
 
