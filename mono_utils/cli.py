@@ -130,6 +130,15 @@ def cmd_app(args) -> int:
     return launch_app(args.name, port=args.port, ip=args.ip, env=env) or 0
 
 
+def cmd_lessons(args) -> int:
+    from .lessons.student import write_student_versions
+    written = write_student_versions(args.out, args.notebooks)
+    for path, n in written:
+        print(f"wrote {path} ({n} exercise{'s' if n != 1 else ''})")
+    print(f"{len(written)} student notebooks in {args.out}: solutions replaced by stubs, folded below each check")
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m mono_utils",
                                  description="monosemanticity-lab: build artifacts, run notebooks, share bundles.")
@@ -161,6 +170,10 @@ def make_parser() -> argparse.ArgumentParser:
     im = sub.add_parser("import", help="verify and unpack a bundle made by export")
     im.add_argument("path")
     im.set_defaults(fn=cmd_import)
+    le = sub.add_parser("lessons", help="write the student versions of the notebooks (exercises as stubs)")
+    le.add_argument("--out", default="exercises", help="folder for the student notebooks (default exercises/)")
+    le.add_argument("--notebooks", default=None, help="folder of the source notebooks (default notebooks/)")
+    le.set_defaults(fn=cmd_lessons)
     a = sub.add_parser("app", help="serve the steering or rating widget as a Voila app")
     a.add_argument("name", choices=["steering", "rating"])
     a.add_argument("--port", type=int, default=8866)

@@ -1,0 +1,15 @@
+"""Lessons: checks for the notebooks' exercises and the student versions of the notebooks.
+
+``checks`` runs a student's function on small synthetic data (no artifact store, well under a
+second each) and says *what* is wrong; ``student`` writes the student versions of the notebooks
+(``python -m mono_utils lessons --out exercises/``) from the cell tags of ``notebooks/``.
+"""
+from .checks import (CheckResult, ExerciseFailed, check_clamp_hook, check_fvu, check_link_parents,
+                     check_loss_recovered, check_max_activation_correlation, check_mlp_activations,
+                     check_project_decoder_grad, check_sae_forward, check_sae_loss,
+                     check_simulation_score, check_specificity_sensitivity, check_top_neuron_for_token)
+
+__all__ = ["CheckResult", "ExerciseFailed", "check_clamp_hook", "check_fvu", "check_link_parents",
+           "check_loss_recovered", "check_max_activation_correlation", "check_mlp_activations",
+           "check_project_decoder_grad", "check_sae_forward", "check_sae_loss", "check_simulation_score",
+           "check_specificity_sensitivity", "check_top_neuron_for_token"]

@@ -1,0 +1,266 @@
+"""Lessons: every notebook's solutions pass their checks, every stub fails with the helpful message,
+wrong answers get the message that names the mistake, and the student versions are generated from
+the tags and run once the folded solutions are pasted back (fast: synthetic data, no store)."""
+import json
+
+import nbformat
+import numpy as np
+import pytest
+import torch
+
+from mono_utils import lessons
+from mono_utils.lessons import checks
+from mono_utils.lessons.student import (FOLD_TAG, STUB_TAG, folded_solution, solution_source, stub_source,
+                                        student_notebook, tags, write_student_versions)
+from mono_utils.notebooks import notebook_paths
+
+NOTEBOOKS = notebook_paths()
+IDS = [p.name for p in NOTEBOOKS]
+
+
+def _read(p):
+    return nbformat.read(p, as_version=4)
+
+
+def _exercises(nb):
+    """(solution cell, [check cells]) for every exercise of a teacher notebook."""
+    out = []
+    for i, c in enumerate(nb.cells):
+        if "solution" in tags(c):
+            follow = []
+            for d in nb.cells[i + 1:]:
+                if "check" in tags(d) or "hint" in tags(d):
+                    follow.append(d)
+                else:
+                    break
+            out.append((c, [d for d in follow if "check" in tags(d)]))
+    return out
+
+
+def _run_cells(sources):
+    ns = {"display": lambda *a, **k: ns.setdefault("_shown", []).extend(a)}
+    for src in sources:
+        exec(compile(src, "<cell>", "exec"), ns)
+    return ns
+
+
+@pytest.fixture()
+def strict(monkeypatch):
+    monkeypatch.setenv(checks.STRICT_ENV, "1")
+
+
+# ---------------------------------------------------------------- notebooks: structure
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_every_notebook_is_a_lesson(path):
+    nb = _read(path)
+    text = [c.source for c in nb.cells if c.cell_type == "markdown"]
+    plan = [c for c in nb.cells if c.get("id") == "lesson-plan"]
+    assert plan and nb.cells.index(plan[0]) <= 2, f"{path.name}: the learning objectives should open the notebook"
+    bullets = [line for line in plan[0].source.splitlines() if line.startswith("- ")]
+    assert 3 <= len(bullets) <= 5, f"{path.name}: {len(bullets)} objectives, the lesson format asks for 3-5"
+    assert "laptop" in plan[0].source and "GPU" in plan[0].source and "**You need:**" in plan[0].source
+    assert "Questions to discuss" in text[-1] or "Questions to discuss" in text[-2], f"{path.name}: no closing questions"
+    exercises = _exercises(nb)
+    assert exercises, f"{path.name} has no checked exercise"
+    for sol, chk in exercises:
+        assert chk, f"{path.name}: solution cell {sol.id} is not followed by a check cell"
+        assert any(line.strip() == "# BEGIN SOLUTION" for line in sol.source.splitlines())
+    for c in nb.cells:
+        if "hint" in tags(c):
+            assert c.source.startswith("<details>"), f"{path.name}: hint {c.id} should be folded"
+
+
+# ---------------------------------------------------------------- solutions and stubs against the checks
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_every_solution_passes_its_check(path, strict):
+    for sol, chk in _exercises(_read(path)):
+        ns = _run_cells([sol.source])
+        for c in chk:       # strict: a failing check raises ExerciseFailed
+            exec(compile(c.source, "<check>", "exec"), ns)
+        shown = ns.get("_shown", [])
+        assert all(r.ok for r in shown if isinstance(r, lessons.CheckResult))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_every_stub_fails_its_check_with_the_helpful_message(path, strict):
+    for sol, chk in _exercises(_read(path)):
+        ns = _run_cells([stub_source(sol.source, "xx")])
+        with pytest.raises(lessons.ExerciseFailed) as e:
+            for c in chk:
+                exec(compile(c.source, "<check>", "exec"), ns)
+        assert "not written yet" in e.value.message and "NotImplementedError" in e.value.message
+
+
+def test_a_check_displays_rather_than_raises_in_a_notebook(monkeypatch):
+    monkeypatch.delenv(checks.STRICT_ENV, raising=False)
+    r = lessons.check_fvu(lambda x, x_hat: float((x - x_hat).pow(2).sum() / x.pow(2).sum()))
+    assert not r.ok and "about the mean" in r.message
+    assert "mono-check-fail" in r._repr_html_() and "✘" in repr(r)
+    good = lessons.check_fvu(lambda x, x_hat: float((x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum()))
+    assert good.ok and "mono-check-ok" in good._repr_html_()
+    assert "expected a function" in lessons.check_fvu(3.0).message
+
+
+# ---------------------------------------------------------------- wrong answers name their mistake
+def _msg(check, fn):
+    r = check(fn)
+    assert not r.ok, f"{check.__name__} accepted a wrong answer"
+    return r.message
+
+
+def test_00_wrong_answers():
+    hp = "blocks.0.mlp.hook_pre"
+    assert "pre-activations" in _msg(lessons.check_mlp_activations,
+                                     lambda m, t: m.run_with_cache(t, names_filter=hp)[1][hp])
+    assert "tuple" in _msg(lessons.check_mlp_activations, lambda m, t: m.run_with_cache(t))
+    assert "logits" in _msg(lessons.check_mlp_activations, lambda m, t: m(t))
+    assert "only the positions" in _msg(lessons.check_top_neuron_for_token,
+                                        lambda a, t, i: int(a.mean((0, 1)).argmax()))
+    assert "mean" in _msg(lessons.check_top_neuron_for_token, lambda a, t, i: int(a[t == i].max(0).values.argmax()))
+
+
+def test_01_wrong_answers():
+    fwd = lambda x, We, be, Wd, bd: (torch.relu(x @ We + be), torch.relu(x @ We + be) @ Wd + bd)
+    assert "subtract b_dec" in _msg(lessons.check_sae_forward, fwd)
+    no_bias = lambda x, We, be, Wd, bd: (torch.relu((x - bd) @ We + be), torch.relu((x - bd) @ We + be) @ Wd)
+    assert "add b_dec back" in _msg(lessons.check_sae_forward, no_bias)
+    no_relu = lambda x, We, be, Wd, bd: ((x - bd) @ We + be, ((x - bd) @ We + be) @ Wd + bd)
+    assert "ReLU" in _msg(lessons.check_sae_forward, no_relu)
+    assert "summed over the d_in" in _msg(lessons.check_sae_loss,
+                                          lambda x, xh, f, l: (x - xh).pow(2).sum(-1).mean() + l * f.sum(-1).mean())
+    assert "L1 penalty is missing" in _msg(lessons.check_sae_loss, lambda x, xh, f, l: (x - xh).pow(2).mean())
+    assert "parallel component itself" in _msg(lessons.check_project_decoder_grad,
+                                               lambda W, g: (g * W).sum(1, keepdim=True) * W)
+    assert "still points along" in _msg(lessons.check_project_decoder_grad,
+                                        lambda W, g: g - (g * W).sum(0, keepdim=True) * W)
+    assert "EXPLAINED" in _msg(lessons.check_fvu, lambda x, xh: 1 - float((x - xh).pow(2).sum() / (x - x.mean(0)).pow(2).sum()))
+    assert "share LOST" in _msg(lessons.check_loss_recovered, lambda c, s, a: (s - c) / (a - c))
+
+
+def test_02_03_wrong_answers():
+    def swapped(a, c, t):
+        on = a > t
+        return int((on & c).sum()) / max(1, int(c.sum())), int((on & c).sum()) / max(1, int(on.sum()))
+    assert "swapped" in _msg(lessons.check_specificity_sensitivity, swapped)
+
+    def ge(a, c, t):
+        on = a >= t
+        return int((on & c).sum()) / max(1, int(on.sum())), int((on & c).sum()) / max(1, int(c.sum()))
+    assert "strictly above" in _msg(lessons.check_specificity_sensitivity, ge)
+    from mono_utils.autointerp import weighted_pearson, weighted_spearman
+    assert "ignored the weights" in _msg(lessons.check_simulation_score, lambda t, p, w: weighted_spearman(t, p))
+    assert "not their ranks" in _msg(lessons.check_simulation_score, lambda t, p, w: weighted_pearson(t, p, w))
+    from mono_utils.autointerp import weighted_rank
+
+    def unguarded(t, p, w):
+        w = np.asarray(w, float) / np.sum(w)
+        rt, rp = weighted_rank(t, w), weighted_rank(p, w)
+        dt, dp = rt - w @ rt, rp - w @ rp
+        if np.ptp(p) == 0:
+            return float("nan")          # 0 / 0, as an unguarded division gives
+        return float(w @ (dt * dp) / np.sqrt((w @ (dt * dt)) * (w @ (dp * dp))))
+    assert "constant" in _msg(lessons.check_simulation_score, unguarded)
+
+
+def test_04_05_06_wrong_answers():
+    def cosine(a, b):
+        c = (a / np.linalg.norm(a, axis=0)).T @ (b / np.linalg.norm(b, axis=0))
+        return c.max(1), c.argmax(1)
+    assert "cosine similarities" in _msg(lessons.check_max_activation_correlation, cosine)
+
+    def axis(a, b):
+        a, b = a - a.mean(0), b - b.mean(0)
+        c = (a / np.linalg.norm(a, axis=0)).T @ (b / np.linalg.norm(b, axis=0))
+        return c.max(0), c.argmax(0)
+    assert "one per unit of B" in _msg(lessons.check_max_activation_correlation, axis)
+
+    def no_threshold(s, l, t=0.4):
+        return ((s / np.linalg.norm(s, axis=0)).T @ (l / np.linalg.norm(l, axis=0))).argmax(0)
+    assert "threshold" in _msg(lessons.check_link_parents, no_threshold)
+
+    def replace(sae, feat, value, keep_error=True):
+        def hook(acts, hook):
+            f = sae.encode(acts)
+            f[..., feat] = value
+            return sae.decode(f)
+        return hook
+    assert "forgot the error term" in _msg(lessons.check_clamp_hook, replace)
+
+    def add(sae, feat, value, keep_error=True):
+        return lambda acts, hook: acts + value * sae.W_dec_raw[feat]
+    assert "'add' steering" in _msg(lessons.check_clamp_hook, add)
+
+    def none(sae, feat, value, keep_error=True):
+        def hook(acts, hook):
+            acts += 0
+        return hook
+    assert "returns None" in _msg(lessons.check_clamp_hook, none)
+
+
+# ---------------------------------------------------------------- student versions
+def test_stub_and_solution_sources():
+    src = "def f(x):\n    '''doc'''\n    # BEGIN SOLUTION\n    return x + 1\n    # END SOLUTION\n"
+    stub = stub_source(src, "01.2")
+    assert "return x + 1" not in stub and "raise NotImplementedError(\"Exercise 01.2" in stub
+    assert "    # YOUR CODE HERE" in stub and stub.startswith("def f(x):\n    '''doc'''")
+    assert solution_source(src) == "def f(x):\n    '''doc'''\n    return x + 1"
+    with pytest.raises(ValueError, match="BEGIN SOLUTION"):
+        stub_source("def f(x):\n    return x\n")
+    with pytest.raises(ValueError, match="has no"):
+        stub_source("def f(x):\n    # BEGIN SOLUTION\n    return x\n")
+
+
+def test_lessons_command_writes_student_versions(tmp_path, capsys):
+    from mono_utils.cli import main
+    assert main(["lessons", "--out", str(tmp_path / "exercises")]) == 0
+    out = capsys.readouterr().out
+    assert "7 student notebooks" in out
+    for src in NOTEBOOKS:
+        teacher, student = _read(src), _read(tmp_path / "exercises" / src.name)
+        sols = [c for c in teacher.cells if "solution" in tags(c)]
+        stubs = [c for c in student.cells if STUB_TAG in tags(c)]
+        folds = [c for c in student.cells if FOLD_TAG in tags(c)]
+        assert len(sols) == len(stubs) == len(folds)
+        raw = (tmp_path / "exercises" / src.name).read_text(encoding="utf-8")
+        assert "# BEGIN SOLUTION" not in raw.replace("\\n", "\n").split("<details>")[0] or folds
+        for s, st, fo in zip(sols, stubs, folds):
+            assert st.id == s.id and "NotImplementedError" in st.source and "BEGIN SOLUTION" not in st.source
+            assert folded_solution(fo.source) == solution_source(s.source)
+            assert fo.source.startswith("<details>")
+            # the fold comes after the check and hint that follow the stub
+            i, j = student.cells.index(st), student.cells.index(fo)
+            assert all(set(tags(c)) & {"check", "hint"} for c in student.cells[i + 1:j])
+        # every other cell is the teacher's, unchanged
+        rest_t = [(c.cell_type, c.source) for c in teacher.cells if "solution" not in tags(c)]
+        rest_s = [(c.cell_type, c.source) for c in student.cells if not set(tags(c)) & {STUB_TAG, FOLD_TAG}]
+        assert rest_t == rest_s
+        assert all(not c.get("outputs") for c in student.cells if c.cell_type == "code")
+    with pytest.raises(ValueError, match="notebooks' own folder"):
+        write_student_versions(NOTEBOOKS[0].parent)
+
+
+def test_student_versions_run_once_solutions_are_pasted(tmp_path, monkeypatch):
+    """One kernel runs every student notebook's exercise cells, each stub replaced by its folded solution."""
+    from nbclient import NotebookClient
+    cells = []
+    for src in NOTEBOOKS:
+        student = student_notebook(_read(src), src.name)
+        for i, c in enumerate(student.cells):
+            if STUB_TAG in tags(c):
+                fold = next(d for d in student.cells[i:] if FOLD_TAG in tags(d))
+                cells.append(nbformat.v4.new_code_cell(folded_solution(fold.source)))
+            elif "check" in tags(c):
+                cells.append(nbformat.v4.new_code_cell(c.source))
+    import os
+    import re
+    from mono_utils.artifacts import repo_root
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(repo_root()), os.environ.get("PYTHONPATH", "")]))
+    expected = sum(len(re.findall(r"\bcheck_\w+\(\w+\)", c.source)) for c in cells)
+    nb = nbformat.v4.new_notebook(cells=cells)
+    NotebookClient(nb, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    shown = [o for c in nb.cells for o in c.get("outputs", [])]
+    assert not [o for o in shown if o.get("output_type") == "error"]
+    html = [o["data"]["text/html"] for o in shown if "text/html" in o.get("data", {})]
+    assert html and all("mono-check-ok" in h for h in html), [h for h in html if "mono-check-ok" not in h][:1]
+    assert len(html) == expected >= 12
