@@ -1,6 +1,7 @@
 """Execute notebooks top to bottom (headless) and measure wall time and peak memory."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -82,8 +83,123 @@ def is_picture(output: dict) -> bool:
     return any(m in data for m in PICTURE_MIME)
 
 
+# Run in the kernel after the last cell: the final state of every live widget, for static copies.
+WIDGET_SNAPSHOT = r"""
+def _mono_widget_snapshot():
+    import json
+    try:
+        import ipywidgets
+    except ImportError:
+        return {}
+    inst = getattr(ipywidgets.widgets.widget, "_instances", None) or getattr(ipywidgets.Widget, "widgets", {})
+    out = {}
+    for mid, w in list(inst.items()):
+        rec = {"name": type(w).__name__}
+        if hasattr(w, "to_plotly_json") and hasattr(w, "batch_update"):   # a plotly FigureWidget
+            import plotly.io as pio
+            rec["figure"] = json.loads(pio.to_json(w, validate=False))
+        elif isinstance(w, ipywidgets.Output):
+            rec["outputs"] = [dict(o) for o in w.outputs]
+        elif isinstance(w, ipywidgets.HTML):
+            rec["html"] = w.value
+        kids = [c.model_id for c in getattr(w, "children", ()) or () if getattr(c, "model_id", None)]
+        if kids:
+            rec["children"] = kids
+        out[mid] = rec
+    return out
+print("__MONO_WIDGETS__" + __import__("json").dumps(_mono_widget_snapshot()))
+del _mono_widget_snapshot
+"""
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+_PROGRESS = re.compile(r"\d+%\|")
+
+
+def _snapshot(client, index: int) -> dict:
+    """Execute WIDGET_SNAPSHOT in the notebook's kernel (a cell outside the notebook)."""
+    import nbformat  # lazy: only to run notebooks
+    cell = nbformat.v4.new_code_cell(WIDGET_SNAPSHOT)
+    client.nb.cells.append(cell)          # nbclient looks cells up by index
+    try:
+        client.execute_cell(cell, index, store_history=False)
+    except Exception as e:  # noqa: BLE001 - a failed snapshot leaves the copy as it was, never fails the run
+        print(f"widget snapshot failed: {e}")
+        return {}
+    finally:
+        client.nb.cells.remove(cell)
+    text = "".join(o.get("text", "") for o in cell.outputs if o.get("output_type") == "stream")
+    for line in text.splitlines():
+        if line.startswith("__MONO_WIDGETS__"):
+            return json.loads(line[len("__MONO_WIDGETS__"):])
+    return {}
+
+
+def _static_parts(model_id: str, snap: dict, seen: set | None = None) -> list[dict]:
+    """The figures, HTML and outputs inside a widget, depth first, as plain outputs."""
+    seen = set() if seen is None else seen
+    if model_id in seen or model_id not in snap:
+        return []
+    seen.add(model_id)
+    rec, parts = snap[model_id], []
+    meta = {"mono_static_fallback": True}
+    if "figure" in rec:
+        parts.append({"output_type": "display_data", "metadata": meta,
+                      "data": {PLOTLY_MIME: rec["figure"], "text/plain": [f"<{rec['name']}: its final figure>"]}})
+    if rec.get("html"):
+        parts.append({"output_type": "display_data", "metadata": meta,
+                      "data": {"text/html": [rec["html"]], "text/plain": [f"<{rec['name']}>"]}})
+    for o in rec.get("outputs", []):
+        if o.get("output_type") in ("display_data", "execute_result", "stream"):
+            o = dict(o)
+            if o.get("output_type") == "execute_result":
+                o = {"output_type": "display_data", "data": o.get("data", {}), "metadata": meta}
+            parts.append(o)
+    for kid in rec.get("children", []):
+        parts += _static_parts(kid, snap, seen)
+    return parts
+
+
+def add_static_fallbacks(nb, snap: dict) -> int:
+    """Give every widget output of an executed notebook a static fallback; returns how many were given one.
+
+    A FigureWidget becomes its final figure (a plain plotly output). Any other widget keeps its view,
+    with a one-line text/plain (not a page-long repr) and static copies of the figures, HTML and
+    outputs inside it after it. Progress bars are left alone.
+    """
+    import nbformat
+    done = 0
+    for cell in nb.cells:
+        if cell.get("cell_type") != "code":
+            continue
+        new = []
+        for o in cell.get("outputs", []):
+            data = o.get("data", {})
+            view = data.get(WIDGET_MIME)
+            text = data.get("text/plain", "")
+            text = "".join(text) if isinstance(text, list) else text
+            if not view or _PROGRESS.search(text) or view.get("model_id") not in snap:
+                new.append(o)
+                continue
+            mid = view["model_id"]
+            rec = snap[mid]
+            parts = _static_parts(mid, snap)
+            if "figure" in rec:
+                new.append(nbformat.from_dict({"output_type": "display_data", **{k: v for k, v in parts[0].items()
+                                                                                  if k != "output_type"}}))
+            else:
+                o = nbformat.from_dict(dict(o))
+                o["data"]["text/plain"] = (f"{rec['name']}: an interactive widget (run the notebook to use it)"
+                                           + ("; static copies of what it showed follow" if parts else ""))
+                new.append(o)
+                new += [nbformat.from_dict(p) for p in parts]
+            done += 1
+        cell["outputs"] = new
+    return done
+
+
 def _run_here(path: str, out: str, timeout: str) -> int:
-    """Child-process entry: execute with nbclient, save the executed copy (even on error)."""
+    """Child-process entry: execute with nbclient, save the executed copy (even on error) with a static
+    fallback for every widget output."""
     import nbformat  # lazy: only to run notebooks
     from nbclient import NotebookClient  # lazy: only to run notebooks
     from nbclient.exceptions import CellExecutionError  # lazy: only to run notebooks
@@ -101,10 +217,18 @@ def _run_here(path: str, out: str, timeout: str) -> int:
                             on_cell_executed=on_cell_executed)
     code = 0
     try:
-        client.execute()
-    except CellExecutionError as e:
-        print(str(e)[-3000:])
-        code = 1
+        with client.setup_kernel():
+            info = client.wait_for_reply(client.kc.kernel_info())
+            if info is not None and "language_info" in info["content"]:
+                nb.metadata["language_info"] = info["content"]["language_info"]
+            try:
+                for index, cell in enumerate(nb.cells):
+                    client.execute_cell(cell, index, execution_count=client.code_cells_executed + 1)
+            except CellExecutionError as e:
+                print(str(e)[-3000:])
+                code = 1
+            add_static_fallbacks(nb, _snapshot(client, len(nb.cells)))
+            client.set_widgets_metadata()
     finally:
         nbformat.write(nb, out)
     return code

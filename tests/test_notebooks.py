@@ -72,3 +72,34 @@ def test_runner_records_time_to_first_picture(tmp_path):
     nbformat.write(nb, tmp_path / "m.ipynb")
     r2 = execute_notebook(tmp_path / "m.ipynb", tmp_path / "out" / "m.ipynb")
     assert r2["ok"] and r2["first_picture_s"] is None and "| - |" in format_table([r2])
+
+
+def test_executed_copies_give_widgets_a_static_fallback(tmp_path):
+    """A FigureWidget is saved as its final figure, not a page-long repr; a container keeps its view with a
+    one-line text and static copies of its figure, HTML and output; a progress bar stays as it is."""
+    import nbformat
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("import plotly.graph_objects as go\nfrom IPython.display import display\n"
+                                  "f = go.FigureWidget()\nf.add_scatter(x=[], y=[])\ndisplay(f)\n"
+                                  "with f.batch_update():\n    f.data[0].x = [1, 2, 3]\n    f.data[0].y = [3, 1, 2]"),
+        nbformat.v4.new_code_cell("import ipywidgets as W\nout = W.Output()\nwith out:\n    print('inside')\n"
+                                  "W.VBox([W.IntSlider(3), f, W.HTML('<b>bold</b>'), out])"),
+        nbformat.v4.new_code_cell("from tqdm.auto import tqdm\nfor i in tqdm(range(3)):\n    pass")])
+    nbformat.write(nb, tmp_path / "w.ipynb")
+    env = dict(os.environ, TQDM_DISABLE="0")
+    r = execute_notebook(tmp_path / "w.ipynb", tmp_path / "out" / "w.ipynb", env=env, timeout=120)
+    assert r["ok"], r["log"]
+    cells = json.loads((tmp_path / "out" / "w.ipynb").read_text(encoding="utf-8"))["cells"]
+    fig_out = cells[0]["outputs"]
+    assert len(fig_out) == 1 and "application/vnd.jupyter.widget-view+json" not in fig_out[0]["data"]
+    fig = fig_out[0]["data"]["application/vnd.plotly.v1+json"]
+    assert fig["data"][0]["x"] == [1, 2, 3] and fig["data"][0]["y"] == [3, 1, 2]   # the final state
+    box = cells[1]["outputs"]
+    assert "application/vnd.jupyter.widget-view+json" in box[0]["data"]
+    assert "".join(box[0]["data"]["text/plain"]).startswith("VBox: an interactive widget")
+    kinds = [tuple(sorted(o.get("data", {"stream": 1}))) for o in box[1:]]
+    assert any("application/vnd.plotly.v1+json" in k for k in kinds) and any("text/html" in k for k in kinds)
+    assert any("inside" in "".join(o.get("text", "")) for o in box[1:])
+    bar = [o for o in cells[2]["outputs"] if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert bar and "%|" in "".join(bar[0]["data"]["text/plain"])
+    assert r["first_picture_s"] is not None
