@@ -264,3 +264,49 @@ def test_student_versions_run_once_solutions_are_pasted(tmp_path, monkeypatch):
     html = [o["data"]["text/html"] for o in shown if "text/html" in o.get("data", {})]
     assert html and all("mono-check-ok" in h for h in html), [h for h in html if "mono-check-ok" not in h][:1]
     assert len(html) == expected >= 12
+
+
+# ---------------------------------------------------------------- notebook 03's game
+def _round():
+    from mono_utils.autointerp import Example
+    from mono_utils.lessons.game import Round
+    acts = [np.array([0, 0, 2.0, 0.5]), np.array([0, 0, 0, 0.0]), np.array([1.0, 0, 0, 4.0])]
+    ex = [Example(row=i, start=0, centre=2, token_ids=np.arange(4), acts=a.astype(np.float32), source="top")
+          for i, a in enumerate(acts)]
+    return Round("feature", 7, "fires on ' b' and ' d'", ex, [" a", " b", " c", " d"],
+                 [np.zeros(4), np.zeros(4), np.array([0, 0, 0, 9.0])], max_act=4.0)
+
+
+def test_game_scores_guesses_like_the_protocol():
+    from mono_utils.autointerp import weighted_spearman
+    from mono_utils.lessons.game import parse_guesses, score_guesses
+    rnd = _round()
+    perfect = [10 * e.acts / 4 for e in rnd.examples]
+    s = score_guesses(rnd, perfect)
+    assert s["you"] == pytest.approx(1.0) and s["tokens"] == 12
+    true = np.concatenate([e.acts for e in rnd.examples])
+    assert s["offline simulator"] == pytest.approx(weighted_spearman(true, np.concatenate(rnd.offline)))
+    assert score_guesses(rnd, "0 0 0 0\n0 0 0 0\n0 0 0 0")["you"] == 0.0      # a constant guess
+    assert score_guesses(rnd, "0,0,5,1\n0 0 0 0\n2 0 0 10")["you"] > 0.9
+    with pytest.raises(ValueError, match="one row per context"):
+        parse_guesses("0 0 0 0", rnd)
+    with pytest.raises(ValueError, match="context 2 has 4 tokens"):
+        parse_guesses("0 0 0 0\n0 0\n0 0 0 0", rnd)
+    with pytest.raises(ValueError, match="between 0 and 10"):
+        parse_guesses("0 0 0 0\n0 0 0 0\n0 0 0 11", rnd)
+    assert [list(map(float, t)) for t in rnd.truth()][2] == [2.5, 0.0, 0.0, 10.0]
+
+
+def test_game_widget_scores_on_click():
+    from mono_utils.lessons.game import round_widget
+    got = []
+    w = round_widget(_round(), got.append)
+    boxes = [c.children[1] for c in w.children[1:4]]
+    for b, v in zip(boxes, ["0 0 5 1", "0 0 0 0", "2 0 0 10"]):
+        b.value = v
+    button, out = w.children[4], w.children[5]
+    button.click()
+    assert got and got[0]["you"] > 0.9 and "your score" in out.value
+    boxes[0].value = "0 0"
+    button.click()
+    assert "context 1 has 4 tokens" in out.value
