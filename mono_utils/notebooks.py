@@ -197,6 +197,29 @@ def add_static_fallbacks(nb, snap: dict) -> int:
     return done
 
 
+def prune_widget_state(nb) -> int:
+    """Drop saved widget states no output can reach any more (e.g. a FigureWidget, with its plotly.js
+    bundle of ~5 MB, once its output became a static figure); returns how many were dropped."""
+    import json
+    key = "application/vnd.jupyter.widget-state+json"
+    state = nb.get("metadata", {}).get("widgets", {}).get(key, {}).get("state")
+    if not state:
+        return 0
+    todo = [o["data"][WIDGET_MIME].get("model_id") for c in nb.cells if c.get("cell_type") == "code"
+            for o in c.get("outputs", []) if WIDGET_MIME in o.get("data", {})]
+    keep = set()
+    while todo:
+        mid = todo.pop()
+        if mid in keep or mid not in state:
+            continue
+        keep.add(mid)
+        todo += re.findall(r"IPY_MODEL_([0-9a-f]+)", json.dumps(state[mid].get("state", {})))
+    drop = [m for m in state if m not in keep]
+    for m in drop:
+        del state[m]
+    return len(drop)
+
+
 def _run_here(path: str, out: str, timeout: str) -> int:
     """Child-process entry: execute with nbclient, save the executed copy (even on error) with a static
     fallback for every widget output."""
@@ -229,6 +252,7 @@ def _run_here(path: str, out: str, timeout: str) -> int:
                 code = 1
             add_static_fallbacks(nb, _snapshot(client, len(nb.cells)))
             client.set_widgets_metadata()
+            prune_widget_state(nb)
     finally:
         nbformat.write(nb, out)
     return code

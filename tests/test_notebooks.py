@@ -103,3 +103,21 @@ def test_executed_copies_give_widgets_a_static_fallback(tmp_path):
     bar = [o for o in cells[2]["outputs"] if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     assert bar and "%|" in "".join(bar[0]["data"]["text/plain"])
     assert r["first_picture_s"] is not None
+    saved = json.loads((tmp_path / "out" / "w.ipynb").read_text(encoding="utf-8"))
+    state = saved["metadata"]["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    box_id = box[0]["data"]["application/vnd.jupyter.widget-view+json"]["model_id"]
+    assert box_id in state      # the container's view still has its state (and its figure's, a child)
+    assert (tmp_path / "out" / "w.ipynb").stat().st_size < 12 * 2**20
+
+
+def test_prune_widget_state_keeps_what_outputs_reach():
+    import nbformat
+    from mono_utils.notebooks import prune_widget_state
+    view = {"application/vnd.jupyter.widget-view+json": {"model_id": "aa"}, "text/plain": "VBox"}
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x", outputs=[
+        nbformat.v4.new_output("display_data", data=view)])])
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {
+        "aa": {"state": {"children": ["IPY_MODEL_bb"]}}, "bb": {"state": {"layout": "IPY_MODEL_cc"}},
+        "cc": {"state": {}}, "dd": {"state": {"_esm": "x" * 1000}}}}}
+    assert prune_widget_state(nb) == 1
+    assert sorted(nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]) == ["aa", "bb", "cc"]
