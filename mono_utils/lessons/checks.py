@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..autointerp import weighted_spearman
+from ..autointerp import weighted_pearson, weighted_spearman
 from ..metrics import fvu as reference_fvu
 from ..metrics import loss_recovered as reference_loss_recovered
 from ..model import HOOK_MLP_POST, ModelConfig, build_model, mlp_post
@@ -445,7 +445,6 @@ def check_simulation_score(fn) -> CheckResult:
             if abs(got - weighted_spearman(t, p)) <= 1e-6:
                 raise _Wrong(f"{what}: you ignored the weights. Rank in cumulative-weight space "
                              f"(weighted_rank(x, w)) and take a weighted Pearson of the ranks")
-            from ..autointerp import weighted_pearson
             if abs(got - weighted_pearson(t, p, w)) <= 1e-6 or abs(got - weighted_pearson(t, p)) <= 1e-6:
                 raise _Wrong(f"{what}: you correlated the values, not their ranks: Spearman is Pearson of ranks")
             raise _Wrong(f"{what}: got {got:.4f}, expected {want:.4f}")

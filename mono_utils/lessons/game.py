@@ -13,6 +13,7 @@ import html
 import re
 from dataclasses import dataclass, field
 
+import ipywidgets as W
 import numpy as np
 
 from ..autointerp import Example, weighted_spearman
@@ -107,7 +108,6 @@ def _shade(tokens, values) -> str:
 
 def round_widget(rnd: Round, on_score=None):
     """Explanation, numbered contexts, one text box of guesses per context, a 'score me' button."""
-    import ipywidgets as W
     head = W.HTML(f"<b>{rnd.kind} {rnd.unit}</b>: the explanation the simulator reads<pre style='white-space:"
                   f"pre-wrap;max-height:12em;overflow:auto;background:#f6f6f6;padding:4px'>"
                   f"{html.escape(rnd.explanation)}</pre>")
@@ -143,7 +143,6 @@ def round_widget(rnd: Round, on_score=None):
 
 def simulator_game(sources: dict, seed: int = 0, n_contexts: int = 5):
     """Two rounds, a feature and a neuron of the same model; a line at the end compares your scores."""
-    import ipywidgets as W
     rounds = [make_round(sources[k], k, n_contexts=n_contexts, seed=seed) for k in ("feature", "neuron")]
     scores: dict = {}
     summary = W.HTML("Score both rounds, then compare.")

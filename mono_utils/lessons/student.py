@@ -22,6 +22,10 @@ import re
 import tempfile
 from pathlib import Path
 
+import nbformat
+
+from ..artifacts import repo_root
+
 BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"
 STUB_TAG, FOLD_TAG = "exercise-stub", "solution-fold"
 FOLLOWERS = ("check", "hint")
@@ -98,7 +102,6 @@ def exercise_id(nb, index: int) -> str:
 
 def student_notebook(nb, name: str = "notebook"):
     """A copy of ``nb`` with stubs for solutions, the solutions folded below, and no outputs."""
-    import nbformat
     nb = copy.deepcopy(nb)
     cells = []
     i = 0
@@ -137,7 +140,6 @@ def count_exercises(nb) -> int:
 
 
 def _write_atomic(nb, path: Path) -> None:
-    import nbformat
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -151,9 +153,8 @@ def _write_atomic(nb, path: Path) -> None:
 
 def write_student_versions(out: str | Path, notebooks: str | Path | None = None) -> list[tuple[Path, int]]:
     """Write the student version of every notebook into ``out``; returns (path, exercises) pairs."""
-    import nbformat
-    from ..notebooks import notebook_paths
-    src = notebook_paths(notebooks)
+    folder = Path(notebooks) if notebooks else repo_root() / "notebooks"
+    src = sorted(folder.glob("[0-9][0-9]_*.ipynb"))
     if not src:
         raise FileNotFoundError(f"no notebooks (NN_*.ipynb) in {notebooks or 'notebooks/'}")
     out = Path(out)
