@@ -612,7 +612,6 @@ def check_clamp_hook(fn) -> CheckResult:
         out2 = _as_tensor(_call(hook2, x.clone(), None), "the hook's output")
         if not _close(out2, sae.decode(f2)):
             raise _Wrong("with keep_error=False return the plain replacement sae.decode(f_clamped)")
-        err = float((x - sae.decode(f)).norm() / x.norm())
-        return (f"the edit keeps the SAE's error term ({err:.0%} of this input's norm, thrown away by the "
-                f"plain replacement), and keep_error=False gives the replacement.")
+        return ("the edit keeps the SAE's error term (what the SAE does not reconstruct, which the plain "
+                "replacement throws away), and keep_error=False gives the replacement.")
     return _run("06.1", fn, test)
