@@ -18,11 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..autointerp import weighted_pearson, weighted_spearman
-from ..metrics import fvu as reference_fvu
-from ..metrics import loss_recovered as reference_loss_recovered
-from ..model import HOOK_MLP_POST, ModelConfig, build_model, mlp_post
-from ..sae import SAEConfig, SparseAutoencoder
+from ..autointerp.protocol import weighted_pearson, weighted_spearman
+from ..core.metrics import fvu as reference_fvu
+from ..core.metrics import loss_recovered as reference_loss_recovered
+from ..core.model import HOOK_MLP_POST, ModelConfig, build_model, mlp_post
+from ..core.sae import SAEConfig, SparseAutoencoder
 
 STRICT_ENV = "MONO_LESSONS_STRICT"
 NOT_WRITTEN = ("not written yet: the function still raises NotImplementedError. Replace that line "

@@ -1,7 +1,7 @@
 """Be the simulator: read a unit's explanation and a few contexts, predict its activations, get scored.
 
 Notebook 03's game. A round takes one live unit (a feature or a neuron), runs the offline protocol
-on it (explanation and held-out simulation contexts, ``autointerp_run.run_unit``), and shows the
+on it (explanation and held-out simulation contexts, ``autointerp.run.run_unit``), and shows the
 explanation and ``n_contexts`` of those contexts. The student types a 0-10 guess per token; the
 score is the importance-weighted Spearman correlation on those tokens, as the protocol scores its
 simulator, next to the offline simulator's score on the same tokens. Played for a feature and for a
@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import ipywidgets as W
 import numpy as np
 
-from ..autointerp import Example, weighted_spearman
-from ..autointerp_backends import get_backend
-from ..autointerp_run import run_unit, sample_units
+from ..autointerp.protocol import Example, weighted_spearman
+from ..autointerp.backends import get_backend
+from ..autointerp.run import run_unit, sample_units
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import nbformat
 
-from ..artifacts import repo_root
+from ..store.artifacts import repo_root
 
 BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"
 STUB_TAG, FOLD_TAG = "exercise-stub", "solution-fold"

@@ -152,10 +152,10 @@ def test_02_03_wrong_answers():
         on = a >= t
         return int((on & c).sum()) / max(1, int(on.sum())), int((on & c).sum()) / max(1, int(c.sum()))
     assert "strictly above" in _msg(lessons.check_specificity_sensitivity, ge)
-    from mono_utils.autointerp import weighted_pearson, weighted_spearman
+    from mono_utils.autointerp.protocol import weighted_pearson, weighted_spearman
     assert "ignored the weights" in _msg(lessons.check_simulation_score, lambda t, p, w: weighted_spearman(t, p))
     assert "not their ranks" in _msg(lessons.check_simulation_score, lambda t, p, w: weighted_pearson(t, p, w))
-    from mono_utils.autointerp import weighted_rank
+    from mono_utils.autointerp.protocol import weighted_rank
 
     def unguarded(t, p, w):
         w = np.asarray(w, float) / np.sum(w)
@@ -265,7 +265,7 @@ def test_student_versions_pass_every_check_once_solutions_are_pasted(strict):
 
 # ---------------------------------------------------------------- notebook 03's game
 def _round():
-    from mono_utils.autointerp import Example
+    from mono_utils.autointerp.protocol import Example
     from mono_utils.lessons.game import Round
     acts = [np.array([0, 0, 2.0, 0.5]), np.array([0, 0, 0, 0.0]), np.array([1.0, 0, 0, 4.0])]
     ex = [Example(row=i, start=0, centre=2, token_ids=np.arange(4), acts=a.astype(np.float32), source="top")
@@ -275,7 +275,7 @@ def _round():
 
 
 def test_game_scores_guesses_like_the_protocol():
-    from mono_utils.autointerp import weighted_spearman
+    from mono_utils.autointerp.protocol import weighted_spearman
     from mono_utils.lessons.game import parse_guesses, score_guesses
     rnd = _round()
     perfect = [10 * e.acts / 4 for e in rnd.examples]
