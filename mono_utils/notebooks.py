@@ -166,7 +166,7 @@ def add_static_fallbacks(nb, snap: dict) -> int:
     with a one-line text/plain (not a page-long repr) and static copies of the figures, HTML and
     outputs inside it after it. Progress bars are left alone.
     """
-    import nbformat
+    import nbformat  # lazy: only to run notebooks
     done = 0
     for cell in nb.cells:
         if cell.get("cell_type") != "code":
@@ -200,7 +200,6 @@ def add_static_fallbacks(nb, snap: dict) -> int:
 def prune_widget_state(nb) -> int:
     """Drop saved widget states no output can reach any more (e.g. a FigureWidget, with its plotly.js
     bundle of ~5 MB, once its output became a static figure); returns how many were dropped."""
-    import json
     key = "application/vnd.jupyter.widget-state+json"
     state = nb.get("metadata", {}).get("widgets", {}).get(key, {}).get("state")
     if not state:
