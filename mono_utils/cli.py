@@ -134,7 +134,7 @@ def cmd_lessons(args) -> int:
     from .lessons.student import write_student_versions
     written = write_student_versions(args.out, args.notebooks)
     for path, n in written:
-        print(f"wrote {path} ({n} exercise{'s' if n != 1 else ''})")
+        print(f"wrote {path} ({n} checked exercise{'s' if n != 1 else ''})")
     print(f"{len(written)} student notebooks in {args.out}: solutions replaced by stubs, folded below each check")
     return 0
 
