@@ -139,6 +139,17 @@ def cmd_lessons(args) -> int:
     return 0
 
 
+def cmd_atlas(args) -> int:
+    from .artifacts import ArtifactStore
+    from .atlas.site import build_atlas
+    from .presets import PRESETS, validate
+    rep = build_atlas(validate(PRESETS[args.preset]), args.out, args.sae or (), ArtifactStore(args.artifacts))
+    sets = ", ".join(f"{k} {sum(v['bytes'].values()) / 1e6:.1f} MB" for k, v in rep["sets"].items())
+    print(f"wrote {rep['out']}/index.html: {rep['bytes'] / 1e6:.1f} MB in {rep['files']} files ({sets}); "
+          f"{rep['seconds']['total']:.0f} s\nopen it in a browser (no server needed): file://{rep['out']}/index.html")
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m mono_utils",
                                  description="monosemanticity-lab: build artifacts, run notebooks, share bundles.")
@@ -179,6 +190,13 @@ def make_parser() -> argparse.ArgumentParser:
     a.add_argument("--port", type=int, default=8866)
     a.add_argument("--ip", default="127.0.0.1", help="0.0.0.0 to serve a classroom network")
     a.set_defaults(fn=cmd_app)
+    at = sub.add_parser("atlas", help="write every feature and neuron as a static web site that opens offline")
+    at.add_argument("--preset", default=os.environ.get("MONO_PRESET", "default"))
+    at.add_argument("--out", default="atlas", help="folder to write (replaced if it holds an older atlas)")
+    at.add_argument("--sae", action="append", metavar="SAE",
+                    help="add a unit set besides A/1 and A's neurons: topk, B/1 (with B's neurons), "
+                         "A/<size> (a family member) or family; repeat for several")
+    at.set_defaults(fn=cmd_atlas)
     return ap
 
 

@@ -386,9 +386,13 @@ class ActivationIndex:
     def nonzero_acts(self, kind: str, unit: int) -> np.ndarray:
         return self.unit_entries(kind, unit)[1]
 
-    def top_examples(self, kind: str, unit: int, k: int = 10, distinct_rows: bool = True) -> list[tuple[int, int, float]]:
-        """The ``k`` strongest activations as (row, pos, act), best first (one per row by default)."""
-        pos, val = self.unit_entries(kind, unit)
+    def top_examples(self, kind: str, unit: int, k: int = 10, distinct_rows: bool = True,
+                     entries: tuple | None = None) -> list[tuple[int, int, float]]:
+        """The ``k`` strongest activations as (row, pos, act), best first (one per row by default).
+
+        ``entries``: the unit's ``unit_entries`` if already read (a caller reading many views of
+        one unit reads its entries once)."""
+        pos, val = entries if entries is not None else self.unit_entries(kind, unit)
         if len(val) == 0 or k <= 0:
             return []
         order = np.argsort(-val, kind="stable")
@@ -403,9 +407,10 @@ class ActivationIndex:
                 break
         return out
 
-    def interval_edges(self, kind: str, unit: int, n_intervals: int = 11, mode: str = "quantile") -> np.ndarray:
+    def interval_edges(self, kind: str, unit: int, n_intervals: int = 11, mode: str = "quantile",
+                       entries: tuple | None = None) -> np.ndarray:
         """``n_intervals + 1`` edges over the unit's non-zero activations (quantiles or equal widths)."""
-        val = self.nonzero_acts(kind, unit)
+        val = entries[1] if entries is not None else self.nonzero_acts(kind, unit)
         if len(val) == 0:
             return np.zeros(0)
         if mode == "quantile":
@@ -415,15 +420,16 @@ class ActivationIndex:
         raise ValueError(f"unknown interval mode {mode!r}: use 'quantile' or 'width'")
 
     def interval_samples(self, kind: str, unit: int, n_intervals: int = 11, per: int = 3, seed: int = 0,
-                         mode: str = "quantile") -> list[dict]:
+                         mode: str = "quantile", entries: tuple | None = None) -> list[dict]:
         """Random examples from each of ``n_intervals`` activation intervals, strongest interval first.
 
         Each item: ``{"lo", "hi", "n", "examples": [(row, pos, act), ...]}``. A dead unit gives [].
+        ``entries``: as for ``top_examples``.
         """
-        pos, val = self.unit_entries(kind, unit)
+        pos, val = entries if entries is not None else self.unit_entries(kind, unit)
         if len(val) == 0:
             return []
-        edges = self.interval_edges(kind, unit, n_intervals, mode)
+        edges = self.interval_edges(kind, unit, n_intervals, mode, entries=(pos, val))
         rng = np.random.default_rng(seed)
         bins = np.clip(np.searchsorted(edges, val, side="right") - 1, 0, n_intervals - 1)
         out = []

@@ -1,0 +1,574 @@
+"""The feature atlas: every unit of a build as a static web site that opens from ``file://``.
+
+The paper published, beside its text, a browsable visualization of every feature; this module
+writes ours from the built artifacts. ``build_atlas(preset, out)`` gathers, for each *unit set*
+(A/1's features, model A's neurons, and optionally B/1 and B's neurons, the TopK SAE, members
+of the A family), what notebook 02's dashboard shows (density, activation histogram, logit
+weights, domains, top examples and samples from 11 activation intervals) from the activation
+index, joins what the build knows about each unit (its A<->B match, its parent and children in
+the family, its offline autointerp explanation and score, its steering-catalog entry), and
+writes plain files:
+
+    <out>/index.html, assets/atlas.js, assets/atlas.css   (vanilla JS, no CDN)
+    <out>/data/meta.js                                     (the sets, labels, build facts)
+    <out>/data/vocab.js                                    (every token's text)
+    <out>/data/<set>/units.js                              (one row per unit: the index page)
+    <out>/data/<set>/tokens.js                             (token search, loaded on the first search)
+    <out>/data/<set>/d/<shard>.js                          (dashboards, SHARD units a file, on demand)
+
+Browsers block ``fetch()`` of local JSON on ``file://``, so every data file is a script that
+hands its JSON to ``ATLAS.put(key, value)``; the page loads them as ``<script>`` elements when
+needed. Nothing outside the folder is ever requested.
+
+Activations inside an example context are stored as per-mille of the unit's maximum activation
+(0..1000, enough for shading and a hover readout); each example's own activation is exact to
+four significant figures.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import pipeline
+from ..artifacts import ArtifactStore, repo_root
+from ..dashboards import vocab_strings
+from ..index import ActivationIndex, get_index, get_topk_index
+from ..presets import Preset
+
+ATLAS_VERSION = 1
+MARKER = "atlas.json"          # marks a folder as an atlas (only such a folder is ever replaced)
+SHARD = 32                     # dashboards per data file
+ASSETS = Path(__file__).resolve().parent / "assets"
+ASSET_FILES = ("index.html", "atlas.js", "atlas.css")
+
+# notebook 02's dashboard parameters (dashboards.dashboard_data's defaults)
+DASH = {"k_top": 10, "n_intervals": 11, "per_interval": 2, "seed": 0, "before": 12, "after": 4,
+        "n_logits": 10, "act_bins": 30, "logit_bins": 40}
+TOKEN_TOP = 12                 # units listed per token in the token search
+LABEL_MIN_COUNT = 5            # widgets.units_for_domain's minimum firings for a label search
+
+
+# ---------------------------------------------------------------- unit sets
+@dataclass
+class UnitSet:
+    """One browsable set of units: a kind ("feature" or "neuron") of one activation index."""
+    key: str                    # file-safe id: "A1", "AN", "B1", "BN", "A1topk", "Af2048"
+    label: str                  # shown: "A/1", "A neurons", ...
+    model: str                  # "A" or "B"
+    kind: str                   # "feature" or "neuron"
+    index: ActivationIndex
+    logits: np.ndarray          # [n_units, d_vocab] logit weights (model.direction_logit_weights)
+    source: str = ""            # the artifact folders it was read from
+    family_size: int | None = None
+    extras: dict = field(default_factory=dict)   # {unit: {...}} joined from the cached analyses
+
+    @property
+    def n_units(self) -> int:
+        return self.index.n_units(self.kind)
+
+
+def parse_sae_option(spec: str, preset: Preset) -> str:
+    """A ``--sae`` value in canonical form: "topk", "B/1", "A/<size>" (a family member) or "family"."""
+    s = spec.strip()
+    low = s.lower()
+    if low in ("topk", "a/1-topk", "a/1 topk"):
+        return "topk"
+    if low in ("b/1", "b1", "b"):
+        return "B/1"
+    if low in ("a/1", "a1", "a", f"a/{preset.sae_main}"):
+        return "A/1"
+    if low == "family":
+        return "family"
+    if low.startswith("a/") and low[2:].isdigit():
+        n = int(low[2:])
+        if n in preset.sae_sizes:
+            return "A/1" if n == preset.sae_main else f"A/{n}"
+    sizes = ", ".join(f"A/{n}" for n in preset.sae_sizes)
+    raise ValueError(f"unknown --sae {spec!r}: use topk, B/1, family, or a family member of preset "
+                     f"{preset.name!r} ({sizes}; A/{preset.sae_main} is A/1, always included)")
+
+
+def _family_key(n: int, preset: Preset) -> str:
+    return "A1" if n == preset.sae_main else f"Af{n}"
+
+
+# ---------------------------------------------------------------- small helpers
+def _r(x, digits: int = 4):
+    """A float rounded to ``digits`` significant figures (None for NaN/inf), for compact JSON."""
+    x = float(x)
+    if not math.isfinite(x):
+        return None
+    if x == 0:
+        return 0
+    v = float(f"{x:.{digits}g}")
+    return int(v) if v.is_integer() and abs(v) < 1e15 else v
+
+
+def _hist(values: np.ndarray, bins: int) -> tuple[list[int], list]:
+    if len(values) == 0:
+        return [], []
+    counts, edges = np.histogram(values, bins=bins)
+    return counts.tolist(), [_r(edges[0], 5), _r(edges[-1], 5)]   # equal-width bins: two edges say all
+
+
+# ---------------------------------------------------------------- per-unit dashboards
+def _window(index: ActivationIndex, pos: np.ndarray, val: np.ndarray, row: int, p: int, scale: float,
+            before: int, after: int) -> list:
+    """One example context: [row, pos, start, act, token ids, per-mille activations]."""
+    n_ctx = index.n_ctx
+    lo, hi = max(0, p - before), min(n_ctx, p + after + 1)
+    a, b = np.searchsorted(pos, [row * n_ctx + lo, row * n_ctx + hi])
+    acts = np.zeros(hi - lo, np.float32)
+    acts[pos[a:b] - (row * n_ctx + lo)] = val[a:b]
+    at = float(acts[p - lo])
+    q = np.rint(np.clip(acts / scale, 0, 1) * 1000).astype(int).tolist() if scale > 0 else [0] * len(acts)
+    return [int(row), int(p), int(lo), _r(at), index.tokens[row, lo:hi].astype(int).tolist(), q]
+
+
+def unit_record(index: ActivationIndex, kind: str, unit: int, logit_row: np.ndarray, domain_base: np.ndarray,
+                ultralow: bool, dash: dict = DASH) -> dict:
+    """Everything a unit's page shows (notebook 02's dashboard without the ablation underlines)."""
+    pos, val = index.unit_entries(kind, unit)
+    entries = (pos, val)
+    u = index._u(kind)
+    count = int(len(val))
+    mx = float(u.max[unit])
+    rec = {"u": int(unit), "n": count, "d": _r(count / max(1, index.n_tokens)), "mx": _r(mx),
+           "flag": 1 if count == 0 else 2 if ultralow else 0}
+    rec["ah"], rec["ar"] = _hist(val, dash["act_bins"])
+    order = np.argsort(logit_row, kind="stable")
+    k = dash["n_logits"]
+    rec["lt"] = [[int(i), _r(logit_row[i])] for i in order[::-1][:k]]
+    rec["lb"] = [[int(i), _r(logit_row[i])] for i in order[:k]]
+    rec["lh"], rec["lr"] = _hist(logit_row, dash["logit_bins"])
+    rec["dc"] = u.domain_counts[unit].astype(int).tolist()
+    sc = u.subdomain_counts[unit]
+    top_sub = [j for j in np.argsort(-sc, kind="stable")[:8] if sc[j] > 0]
+    rec["sc"] = [[int(j), int(sc[j])] for j in top_sub]
+    w = lambda r, p: _window(index, pos, val, r, p, mx, dash["before"], dash["after"])  # noqa: E731
+    rec["top"] = [w(r, p) for r, p, _ in index.top_examples(kind, unit, dash["k_top"], entries=entries)]
+    rec["iv"] = [[_r(it["lo"]), _r(it["hi"]), it["n"], [w(r, p) for r, p, _ in it["examples"]]]
+                 for it in index.interval_samples(kind, unit, dash["n_intervals"], dash["per_interval"],
+                                                  dash["seed"], entries=entries)]
+    return rec
+
+
+def top_token_ids(rec: dict, n: int = 4) -> list[int]:
+    """Distinct tokens at the peaks of a unit's top examples (its short label), strongest first."""
+    out = []
+    for ctx in rec["top"]:
+        t = ctx[4][ctx[1] - ctx[2]]
+        if t not in out:
+            out.append(t)
+        if len(out) >= n:
+            break
+    return out
+
+
+# ---------------------------------------------------------------- token search
+def token_table(index: ActivationIndex, kind: str, k: int = TOKEN_TOP) -> dict:
+    """For each token of the indexed text, the ``k`` units with the highest mean activation on it.
+
+    The mean is over every occurrence of the token in the index (a unit's zero where it does
+    not fire; neurons' negative values are not stored in the index and count as zero); ``fires``
+    is the share of the occurrences where the unit fires. This is ``widgets.units_for_token``
+    over all occurrences (the widget samples 256). Returns ``{token id: [[unit, mean, fires], ...]}``
+    and the occurrence counts under ``"_occ"``.
+    """
+    flat = index.tokens.reshape(-1).astype(np.int64)
+    d_vocab = int(max(flat.max() + 1, 1))
+    occ = np.bincount(flat, minlength=d_vocab)
+    n = index.n_units(kind)
+    sums = np.zeros((d_vocab, n), np.float32)
+    fires = np.zeros((d_vocab, n), np.int32)
+    for unit in range(n):
+        pos, val = index.unit_entries(kind, unit)
+        if len(pos):
+            t = flat[pos]
+            sums[:, unit] = np.bincount(t, weights=val, minlength=d_vocab)
+            fires[:, unit] = np.bincount(t, minlength=d_vocab)
+    seen = np.flatnonzero(occ)
+    mean = sums[seen] / occ[seen, None]
+    kk = min(k, n)
+    part = np.argpartition(-mean, kk - 1, axis=1)[:, :kk]
+    out = {}
+    for r, t in enumerate(seen):
+        cand = part[r]
+        m = mean[r, cand]
+        order = np.lexsort((cand, -m))           # highest mean first, ties by unit number
+        rows = [[int(cand[j]), _r(m[j], 3), _r(fires[t, cand[j]] / occ[t], 3)] for j in order if m[j] > 0]
+        if rows:
+            out[str(int(t))] = rows
+    out["_occ"] = {str(int(t)): int(occ[t]) for t in seen}
+    return out
+
+
+# ---------------------------------------------------------------- what the build knows (joins)
+def join_universality(sets: dict, res, preset: Preset) -> dict:
+    """A<->B matches (notebook 04: A's unit -> its most correlated unit of B) into the sets' extras.
+
+    Features: A/1 -> B/1; neurons: A's -> B's. B's side lists the A units matched to it (the
+    comparison is computed from A to B only). Units left out of the comparison (dead, ultralow,
+    too few firings) say so.
+    """
+    stats = {"features": res.features.summary(), "neurons": res.neurons.summary(),
+             "min_count": res.params.get("min_count"), "n_tokens": res.params.get("tokens", {}).get("rows")}
+    pairs = (("features", "A1", "B1", res.logit_sim), ("neurons", "AN", "BN", res.neuron_logit_sim))
+    for what, ka, kb, lsim in pairs:
+        m = getattr(res, what)
+        attr = res.attribution_sim if what == "features" else None
+        a_side = sets.get(ka)
+        if a_side is not None:
+            for i in range(len(m.match)):
+                j = int(m.match[i])
+                if j < 0:
+                    a_side.extras.setdefault(i, {})["ab"] = {"to": kb, "excluded": True}
+                else:
+                    a_side.extras.setdefault(i, {})["ab"] = {
+                        "to": kb, "unit": j, "corr": _r(m.max_corr[i], 3), "logit_sim": _r(lsim[i], 3),
+                        "attr_sim": None if attr is None else _r(attr[i], 3)}
+        b_side = sets.get(kb)
+        if b_side is not None:
+            rev: dict[int, list] = {}
+            for i in np.flatnonzero(m.match >= 0):
+                rev.setdefault(int(m.match[i]), []).append([int(i), _r(m.max_corr[i], 3)])
+            for j in range(len(m.live_b)):
+                got = sorted(rev.get(j, []), key=lambda x: -(x[1] or 0))
+                b_side.extras.setdefault(j, {})["ba"] = {"from": ka, "units": got[:10], "n": len(got),
+                                                         "live": bool(m.live_b[j])}
+    return stats
+
+
+def join_family(sets: dict, analysis, preset: Preset) -> dict:
+    """Parents and children across the family's sizes (notebook 05's links) into the sets' extras."""
+    g = analysis.graph
+    keys = [_family_key(n, preset) for n in g.sizes]
+    for lv, n in enumerate(g.sizes):
+        us = sets.get(keys[lv])
+        if us is None:
+            continue
+        kids_of = {}
+        if lv + 1 < len(g.sizes):
+            par = g.parent[lv + 1]
+            for c in np.flatnonzero(par >= 0):
+                kids_of.setdefault(int(par[c]), []).append([int(c), _r(g.parent_sim[lv + 1][c], 3)])
+        for f in range(n):
+            e = {"size": n, "sizes": g.sizes, "keys": keys, "level": lv, "linked": bool(g.live[lv][f])}
+            p = int(g.parent[lv][f]) if lv else -1
+            if p >= 0:
+                e["parent"] = [keys[lv - 1], p, _r(g.parent_sim[lv][f], 3)]
+            if lv + 1 < len(g.sizes):
+                e["children"] = [keys[lv + 1], sorted(kids_of.get(f, []), key=lambda x: -(x[1] or 0))]
+            us.extras.setdefault(f, {})["fam"] = e
+    return {"sizes": g.sizes, "threshold": g.threshold, "summary": g.summary()}
+
+
+def join_autointerp(sets: dict, scores: dict) -> dict:
+    """The offline backend's explanation and scores (notebook 03) into A/1's and A's neurons' extras."""
+    out = {}
+    for kind, key in (("feature", "A1"), ("neuron", "AN")):
+        df = scores.get(kind)
+        us = sets.get(key)
+        if df is None or us is None:
+            continue
+        n_ok = 0
+        for row in df.to_dict("records"):
+            e = {"status": str(row.get("status", "")), "expl": str(row.get("explanation") or ""),
+                 "spearman": _r(row.get("spearman", float("nan")), 3), "pearson": _r(row.get("pearson", float("nan")), 3),
+                 "logit_acc": _r(row.get("logit_accuracy", float("nan")), 3),
+                 "single_token": bool(row.get("single_token", False))}
+            n_ok += e["status"] == "ok"
+            us.extras.setdefault(int(row["unit"]), {})["ai"] = e
+        out[key] = {"scored": int(len(df)), "ok": n_ok,
+                    "median_spearman": _r(np.nanmedian(df["spearman"].to_numpy(float)), 3) if len(df) else None}
+    return out
+
+
+def join_steering(sets: dict, catalog, demo_domains=None) -> dict:
+    """Each A/1 feature's steering-catalog entry (notebook 06's picker) into its extras."""
+    from ..steering_catalog import DEMO_DOMAINS
+    us = sets.get("A1")
+    if us is None:
+        return {}
+    demo = {}
+    for dom in (demo_domains or DEMO_DOMAINS):
+        if dom in catalog.subdomain_names:
+            demo[int(catalog.domain_feature(dom))] = dom
+    for i in range(len(catalog.max_act)):
+        sub, share = catalog.top_subdomain(i)
+        e = {"sub": sub, "share": _r(share, 3), "tokens": list(catalog.top_tokens[i][:6]),
+             "max": _r(catalog.max_act[i]), "density": _r(catalog.density[i], 3)}
+        if i in demo:
+            e["demo"] = demo[i]
+        us.extras.setdefault(i, {})["st"] = e
+    return {"rows_tokens": int(catalog.n_tokens), "demo": {v: k for k, v in demo.items()}}
+
+
+# ---------------------------------------------------------------- writing
+def _js(key: str, obj) -> str:
+    return ("ATLAS.put(" + json.dumps(key) + "," +
+            json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False) + ");\n")
+
+
+def _write(path: Path, text: str) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = text.encode("utf-8")
+    path.write_bytes(data)
+    return len(data)
+
+
+def set_summary(us: UnitSet, records: list[dict], index_info: dict) -> dict:
+    """The index page's table for one set: one row per unit, columns as arrays."""
+    idx, kind = us.index, us.kind
+    u = idx._u(kind)
+    n_tok = max(1, idx.n_tokens)
+    sub_sparse = []
+    for i in range(us.n_units):
+        sc = u.subdomain_counts[i]
+        nz = np.flatnonzero(sc)
+        sub_sparse.append([v for j in nz for v in (int(j), int(sc[j]))])
+    col = lambda key, fn: [fn(us.extras.get(i, {}).get(key)) for i in range(us.n_units)]  # noqa: E731
+    summary = {
+        "key": us.key, "label": us.label, "model": us.model, "kind": kind, "n_units": us.n_units,
+        "n_tokens": idx.n_tokens, "shard": SHARD, "source": us.source,
+        "ultralow_density": _r(idx.ultralow_density, 4),
+        "cols": {
+            "n": [int(c) for c in u.count],
+            "d": [_r(c / n_tok) for c in u.count],
+            "mx": [_r(x) for x in np.asarray(u.max)],
+            "flag": [r["flag"] for r in records],
+            "lab": [top_token_ids(r) for r in records],
+            "dc": u.domain_counts.astype(int).tolist(),
+            "sc": sub_sparse,
+            "ai": col("ai", lambda e: e.get("spearman") if e else None),
+            "ab": col("ab", lambda e: e.get("corr") if e else None),
+        },
+        **index_info,
+    }
+    return summary
+
+
+def write_set(out: Path, us: UnitSet, domain_base: np.ndarray, progress: bool = True) -> dict:
+    """The set's data files (units, tokens, dashboard shards); returns bytes and seconds per part."""
+    from tqdm.auto import tqdm
+    idx, kind = us.index, us.kind
+    t0 = time.time()
+    ultra = idx.ultralow_mask(kind)
+    records = []
+    base = out / "data" / us.key
+    sizes = {"dashboards": 0}
+    shard: list[dict] = []
+    for unit in tqdm(range(us.n_units), desc=f"atlas {us.label}", disable=not progress):
+        rec = unit_record(idx, kind, unit, us.logits[unit], domain_base, bool(ultra[unit]))
+        x = us.extras.get(unit)
+        if x:
+            rec["x"] = x
+        records.append({k: rec[k] for k in ("flag", "top")})
+        shard.append(rec)
+        if len(shard) == SHARD or unit == us.n_units - 1:
+            s = unit // SHARD
+            sizes["dashboards"] += _write(base / "d" / f"{s:04d}.js", _js(f"{us.key}/d/{s}", shard))
+            shard = []
+    t1 = time.time()
+    info = {"domain_names": idx.domain_names, "subdomain_names": idx.subdomain_names,
+            "domain_base": [_r(v, 4) for v in idx.label_base_rate("domain").values()],
+            "subdomain_base": [_r(v, 4) for v in idx.label_base_rate("subdomain").values()],
+            "label_min_count": LABEL_MIN_COUNT}
+    summary = set_summary(us, records, info)
+    sizes["units"] = _write(base / "units.js", _js(f"{us.key}/units", summary))
+    t2 = time.time()
+    sizes["tokens"] = _write(base / "tokens.js", _js(f"{us.key}/tokens", token_table(idx, kind)))
+    t3 = time.time()
+    return {"bytes": sizes, "seconds": {"dashboards": round(t1 - t0, 1), "units": round(t2 - t1, 1),
+                                        "tokens": round(t3 - t2, 1)}}
+
+
+def _git_commit() -> str | None:
+    try:
+        r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo_root(), capture_output=True,
+                           text=True, timeout=10)
+        return r.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def folder_bytes(folder: str | Path) -> int:
+    """Total size of the files under ``folder`` (bytes, not disk blocks)."""
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
+def _prepare_out(out: Path) -> Path:
+    """A fresh staging folder next to ``out``; refuses to replace a folder that is not an atlas."""
+    out = Path(out)
+    if out.exists():
+        if not out.is_dir():
+            raise ValueError(f"--out {out} is a file: give a folder for the atlas")
+        if any(out.iterdir()) and not (out / MARKER).exists():
+            raise ValueError(f"--out {out} exists and is not an atlas (no {MARKER}): it is left untouched; "
+                             f"choose an empty or new folder")
+    stage = out.parent / f".{out.name}.partial-{os.getpid()}"
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True)
+    return stage
+
+
+def _swap_in(stage: Path, out: Path) -> None:
+    """Replace ``out`` by the finished ``stage`` (the old atlas is removed only after the rename)."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(old)
+    stage.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_site(out: str | Path, sets: list[UnitSet], vocab: list[str], meta: dict, progress: bool = True) -> dict:
+    """Write the whole site for ``sets`` into ``out`` (staged, then swapped in); returns a report."""
+    out = Path(out)
+    stage = _prepare_out(out)
+    try:
+        t0 = time.time()
+        for name in ASSET_FILES:
+            dst = stage / (name if name == "index.html" else f"assets/{name}")
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(ASSETS / name, dst)
+        _write(stage / "data" / "vocab.js", _js("vocab", list(vocab)))
+        report = {"sets": {}}
+        for us in sets:
+            base = np.array(list(us.index.label_base_rate("domain").values()))
+            report["sets"][us.key] = write_set(stage, us, base, progress)
+        meta = {**meta, "version": ATLAS_VERSION,
+                "sets": [{"key": s.key, "label": s.label, "model": s.model, "kind": s.kind, "n_units": s.n_units,
+                          "family_size": s.family_size} for s in sets]}
+        _write(stage / "data" / "meta.js", _js("meta", meta))
+        report["seconds_write"] = round(time.time() - t0, 1)
+        report["bytes"] = folder_bytes(stage)
+        report["files"] = sum(1 for p in stage.rglob("*") if p.is_file())
+        (stage / MARKER).write_text(json.dumps({"version": ATLAS_VERSION, "built": meta.get("built"),
+                                                "sets": [s.key for s in sets], "bytes": report["bytes"]}, indent=1))
+        _swap_in(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return report
+
+
+# ---------------------------------------------------------------- the build
+def load_sets(preset, store=None, saes=(), progress: bool = True) -> tuple[list[UnitSet], dict]:
+    """The unit sets to show (A/1 + A's neurons, plus ``saes``), built through the suite's getters."""
+    import torch
+    from ..model import direction_logit_weights, model_config_of
+    from ..sae_pipeline import get_sae, get_sae_family
+    p, s = pipeline._preset(preset), pipeline._store(store)
+    wanted = []
+    for spec in saes:
+        c = parse_sae_option(spec, p)
+        if c == "family":
+            wanted += [f"A/{n}" for n in p.sae_sizes if n != p.sae_main]
+        elif c != "A/1":
+            wanted.append(c)
+    wanted = list(dict.fromkeys(wanted))
+    loaded = {"models": {}, "saes": {}}
+
+    def logits(model, sae=None):
+        with torch.no_grad():
+            dirs = sae.W_dec_raw.detach() if sae is not None else torch.eye(model_config_of(model).d_mlp)
+            return direction_logit_weights(model, dirs).cpu().numpy()
+
+    def model(w):
+        if w not in loaded["models"]:
+            loaded["models"][w] = pipeline.get_model(p, w, s, progress=progress)
+        return loaded["models"][w]
+
+    def src(idx, sae=None):
+        return " + ".join(x for x in (Path(idx.folder).name if idx.folder else "",
+                                      Path(sae.mono_folder).name if sae is not None else "") if x)
+
+    sae_a = get_sae(p, "A", store=s, progress=progress)
+    loaded["saes"]["A/1"] = sae_a
+    idx_a = get_index(p, "A", store=s, progress=progress, sae=sae_a, model=model("A"))
+    sets = [UnitSet("A1", "A/1", "A", "feature", idx_a, logits(model("A"), sae_a), src(idx_a, sae_a),
+                    family_size=p.sae_main),
+            UnitSet("AN", "A neurons", "A", "neuron", idx_a, logits(model("A")), src(idx_a))]
+    for c in wanted:
+        if c == "B/1":
+            sae_b = get_sae(p, "B", store=s, progress=progress)
+            loaded["saes"]["B/1"] = sae_b
+            idx_b = get_index(p, "B", store=s, progress=progress, sae=sae_b, model=model("B"))
+            sets += [UnitSet("B1", "B/1", "B", "feature", idx_b, logits(model("B"), sae_b), src(idx_b, sae_b)),
+                     UnitSet("BN", "B neurons", "B", "neuron", idx_b, logits(model("B")), src(idx_b))]
+        elif c == "topk":
+            idx_t = get_topk_index(p, "A", store=s, progress=progress, model=model("A"))
+            from ..sae_pipeline import get_topk_sae
+            sae_t = get_topk_sae(p, "A", store=s, progress=progress)
+            sets.append(UnitSet("A1topk", "A/1 TopK", "A", "feature", idx_t, logits(model("A"), sae_t),
+                                src(idx_t, sae_t)))
+        else:
+            n = int(c.split("/")[1])
+            fam = get_sae_family(p, "A", store=s, progress=progress)
+            idx_n = get_index(p, "A", d_sae=n, store=s, progress=progress, sae=fam[n], model=model("A"))
+            sets.append(UnitSet(_family_key(n, p), f"A family {n:,}", "A", "feature", idx_n,
+                                logits(model("A"), fam[n]), src(idx_n, fam[n]), family_size=n))
+    return sets, loaded
+
+
+def build_atlas(preset=None, out: str | Path = "atlas", saes=(), store: ArtifactStore | None = None,
+                progress: bool = True) -> dict:
+    """Write the atlas of a build into ``out``; builds every missing artifact it reads first.
+
+    Always A/1's features and model A's neurons; ``saes``: any of "topk", "B/1", "A/<size>" (a
+    family member) or "family". Returns a report: bytes, files, seconds per part.
+    """
+    from ..autointerp_run import get_offline_scores
+    from ..splitting import get_family_analysis
+    from ..steering_catalog import get_feature_catalog
+    from ..universality import get_comparison
+    p, s = pipeline._preset(preset), pipeline._store(store)
+    t0 = time.time()
+    tok = pipeline.get_tokenizer(p, s)
+    vocab = vocab_strings(tok)
+    sets, loaded = load_sets(p, s, saes, progress)
+    t_load = time.time()
+    by_key = {u.key: u for u in sets}
+    knows = {}
+    timing = {}
+    # what the build knows about the units, each from its cached analysis (built here if missing)
+    t = time.time()
+    models = (loaded["models"].get("A") or pipeline.get_model(p, "A", s, progress=progress),
+              loaded["models"].get("B") or pipeline.get_model(p, "B", s, progress=progress))
+    from ..sae_pipeline import get_sae, get_sae_family
+    saes_ab = (loaded["saes"]["A/1"], loaded["saes"].get("B/1") or get_sae(p, "B", store=s, progress=progress))
+    knows["universality"] = join_universality(by_key, get_comparison(p, s, progress, models=models, saes=saes_ab), p)
+    timing["universality"] = round(time.time() - t, 1)
+    t = time.time()
+    fam = get_sae_family(p, "A", store=s, progress=progress)
+    knows["family"] = join_family(by_key, get_family_analysis(p, s, progress, model=models[0], family=fam,
+                                                              tokenizer=tok), p)
+    timing["family"] = round(time.time() - t, 1)
+    t = time.time()
+    knows["autointerp"] = join_autointerp(by_key, get_offline_scores(p, s, progress=progress))
+    timing["autointerp"] = round(time.time() - t, 1)
+    t = time.time()
+    knows["steering"] = join_steering(by_key, get_feature_catalog(p, s, model=models[0], sae=saes_ab[0],
+                                                                  tokenizer=tok, progress=progress))
+    timing["steering"] = round(time.time() - t, 1)
+    t_joins = time.time()
+    meta = {"title": f"monosemanticity-lab atlas: {p.name}", "preset": p.name,
+            "built": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": _git_commit(),
+            "knows": knows, "paper": "Bricken et al. (2023), Towards Monosemanticity",
+            "n_ctx": int(sets[0].index.n_ctx), "dash": DASH}
+    report = write_site(out, sets, vocab, meta, progress)
+    report["seconds"] = {"load": round(t_load - t0, 1), "joins": round(t_joins - t_load, 1), **timing,
+                         "write": report.pop("seconds_write"), "total": round(time.time() - t0, 1)}
+    report["out"] = str(Path(out).resolve())
+    return report
