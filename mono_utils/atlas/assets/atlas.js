@@ -235,7 +235,7 @@
     }
     for (var k = Math.ceil(B.lo); k <= Math.floor(B.hi); k++) {
       var x = (k - B.lo) / (B.hi - B.lo) * W;
-      var tx = svgEl('text', {x: x, y: H + 14, 'class': 'axis', 'text-anchor': 'middle'});
+      var tx = svgEl('text', {x: x, y: H + 14, 'class': 'axis', 'text-anchor': x < 16 ? 'start' : x > W - 16 ? 'end' : 'middle'});
       tx.textContent = '1e' + k;
       svg.appendChild(tx);
     }
@@ -559,8 +559,11 @@
     }
     // autointerp
     if (x.ai) {
-      box.appendChild(el('div', {cls: 'autointerp'}, 'Autointerp (offline baseline backend): ',
-        el('q', {cls: 'expl', text: x.ai.expl || '(no explanation)'}),
+      var ex = x.ai.expl || '(no explanation)';
+      var short = ex.length > 220 ? ex.slice(0, 200).replace(/\s+\S*$/, '') + ' …' : ex;
+      var q = el('q', {cls: 'expl', text: short, title: ex.length > 220 ? 'click for the whole explanation' : null});
+      if (short !== ex) q.addEventListener('click', function () { q.textContent = q.textContent === ex ? short : ex; });
+      box.appendChild(el('div', {cls: 'autointerp'}, 'Autointerp (offline baseline backend): ', q,
         ' · Spearman ' + fmt(x.ai.spearman, 2) + ', Pearson ' + fmt(x.ai.pearson, 2) +
         ', logit test ' + fmt(x.ai.logit_acc, 2) + (x.ai.single_token ? ' · single-token' : '') +
         (x.ai.status !== 'ok' ? ' · status: ' + x.ai.status : '')));
