@@ -22,10 +22,12 @@ browser-deps:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; }
 
-# Build everything on the preset, then execute every notebook top to bottom (timings table at the end)
+# Build everything on the preset, execute every notebook top to bottom (timings table at the end),
+# then write the feature atlas: a static site that opens offline (runs/<preset>/atlas/index.html)
 run: env
 	$(BIN)/python -m mono_utils build --preset $(PRESET) --jobs 2
 	$(BIN)/python -m mono_utils run-notebooks --preset $(PRESET)
+	$(BIN)/python -m mono_utils atlas --preset $(PRESET) --sae B/1 --out runs/$(PRESET)/atlas
 
 # The whole test suite: unit tests, every notebook on `smoke`, real-browser widget tests
 test: env browser-deps

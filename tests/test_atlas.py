@@ -48,13 +48,12 @@ def test_unit_record_matches_notebook_dashboard(smoke_a, kind):
     vocab = vocab_strings(tok)
     L = _logits(model, sae if kind == "feature" else None)
     ultra = index.ultralow_mask(kind)
-    base = np.array(list(index.label_base_rate("domain").values()))
     live = index.live_units(kind)
     dead = np.flatnonzero(index.dead_mask(kind))
     units = [int(live[0]), int(live[len(live) // 2]), int(np.argmax(index.density(kind)))]
     units += [int(dead[0])] if len(dead) else []
     for u in units:
-        rec = site.unit_record(index, kind, u, L[u], base, bool(ultra[u]))
+        rec = site.unit_record(index, kind, u, L[u], bool(ultra[u]))
         ref = dashboard_data(index, kind, u, model, tok, sae, ablation=False)
         assert rec["u"] == u and rec["n"] == ref["count"]
         assert rec["d"] == pytest.approx(ref["density"], rel=1e-3)

@@ -133,10 +133,12 @@ def _window(index: ActivationIndex, pos: np.ndarray, val: np.ndarray, row: int, 
     return [int(row), int(p), int(lo), _r(at), index.tokens[row, lo:hi].astype(int).tolist(), q]
 
 
-def unit_record(index: ActivationIndex, kind: str, unit: int, logit_row: np.ndarray, domain_base: np.ndarray,
-                ultralow: bool, dash: dict = DASH) -> dict:
-    """Everything a unit's page shows (notebook 02's dashboard without the ablation underlines)."""
-    pos, val = index.unit_entries(kind, unit)
+def unit_record(index: ActivationIndex, kind: str, unit: int, logit_row: np.ndarray, ultralow: bool,
+                dash: dict = DASH, entries: tuple | None = None) -> dict:
+    """Everything a unit's page shows (notebook 02's dashboard without the ablation underlines).
+
+    ``entries``: the unit's ``index.unit_entries`` if already read."""
+    pos, val = entries if entries is not None else index.unit_entries(kind, unit)
     entries = (pos, val)
     u = index._u(kind)
     count = int(len(val))
@@ -174,41 +176,54 @@ def top_token_ids(rec: dict, n: int = 4) -> list[int]:
 
 
 # ---------------------------------------------------------------- token search
-def token_table(index: ActivationIndex, kind: str, k: int = TOKEN_TOP) -> dict:
-    """For each token of the indexed text, the ``k`` units with the highest mean activation on it.
+class TokenTable:
+    """For each token of the indexed text, the units with the highest mean activation on it.
 
     The mean is over every occurrence of the token in the index (a unit's zero where it does
     not fire; neurons' negative values are not stored in the index and count as zero); ``fires``
     is the share of the occurrences where the unit fires. This is ``widgets.units_for_token``
-    over all occurrences (the widget samples 256). Returns ``{token id: [[unit, mean, fires], ...]}``
-    and the occurrence counts under ``"_occ"``.
+    over all occurrences (the widget samples 256). Units are added one at a time from entries
+    already read (``add``); ``finish(k)`` gives ``{token id: [[unit, mean, fires], ...]}`` and
+    the occurrence counts under ``"_occ"``.
     """
-    flat = index.tokens.reshape(-1).astype(np.int64)
-    d_vocab = int(max(flat.max() + 1, 1))
-    occ = np.bincount(flat, minlength=d_vocab)
-    n = index.n_units(kind)
-    sums = np.zeros((d_vocab, n), np.float32)
-    fires = np.zeros((d_vocab, n), np.int32)
-    for unit in range(n):
-        pos, val = index.unit_entries(kind, unit)
+
+    def __init__(self, index: ActivationIndex, n_units: int):
+        self.flat = index.tokens.reshape(-1).astype(np.int64)
+        self.d_vocab = int(self.flat.max()) + 1 if self.flat.size else 1
+        self.occ = np.bincount(self.flat, minlength=self.d_vocab)
+        self.sums = np.zeros((self.d_vocab, n_units), np.float32)
+        self.fires = np.zeros((self.d_vocab, n_units), np.int32)
+
+    def add(self, unit: int, pos: np.ndarray, val: np.ndarray) -> None:
         if len(pos):
-            t = flat[pos]
-            sums[:, unit] = np.bincount(t, weights=val, minlength=d_vocab)
-            fires[:, unit] = np.bincount(t, minlength=d_vocab)
-    seen = np.flatnonzero(occ)
-    mean = sums[seen] / occ[seen, None]
-    kk = min(k, n)
-    part = np.argpartition(-mean, kk - 1, axis=1)[:, :kk]
-    out = {}
-    for r, t in enumerate(seen):
-        cand = part[r]
-        m = mean[r, cand]
-        order = np.lexsort((cand, -m))           # highest mean first, ties by unit number
-        rows = [[int(cand[j]), _r(m[j], 3), _r(fires[t, cand[j]] / occ[t], 3)] for j in order if m[j] > 0]
-        if rows:
-            out[str(int(t))] = rows
-    out["_occ"] = {str(int(t)): int(occ[t]) for t in seen}
-    return out
+            t = self.flat[pos]
+            self.sums[:, unit] = np.bincount(t, weights=val, minlength=self.d_vocab)
+            self.fires[:, unit] = np.bincount(t, minlength=self.d_vocab)
+
+    def finish(self, k: int = TOKEN_TOP) -> dict:
+        seen = np.flatnonzero(self.occ)
+        mean = self.sums[seen] / self.occ[seen, None]
+        kk = min(k, mean.shape[1])
+        part = np.argpartition(-mean, kk - 1, axis=1)[:, :kk]
+        out = {}
+        for r, t in enumerate(seen):
+            cand = part[r]
+            m = mean[r, cand]
+            order = np.lexsort((cand, -m))           # highest mean first, ties by unit number
+            rows = [[int(cand[j]), _r(m[j], 3), _r(self.fires[t, cand[j]] / self.occ[t], 3)]
+                    for j in order if m[j] > 0]
+            if rows:
+                out[str(int(t))] = rows
+        out["_occ"] = {str(int(t)): int(self.occ[t]) for t in seen}
+        return out
+
+
+def token_table(index: ActivationIndex, kind: str, k: int = TOKEN_TOP) -> dict:
+    """``TokenTable`` of every unit of one kind (see there)."""
+    table = TokenTable(index, index.n_units(kind))
+    for unit in range(index.n_units(kind)):
+        table.add(unit, *index.unit_entries(kind, unit))
+    return table.finish(k)
 
 
 # ---------------------------------------------------------------- what the build knows (joins)
@@ -356,18 +371,23 @@ def set_summary(us: UnitSet, records: list[dict], index_info: dict) -> dict:
     return summary
 
 
-def write_set(out: Path, us: UnitSet, domain_base: np.ndarray, progress: bool = True) -> dict:
-    """The set's data files (units, tokens, dashboard shards); returns bytes and seconds per part."""
+def write_set(out: Path, us: UnitSet, progress: bool = True) -> dict:
+    """The set's data files (units, tokens, dashboard shards); returns bytes and seconds per part.
+
+    One pass over the units: each unit's entries are read once for its page and the token table."""
     from tqdm.auto import tqdm
     idx, kind = us.index, us.kind
     t0 = time.time()
     ultra = idx.ultralow_mask(kind)
+    tokens = TokenTable(idx, us.n_units)
     records = []
     base = out / "data" / us.key
     sizes = {"dashboards": 0}
     shard: list[dict] = []
     for unit in tqdm(range(us.n_units), desc=f"atlas {us.label}", disable=not progress):
-        rec = unit_record(idx, kind, unit, us.logits[unit], domain_base, bool(ultra[unit]))
+        entries = idx.unit_entries(kind, unit)
+        tokens.add(unit, *entries)
+        rec = unit_record(idx, kind, unit, us.logits[unit], bool(ultra[unit]), entries=entries)
         x = us.extras.get(unit)
         if x:
             rec["x"] = x
@@ -384,11 +404,8 @@ def write_set(out: Path, us: UnitSet, domain_base: np.ndarray, progress: bool = 
             "label_min_count": LABEL_MIN_COUNT}
     summary = set_summary(us, records, info)
     sizes["units"] = _write(base / "units.js", _js(f"{us.key}/units", summary))
-    t2 = time.time()
-    sizes["tokens"] = _write(base / "tokens.js", _js(f"{us.key}/tokens", token_table(idx, kind)))
-    t3 = time.time()
-    return {"bytes": sizes, "seconds": {"dashboards": round(t1 - t0, 1), "units": round(t2 - t1, 1),
-                                        "tokens": round(t3 - t2, 1)}}
+    sizes["tokens"] = _write(base / "tokens.js", _js(f"{us.key}/tokens", tokens.finish()))
+    return {"bytes": sizes, "seconds": round(time.time() - t0, 1), "seconds_pages": round(t1 - t0, 1)}
 
 
 def _git_commit() -> str | None:
@@ -445,8 +462,7 @@ def write_site(out: str | Path, sets: list[UnitSet], vocab: list[str], meta: dic
         _write(stage / "data" / "vocab.js", _js("vocab", list(vocab)))
         report = {"sets": {}}
         for us in sets:
-            base = np.array(list(us.index.label_base_rate("domain").values()))
-            report["sets"][us.key] = write_set(stage, us, base, progress)
+            report["sets"][us.key] = write_set(stage, us, progress)
         meta = {**meta, "version": ATLAS_VERSION,
                 "sets": [{"key": s.key, "label": s.label, "model": s.model, "kind": s.kind, "n_units": s.n_units,
                           "family_size": s.family_size} for s in sets]}

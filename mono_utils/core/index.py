@@ -395,7 +395,19 @@ class ActivationIndex:
         pos, val = entries if entries is not None else self.unit_entries(kind, unit)
         if len(val) == 0 or k <= 0:
             return []
-        order = np.argsort(-val, kind="stable")
+        m = max(2048, 64 * k)
+        if len(val) > 2 * m:
+            # a dense unit (a neuron): sort only the entries at or above the m-th largest value. A
+            # stable sort of those, ties by position, is the full stable sort's prefix, so the
+            # result is the same unless they hold fewer than k distinct rows (then sort all)
+            thr = np.partition(val, len(val) - m)[len(val) - m]
+            cand = np.flatnonzero(val >= thr)
+            out = self._walk_top(pos, val, cand[np.argsort(-val[cand], kind="stable")], k, distinct_rows)
+            if len(out) >= k:
+                return out
+        return self._walk_top(pos, val, np.argsort(-val, kind="stable"), k, distinct_rows)
+
+    def _walk_top(self, pos, val, order, k: int, distinct_rows: bool) -> list[tuple[int, int, float]]:
         out, rows = [], set()
         for j in order:
             r, p = divmod(int(pos[j]), self.n_ctx)

@@ -144,3 +144,28 @@ def test_index_takes_the_sae_ultralow_set(tmp_path):
     # an SAE from outside the store (no recorded densities): the index keeps its own cutoff
     outside = SimpleNamespace(folder=None)
     assert not random_index().use_sae_ultralow(ultralow_mask(outside), ultralow_cutoff(outside))
+
+
+@pytest.mark.parametrize("distinct_rows", [True, False])
+def test_top_examples_of_a_dense_unit_equal_the_full_sort(distinct_rows):
+    """Dense units take a partial sort; it must give exactly the full stable sort's answer, ties included."""
+    n_rows, n_ctx = 400, 64
+    rng = np.random.default_rng(0)
+    a = np.round(rng.random((n_rows * n_ctx, 2)) * 20) / 4     # many ties, ~97% of tokens non-zero
+    a[: n_rows * n_ctx // 2, 1] = 5.0                           # unit 1: its maximum on 12,800 tokens
+    arr = build_index_arrays([(0, torch.from_numpy(a).float())], 2, n_rows * n_ctx)
+    idx = ActivationIndex.from_arrays(np.zeros((n_rows, n_ctx), np.uint16), np.zeros((n_rows, n_ctx), np.uint8),
+                                      np.zeros((n_rows, n_ctx), np.uint8), ["d"], ["s"], {"neuron": arr})
+    for unit in (0, 1):
+        pos, val = idx.unit_entries("neuron", unit)
+        assert len(val) > 2 * 2048
+        want, rows = [], set()
+        for j in np.argsort(-val, kind="stable"):
+            r, p = divmod(int(pos[j]), n_ctx)
+            if distinct_rows and r in rows:
+                continue
+            rows.add(r)
+            want.append((r, p, float(val[j])))
+            if len(want) == 10:
+                break
+        assert idx.top_examples("neuron", unit, 10, distinct_rows=distinct_rows) == want

@@ -1,0 +1,110 @@
+"""Time and size of the feature atlas (``python -m mono_utils atlas``) of a built store.
+
+The issue's goal: A/1 + model A's neurons of the default preset in at most 2 minutes on the
+2-core machine once the activation index exists, and at most 60 MB. The script first loads (and
+builds, if missing: not timed) everything the atlas reads, then times ``build_atlas`` and prints
+the seconds per part and the bytes per unit set. With ``--screenshot PATH`` it also opens the
+result in headless Chromium from file://, prints how long the index page takes to show its table
+and how many bytes it loaded, and saves a PNG of one dashboard (the Hebrew demo feature of the
+steering catalog when there is one).
+
+Usage: .venv/bin/python benchmarks/bench_atlas.py [--preset default] [--out runs/default/atlas]
+       [--sae B/1 ...] [--screenshot docs/atlas.png]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def warm(preset, store, saes) -> None:
+    """Build (not timed) whatever the atlas reads, so that the timed run only gathers and writes."""
+    from mono_utils.atlas import site
+    from mono_utils.autointerp_run import get_offline_scores
+    from mono_utils.sae_pipeline import get_sae_family
+    from mono_utils.splitting import get_family_analysis
+    from mono_utils.steering_catalog import get_feature_catalog
+    from mono_utils.universality import get_comparison
+    site.load_sets(preset, store, saes)
+    get_comparison(preset, store)
+    get_family_analysis(preset, store, family=get_sae_family(preset, "A", store=store))
+    get_offline_scores(preset, store)
+    get_feature_catalog(preset, store)
+
+
+def screenshot(out: Path, path: Path) -> dict:
+    """Open the atlas from file:// in headless Chromium; time the first page; save one dashboard."""
+    from playwright.sync_api import sync_playwright
+    meta_text = (out / "data" / "meta.js").read_text(encoding="utf-8")
+    meta = json.loads(re.fullmatch(r'ATLAS\.put\("meta",(.*)\);\n', meta_text, re.S).group(1))
+    demo = meta.get("knows", {}).get("steering", {}).get("demo", {})
+    unit = demo.get("hebrew", demo.get("dna", 0))
+    res = {"unit": unit}
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=os.environ.get("MONO_CHROMIUM", "/usr/bin/chromium"), headless=True,
+                              args=["--no-sandbox", "--disable-gpu"])
+        page = b.new_page(viewport={"width": 1280, "height": 820})
+        loaded, outside = [], []
+        page.on("request", lambda r: loaded.append(r.url))
+        page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(out.resolve().as_uri()) else None)
+        t = time.perf_counter()
+        page.goto((out / "index.html").as_uri())
+        page.wait_for_selector("table.units tbody tr")
+        res["first_page_s"] = round(time.perf_counter() - t, 2)
+        res["first_page_files"] = len(loaded)
+        res["first_page_bytes"] = sum(Path(re.sub("^file://", "", u).split("#")[0]).stat().st_size for u in loaded)
+        page.goto((out / "index.html").as_uri() + f"#/A1/{unit}")
+        page.wait_for_selector(".examples .ctx")
+        t = time.perf_counter()
+        page.goto((out / "index.html").as_uri() + f"#/A1/{unit + 1}")
+        page.wait_for_function("u => document.querySelector('h1').textContent === 'A/1 #' + u", arg=unit + 1)
+        res["dashboard_s"] = round(time.perf_counter() - t, 2)
+        page.goto((out / "index.html").as_uri() + f"#/A1/{unit}")
+        page.wait_for_selector(".examples .ctx")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(path))
+        res["requests_outside"] = outside
+        b.close()
+    res["png_bytes"] = path.stat().st_size
+    return res
+
+
+def main() -> int:
+    from mono_utils.artifacts import ArtifactStore
+    from mono_utils.atlas import site
+    from mono_utils.presets import get_preset
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", default="default")
+    ap.add_argument("--out", default=None, help="folder to write (default: a temporary one)")
+    ap.add_argument("--sae", action="append", default=[], help="as for python -m mono_utils atlas")
+    ap.add_argument("--screenshot", default=None, help="save a PNG of one dashboard here")
+    args = ap.parse_args()
+    preset, store = get_preset(args.preset), ArtifactStore()
+    warm(preset, store, args.sae)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(args.out) if args.out else Path(tmp) / "atlas"
+        t = time.perf_counter()
+        rep = site.build_atlas(preset, out, args.sae, store, progress=False)
+        wall = time.perf_counter() - t
+        print(f"atlas of {args.preset} ({', '.join(rep['sets'])}): {wall:.1f} s wall, "
+              f"{rep['bytes'] / 1e6:.1f} MB in {rep['files']} files")
+        print("seconds:", json.dumps(rep["seconds"]))
+        for key, s in rep["sets"].items():
+            print(f"  {key:7s} {sum(s['bytes'].values()) / 1e6:6.1f} MB  {s['seconds']:6.1f} s  "
+                  + ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in s["bytes"].items()))
+        if args.screenshot:
+            print("browser:", json.dumps(screenshot(out, Path(args.screenshot))))
+    print(f"machine: {platform.system()} {platform.machine()}, {os.cpu_count()} cores, python {sys.version.split()[0]}; "
+          f"load average {os.getloadavg()[0]:.1f} when done")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
