@@ -146,7 +146,8 @@ def cmd_atlas(args) -> int:
     rep = build_atlas(validate(PRESETS[args.preset]), args.out, args.sae or (), ArtifactStore(args.artifacts))
     sets = ", ".join(f"{k} {sum(v['bytes'].values()) / 1e6:.1f} MB" for k, v in rep["sets"].items())
     print(f"wrote {rep['out']}/index.html: {rep['bytes'] / 1e6:.1f} MB in {rep['files']} files ({sets}); "
-          f"{rep['seconds']['total']:.0f} s\nopen it in a browser (no server needed): file://{rep['out']}/index.html")
+          f"{rep['seconds']['total']:.0f} s\nopen it in a browser (no server needed): "
+          f"{(Path(rep['out']) / 'index.html').as_uri()}")
     return 0
 
 

@@ -203,3 +203,26 @@ def test_build_atlas_writes_every_unit_and_joins(smoke_atlas, smoke_preset, smok
     assert [s["key"] for s in meta2["sets"]] == ["A1", "AN"] and not (out / "data" / "B1").exists()
     assert again["bytes"] < report["bytes"]
     assert not list(out.parent.glob(".site.*"))
+
+
+def test_cli_rejects_bad_options_before_building(tmp_path, capsys):
+    from mono_utils import cli
+    store = tmp_path / "store"
+    assert cli.main(["atlas", "--preset", "smoke", "--sae", "C/1", "--artifacts", str(store)]) == 1
+    assert "unknown --sae 'C/1'" in capsys.readouterr().err
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep")
+    assert cli.main(["atlas", "--preset", "smoke", "--out", str(foreign), "--artifacts", str(store)]) == 1
+    assert "is not an atlas" in capsys.readouterr().err
+    assert not store.exists(), "nothing may be built when the options are wrong"
+
+
+@pytest.mark.slow
+def test_cli_writes_an_atlas(smoke_store, tmp_path, capsys):
+    from mono_utils import cli
+    out = tmp_path / "atlas"
+    assert cli.main(["atlas", "--preset", "smoke", "--out", str(out), "--artifacts", str(smoke_store.root)]) == 0
+    printed = capsys.readouterr().out
+    assert (out / "index.html").as_uri() in printed and "MB in" in printed
+    assert sorted(p.name for p in (out / "data").iterdir()) == ["A1", "AN", "meta.js", "vocab.js"]

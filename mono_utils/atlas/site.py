@@ -36,12 +36,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
 from .. import pipeline
 from ..artifacts import ArtifactStore, repo_root
+from ..autointerp_run import get_offline_scores
 from ..dashboards import vocab_strings
 from ..index import ActivationIndex, get_index, get_topk_index
+from ..model import direction_logit_weights, model_config_of
 from ..presets import Preset
+from ..sae_pipeline import get_sae, get_sae_family, get_topk_sae
+from ..splitting import get_family_analysis
+from ..steering_catalog import DEMO_DOMAINS, get_feature_catalog
+from ..universality import get_comparison
 
 ATLAS_VERSION = 1
 MARKER = "atlas.json"          # marks a folder as an atlas (only such a folder is ever replaced)
@@ -309,7 +317,6 @@ def join_autointerp(sets: dict, scores: dict) -> dict:
 
 def join_steering(sets: dict, catalog, demo_domains=None) -> dict:
     """Each A/1 feature's steering-catalog entry (notebook 06's picker) into its extras."""
-    from ..steering_catalog import DEMO_DOMAINS
     us = sets.get("A1")
     if us is None:
         return {}
@@ -375,7 +382,6 @@ def write_set(out: Path, us: UnitSet, progress: bool = True) -> dict:
     """The set's data files (units, tokens, dashboard shards); returns bytes and seconds per part.
 
     One pass over the units: each unit's entries are read once for its page and the token table."""
-    from tqdm.auto import tqdm
     idx, kind = us.index, us.kind
     t0 = time.time()
     ultra = idx.ultralow_mask(kind)
@@ -422,8 +428,8 @@ def folder_bytes(folder: str | Path) -> int:
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
 
 
-def _prepare_out(out: Path) -> Path:
-    """A fresh staging folder next to ``out``; refuses to replace a folder that is not an atlas."""
+def check_out(out: str | Path) -> Path:
+    """``out`` as a Path if an atlas may be written there: new, empty, or an older atlas."""
     out = Path(out)
     if out.exists():
         if not out.is_dir():
@@ -431,6 +437,12 @@ def _prepare_out(out: Path) -> Path:
         if any(out.iterdir()) and not (out / MARKER).exists():
             raise ValueError(f"--out {out} exists and is not an atlas (no {MARKER}): it is left untouched; "
                              f"choose an empty or new folder")
+    return out
+
+
+def _prepare_out(out: Path) -> Path:
+    """A fresh staging folder next to ``out`` (see ``check_out``)."""
+    out = check_out(out)
     stage = out.parent / f".{out.name}.partial-{os.getpid()}"
     if stage.exists():
         shutil.rmtree(stage)
@@ -482,9 +494,6 @@ def write_site(out: str | Path, sets: list[UnitSet], vocab: list[str], meta: dic
 # ---------------------------------------------------------------- the build
 def load_sets(preset, store=None, saes=(), progress: bool = True) -> tuple[list[UnitSet], dict]:
     """The unit sets to show (A/1 + A's neurons, plus ``saes``), built through the suite's getters."""
-    import torch
-    from ..model import direction_logit_weights, model_config_of
-    from ..sae_pipeline import get_sae, get_sae_family
     p, s = pipeline._preset(preset), pipeline._store(store)
     wanted = []
     for spec in saes:
@@ -525,7 +534,6 @@ def load_sets(preset, store=None, saes=(), progress: bool = True) -> tuple[list[
                      UnitSet("BN", "B neurons", "B", "neuron", idx_b, logits(model("B")), src(idx_b))]
         elif c == "topk":
             idx_t = get_topk_index(p, "A", store=s, progress=progress, model=model("A"))
-            from ..sae_pipeline import get_topk_sae
             sae_t = get_topk_sae(p, "A", store=s, progress=progress)
             sets.append(UnitSet("A1topk", "A/1 TopK", "A", "feature", idx_t, logits(model("A"), sae_t),
                                 src(idx_t, sae_t)))
@@ -545,11 +553,10 @@ def build_atlas(preset=None, out: str | Path = "atlas", saes=(), store: Artifact
     Always A/1's features and model A's neurons; ``saes``: any of "topk", "B/1", "A/<size>" (a
     family member) or "family". Returns a report: bytes, files, seconds per part.
     """
-    from ..autointerp_run import get_offline_scores
-    from ..splitting import get_family_analysis
-    from ..steering_catalog import get_feature_catalog
-    from ..universality import get_comparison
     p, s = pipeline._preset(preset), pipeline._store(store)
+    for spec in saes:            # bad options fail before anything is loaded or built
+        parse_sae_option(spec, p)
+    check_out(out)
     t0 = time.time()
     tok = pipeline.get_tokenizer(p, s)
     vocab = vocab_strings(tok)
@@ -562,7 +569,6 @@ def build_atlas(preset=None, out: str | Path = "atlas", saes=(), store: Artifact
     t = time.time()
     models = (loaded["models"].get("A") or pipeline.get_model(p, "A", s, progress=progress),
               loaded["models"].get("B") or pipeline.get_model(p, "B", s, progress=progress))
-    from ..sae_pipeline import get_sae, get_sae_family
     saes_ab = (loaded["saes"]["A/1"], loaded["saes"].get("B/1") or get_sae(p, "B", store=s, progress=progress))
     knows["universality"] = join_universality(by_key, get_comparison(p, s, progress, models=models, saes=saes_ab), p)
     timing["universality"] = round(time.time() - t, 1)

@@ -277,6 +277,8 @@
          el('span', {cls: 'badge dead', text: int(dead) + ' dead'}), ' ',
          el('span', {cls: 'badge ultralow', text: int(ultra) + ' ultralow'}),
          ' (density below ' + fmt(U.ultralow_density) + '; the paper leaves both out). Source: ' + U.source)));
+    var kn = indexKnows(set);
+    if (kn) app.appendChild(kn);
     var row = el('div', {cls: 'top'});
     var left = el('div', {cls: 'controls'});
     var right = el('div', {cls: 'histbox'});
@@ -292,7 +294,7 @@
         return el('option', {value: o[0], selected: st.mode === o[0]}, o[1]);
       }));
     var q = el('input', {id: 'q', type: 'search', value: st.q || '', autocomplete: 'off', spellcheck: 'false',
-                         placeholder: 'a token, e.g. " def" or "·def"; or a unit number'});
+                         placeholder: 'a token, e.g. " def" or "·def"; or #12 for unit 12'});
     var labelSel = el('select', {id: 'label', 'aria-label': 'label'},
       el('option', {value: ''}, '(choose a domain or subdomain)'),
       el('optgroup', {label: 'domains'}, U.domain_names.map(function (n) {
@@ -322,8 +324,13 @@
       st.dead = cbDead.checked; st.ultra = cbUltra.checked;
     }
     function run() { sync(); st.shown = PAGE; update(); }
-    q.addEventListener('keydown', function (e) { if (e.key === 'Enter') { st.tokenId = null; run(); } });
-    go.addEventListener('click', function () { st.tokenId = null; run(); });
+    function search() {       // typing a query means a token (or "#N": a unit) whatever the mode was
+      st.tokenId = null;
+      if (q.value.trim() && (mode.value === 'label' || mode.value === 'all')) mode.value = 'token';
+      run();
+    }
+    q.addEventListener('keydown', function (e) { if (e.key === 'Enter') search(); });
+    go.addEventListener('click', search);
     mode.addEventListener('change', run);
     labelSel.addEventListener('change', function () {
       if (labelSel.value) { mode.value = 'label'; sort.value = 'share'; }
@@ -348,6 +355,7 @@
             st.bin = null; renderIndex(set, U, st);
           }})));
       }
+      if (st.mode === 'token' && /^#\d+$/.test(st.q.trim())) st.mode = mode.value = 'unit';   // "#12": a unit number
       if (st.mode === 'token' && (st.q.trim() || st.tokenId !== null && st.tokenId !== undefined)) {
         results.appendChild(el('p', {cls: 'note', text: 'loading the token table…'}));
         loadTokens(set).then(function (T) { tokenResults(set, U, T, st, results); });
@@ -386,6 +394,28 @@
       table(set, U, ids, label, results, st);
     }
     update();
+  }
+  /* the headline facts of the cached analyses, with links to the units they name */
+  function indexKnows(set) {
+    var k = meta.knows || {}, parts = [];
+    if (set === 'A1' && k.steering && k.steering.demo) {
+      var names = Object.keys(k.steering.demo);
+      if (names.length) parts.push(el('span', null, 'The paper\u2019s demo features (steering catalog): ',
+        names.map(function (n, i) { return [i ? ', ' : '', n + ' ', unitLink('A1', k.steering.demo[n], '#' + k.steering.demo[n])]; }), '. '));
+    }
+    var u = k.universality;
+    if (u && (set === 'A1' || set === 'AN' || set === 'B1' || set === 'BN')) {
+      var f = set[1] === '1' ? u.features : u.neurons;
+      if (f) parts.push(el('span', {text: 'A\u2194B: median max activation correlation of A\u2019s live ' +
+        (set[1] === '1' ? 'features' : 'neurons') + ' ' + fmt(f.median_max_corr, 3) + ' (' + int(f.n_live_a) + ' compared on ' +
+        int(f.n_tokens) + ' tokens). '}));
+    }
+    var a = k.autointerp && k.autointerp[set];
+    if (a) parts.push(el('span', {text: 'Autointerp (offline): ' + int(a.ok) + ' live units scored, median Spearman ' +
+                                       fmt(a.median_spearman, 2) + '. '}));
+    if (k.family && SETS[set].family_size) parts.push(el('span', {text: 'Family: ' + k.family.sizes.map(int).join(' \u2192 ') +
+      ' features, linked at cosine > ' + k.family.threshold + '. '}));
+    return parts.length ? el('p', {cls: 'note knowsline'}, parts) : null;
   }
   function corpusShare(U, label) {
     return label.lvl === 'dom' ? U.domain_base[label.j] : U.subdomain_base[label.j];
