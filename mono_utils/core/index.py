@@ -443,10 +443,17 @@ class ActivationIndex:
             return []
         edges = self.interval_edges(kind, unit, n_intervals, mode, entries=(pos, val))
         rng = np.random.default_rng(seed)
-        bins = np.clip(np.searchsorted(edges, val, side="right") - 1, 0, n_intervals - 1)
+        # searchsorted(edges, val, side="right") counted edge by edge (edges are sorted; faster on dense units)
+        above, v64 = np.zeros(len(val), np.int16), val.astype(np.float64)
+        for e in edges:
+            above += v64 >= e
+        bins = np.clip(above - 1, 0, n_intervals - 1)
+        # each bin's members in position order (a stable radix sort == flatnonzero(bins == b))
+        order = np.argsort(bins, kind="stable")
+        bounds = np.searchsorted(bins[order], np.arange(n_intervals + 1))
         out = []
         for b in range(n_intervals - 1, -1, -1):
-            members = np.flatnonzero(bins == b)
+            members = order[bounds[b]:bounds[b + 1]]
             pick = rng.choice(members, size=min(per, len(members)), replace=False) if len(members) else []
             ex = [(int(pos[j]) // self.n_ctx, int(pos[j]) % self.n_ctx, float(val[j])) for j in pick]
             ex.sort(key=lambda e: -e[2])

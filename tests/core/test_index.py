@@ -169,3 +169,28 @@ def test_top_examples_of_a_dense_unit_equal_the_full_sort(distinct_rows):
             if len(want) == 10:
                 break
         assert idx.top_examples("neuron", unit, 10, distinct_rows=distinct_rows) == want
+
+
+@pytest.mark.parametrize("mode", ["quantile", "width"])
+def test_interval_samples_equal_the_reference(mode):
+    """interval_samples groups the entries by interval without one pass per interval: same samples as
+    the plain definition (searchsorted into the edges, then flatnonzero per interval)."""
+    n_rows, n_ctx = 300, 32
+    rng = np.random.default_rng(1)
+    a = np.round(rng.exponential(1.0, (n_rows * n_ctx, 3)) * 8) / 8      # ties on the edges too
+    a[rng.random(a.shape) < np.array([0.02, 0.5, 0.97])] = 0
+    arr = build_index_arrays([(0, torch.from_numpy(a).float())], 3, n_rows * n_ctx)
+    idx = ActivationIndex.from_arrays(np.zeros((n_rows, n_ctx), np.uint16), np.zeros((n_rows, n_ctx), np.uint8),
+                                      np.zeros((n_rows, n_ctx), np.uint8), ["d"], ["s"], {"neuron": arr})
+    for unit in range(3):
+        pos, val = idx.unit_entries("neuron", unit)
+        edges = idx.interval_edges("neuron", unit, 11, mode)
+        rng2 = np.random.default_rng(5)
+        bins = np.clip(np.searchsorted(edges, val, side="right") - 1, 0, 10)
+        want = []
+        for b in range(10, -1, -1):
+            members = np.flatnonzero(bins == b)
+            pick = rng2.choice(members, size=min(3, len(members)), replace=False) if len(members) else []
+            ex = sorted([(int(pos[j]) // n_ctx, int(pos[j]) % n_ctx, float(val[j])) for j in pick], key=lambda e: -e[2])
+            want.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "n": int(len(members)), "examples": ex})
+        assert idx.interval_samples("neuron", unit, 11, 3, seed=5, mode=mode) == want
