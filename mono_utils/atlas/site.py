@@ -187,10 +187,11 @@ def top_token_ids(rec: dict, n: int = 4) -> list[int]:
 class TokenTable:
     """For each token of the indexed text, the units with the highest mean activation on it.
 
-    The mean is over every occurrence of the token in the index (a unit's zero where it does
-    not fire; neurons' negative values are not stored in the index and count as zero); ``fires``
-    is the share of the occurrences where the unit fires. This is ``widgets.units_for_token``
-    over all occurrences (the widget samples 256). Units are added one at a time from entries
+    The mean is over every occurrence of the token in the index, a unit counting 0 where it does
+    not fire; ``fires`` is the share of the occurrences where the unit fires. This is notebook 02's
+    ``widgets.units_for_token`` with two differences: it averages over all occurrences (the widget
+    samples 256 and runs the model on them), and a neuron's small negative GELU values, which the
+    index does not store, count as 0 here (the widget averages them in). Units are added one at a time from entries
     already read (``add``); ``finish(k)`` gives ``{token id: [[unit, mean, fires], ...]}`` and
     the occurrence counts under ``"_occ"``.
     """

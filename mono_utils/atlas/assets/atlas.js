@@ -233,12 +233,17 @@
       lt.textContent = 'ultralow cutoff';
       svg.appendChild(lt);
     }
+    // the two ends, and every power of ten not too close to them
+    var ticks = [[0, fmt(Math.pow(10, B.lo), 2), 'start'], [W, fmt(Math.pow(10, B.hi), 2), 'end']];
     for (var k = Math.ceil(B.lo); k <= Math.floor(B.hi); k++) {
       var x = (k - B.lo) / (B.hi - B.lo) * W;
-      var tx = svgEl('text', {x: x, y: H + 14, 'class': 'axis', 'text-anchor': x < 16 ? 'start' : x > W - 16 ? 'end' : 'middle'});
-      tx.textContent = '1e' + k;
-      svg.appendChild(tx);
+      if (x > 40 && x < W - 40) ticks.push([x, '1e' + k, 'middle']);
     }
+    ticks.forEach(function (t) {
+      var tx = svgEl('text', {x: t[0], y: H + 14, 'class': 'axis', 'text-anchor': t[2]});
+      tx.textContent = t[1];
+      svg.appendChild(tx);
+    });
     var cap = svgEl('text', {x: W / 2, y: H + pad + 10, 'class': 'axis', 'text-anchor': 'middle'});
     cap.textContent = 'density (share of indexed tokens where the unit fires), log scale';
     svg.appendChild(cap);
@@ -294,7 +299,7 @@
         return el('option', {value: o[0], selected: st.mode === o[0]}, o[1]);
       }));
     var q = el('input', {id: 'q', type: 'search', value: st.q || '', autocomplete: 'off', spellcheck: 'false',
-                         placeholder: 'a token, e.g. " def" or "·def"; or #12 for unit 12'});
+                         placeholder: 'a token (" def" or "·def"), or #12'});
     var labelSel = el('select', {id: 'label', 'aria-label': 'label'},
       el('option', {value: ''}, '(choose a domain or subdomain)'),
       el('optgroup', {label: 'domains'}, U.domain_names.map(function (n) {
