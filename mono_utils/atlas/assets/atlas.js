@@ -315,7 +315,12 @@
     var cbDead = el('input', {type: 'checkbox', id: 'showdead', checked: st.dead});
     var cbUltra = el('input', {type: 'checkbox', id: 'showultra', checked: st.ultra});
     var go = el('button', {id: 'go', type: 'button', text: 'search'});
-    left.appendChild(el('div', {cls: 'line'}, el('label', null, 'search by ', mode), ' ', q, ' ', go));
+    var live = [];
+    U.cols.flag.forEach(function (f, i) { if (f === 0) live.push(i); });
+    var rnd = live.length ? el('a', {href: '#', id: 'random', title: 'a random unit that is neither dead nor ultralow',
+      onclick: function (e) { e.preventDefault(); location.hash = '#/' + set + '/' + live[Math.floor(Math.random() * live.length)]; }},
+      'random live unit') : null;
+    left.appendChild(el('div', {cls: 'line'}, el('label', null, 'search by ', mode), ' ', q, ' ', go, ' ', rnd));
     left.appendChild(el('div', {cls: 'line'}, el('label', null, 'label ', labelSel)));
     left.appendChild(el('div', {cls: 'line'}, sort, ' ', dir, ' ',
                         el('label', null, cbDead, ' dead'), ' ', el('label', null, cbUltra, ' ultralow')));
