@@ -27,14 +27,14 @@ from pathlib import Path
 def warm(preset, store, saes) -> None:
     """Build (not timed) whatever the atlas reads, so that the timed run only gathers and writes."""
     from mono_utils.atlas import site
-    from mono_utils.autointerp_run import get_offline_scores
-    from mono_utils.sae_pipeline import get_sae_family
-    from mono_utils.splitting import get_family_analysis
-    from mono_utils.steering_catalog import get_feature_catalog
-    from mono_utils.universality import get_comparison
+    from mono_utils.autointerp.run import get_offline_scores
+    from mono_utils.build.saes import get_sae_family
+    from mono_utils.splitting.family import get_family_analysis
+    from mono_utils.steering.catalog import get_feature_catalog
+    from mono_utils.universality.cache import get_comparison
     site.load_sets(preset, store, saes)
     get_comparison(preset, store)
-    get_family_analysis(preset, store, family=get_sae_family(preset, "A", store=store))
+    get_family_analysis(preset, store, family=get_sae_family(preset, store, which="A"))
     get_offline_scores(preset, store)
     get_feature_catalog(preset, store)
 
@@ -77,9 +77,9 @@ def screenshot(out: Path, path: Path) -> dict:
 
 
 def main() -> int:
-    from mono_utils.artifacts import ArtifactStore
     from mono_utils.atlas import site
-    from mono_utils.presets import get_preset
+    from mono_utils.build.presets import get_preset
+    from mono_utils.store.artifacts import ArtifactStore
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="default")
     ap.add_argument("--out", default=None, help="folder to write (default: a temporary one)")

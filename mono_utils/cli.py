@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from .apps import launch_app
+from .atlas.site import build_atlas
 from .build.parallel import run_parallel
 from .build.presets import PRESETS, validate
 from .notebooks import execute_notebook, format_table, notebook_paths
@@ -140,9 +141,6 @@ def cmd_lessons(args) -> int:
 
 
 def cmd_atlas(args) -> int:
-    from .artifacts import ArtifactStore
-    from .atlas.site import build_atlas
-    from .presets import PRESETS, validate
     rep = build_atlas(validate(PRESETS[args.preset]), args.out, args.sae or (), ArtifactStore(args.artifacts))
     sets = ", ".join(f"{k} {sum(v['bytes'].values()) / 1e6:.1f} MB" for k, v in rep["sets"].items())
     print(f"wrote {rep['out']}/index.html: {rep['bytes'] / 1e6:.1f} MB in {rep['files']} files ({sets}); "

@@ -39,17 +39,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .. import pipeline
-from ..artifacts import ArtifactStore, repo_root
-from ..autointerp_run import get_offline_scores
-from ..dashboards import vocab_strings
-from ..index import ActivationIndex, get_index, get_topk_index
-from ..model import direction_logit_weights, model_config_of
-from ..presets import Preset
-from ..sae_pipeline import get_sae, get_sae_family, get_topk_sae
-from ..splitting import get_family_analysis
-from ..steering_catalog import DEMO_DOMAINS, get_feature_catalog
-from ..universality import get_comparison
+from ..autointerp.run import get_offline_scores
+from ..build.indexes import get_index, get_topk_index
+from ..build.models import get_model, get_tokenizer
+from ..build.presets import Preset, resolve
+from ..build.saes import get_sae, get_sae_family, get_topk_sae
+from ..core.index import ActivationIndex
+from ..core.model import direction_logit_weights, model_config_of
+from ..features.dashboards import vocab_strings
+from ..splitting.family import get_family_analysis
+from ..steering.catalog import DEMO_DOMAINS, get_feature_catalog
+from ..store.artifacts import ArtifactStore, repo_root
+from ..universality.cache import get_comparison
 
 ATLAS_VERSION = 1
 MARKER = "atlas.json"          # marks a folder as an atlas (only such a folder is ever replaced)
@@ -495,7 +496,7 @@ def write_site(out: str | Path, sets: list[UnitSet], vocab: list[str], meta: dic
 # ---------------------------------------------------------------- the build
 def load_sets(preset, store=None, saes=(), progress: bool = True) -> tuple[list[UnitSet], dict]:
     """The unit sets to show (A/1 + A's neurons, plus ``saes``), built through the suite's getters."""
-    p, s = pipeline._preset(preset), pipeline._store(store)
+    p, s = resolve(preset, store)
     wanted = []
     for spec in saes:
         c = parse_sae_option(spec, p)
@@ -513,35 +514,35 @@ def load_sets(preset, store=None, saes=(), progress: bool = True) -> tuple[list[
 
     def model(w):
         if w not in loaded["models"]:
-            loaded["models"][w] = pipeline.get_model(p, w, s, progress=progress)
+            loaded["models"][w] = get_model(p, s, which=w, progress=progress)
         return loaded["models"][w]
 
     def src(idx, sae=None):
         return " + ".join(x for x in (Path(idx.folder).name if idx.folder else "",
-                                      Path(sae.mono_folder).name if sae is not None else "") if x)
+                                      Path(sae.folder).name if getattr(sae, "folder", None) else "") if x)
 
-    sae_a = get_sae(p, "A", store=s, progress=progress)
+    sae_a = get_sae(p, s, which="A", progress=progress)
     loaded["saes"]["A/1"] = sae_a
-    idx_a = get_index(p, "A", store=s, progress=progress, sae=sae_a, model=model("A"))
+    idx_a = get_index(p, s, which="A", progress=progress, sae=sae_a, model=model("A"))
     sets = [UnitSet("A1", "A/1", "A", "feature", idx_a, logits(model("A"), sae_a), src(idx_a, sae_a),
                     family_size=p.sae_main),
             UnitSet("AN", "A neurons", "A", "neuron", idx_a, logits(model("A")), src(idx_a))]
     for c in wanted:
         if c == "B/1":
-            sae_b = get_sae(p, "B", store=s, progress=progress)
+            sae_b = get_sae(p, s, which="B", progress=progress)
             loaded["saes"]["B/1"] = sae_b
-            idx_b = get_index(p, "B", store=s, progress=progress, sae=sae_b, model=model("B"))
+            idx_b = get_index(p, s, which="B", progress=progress, sae=sae_b, model=model("B"))
             sets += [UnitSet("B1", "B/1", "B", "feature", idx_b, logits(model("B"), sae_b), src(idx_b, sae_b)),
                      UnitSet("BN", "B neurons", "B", "neuron", idx_b, logits(model("B")), src(idx_b))]
         elif c == "topk":
-            idx_t = get_topk_index(p, "A", store=s, progress=progress, model=model("A"))
-            sae_t = get_topk_sae(p, "A", store=s, progress=progress)
+            idx_t = get_topk_index(p, s, which="A", progress=progress, model=model("A"))
+            sae_t = get_topk_sae(p, s, which="A", progress=progress)
             sets.append(UnitSet("A1topk", "A/1 TopK", "A", "feature", idx_t, logits(model("A"), sae_t),
                                 src(idx_t, sae_t)))
         else:
             n = int(c.split("/")[1])
-            fam = get_sae_family(p, "A", store=s, progress=progress)
-            idx_n = get_index(p, "A", d_sae=n, store=s, progress=progress, sae=fam[n], model=model("A"))
+            fam = get_sae_family(p, s, which="A", progress=progress)
+            idx_n = get_index(p, s, which="A", d_sae=n, progress=progress, sae=fam[n], model=model("A"))
             sets.append(UnitSet(_family_key(n, p), f"A family {n:,}", "A", "feature", idx_n,
                                 logits(model("A"), fam[n]), src(idx_n, fam[n]), family_size=n))
     return sets, loaded
@@ -554,12 +555,12 @@ def build_atlas(preset=None, out: str | Path = "atlas", saes=(), store: Artifact
     Always A/1's features and model A's neurons; ``saes``: any of "topk", "B/1", "A/<size>" (a
     family member) or "family". Returns a report: bytes, files, seconds per part.
     """
-    p, s = pipeline._preset(preset), pipeline._store(store)
+    p, s = resolve(preset, store)
     for spec in saes:            # bad options fail before anything is loaded or built
         parse_sae_option(spec, p)
     check_out(out)
     t0 = time.time()
-    tok = pipeline.get_tokenizer(p, s)
+    tok = get_tokenizer(p, s)
     vocab = vocab_strings(tok)
     sets, loaded = load_sets(p, s, saes, progress)
     t_load = time.time()
@@ -568,14 +569,14 @@ def build_atlas(preset=None, out: str | Path = "atlas", saes=(), store: Artifact
     timing = {}
     # what the build knows about the units, each from its cached analysis (built here if missing)
     t = time.time()
-    models = (loaded["models"].get("A") or pipeline.get_model(p, "A", s, progress=progress),
-              loaded["models"].get("B") or pipeline.get_model(p, "B", s, progress=progress))
-    saes_ab = (loaded["saes"]["A/1"], loaded["saes"].get("B/1") or get_sae(p, "B", store=s, progress=progress))
-    knows["universality"] = join_universality(by_key, get_comparison(p, s, progress, models=models, saes=saes_ab), p)
+    models = (loaded["models"].get("A") or get_model(p, s, which="A", progress=progress),
+              loaded["models"].get("B") or get_model(p, s, which="B", progress=progress))
+    saes_ab = (loaded["saes"]["A/1"], loaded["saes"].get("B/1") or get_sae(p, s, which="B", progress=progress))
+    knows["universality"] = join_universality(by_key, get_comparison(p, s, progress=progress, models=models, saes=saes_ab), p)
     timing["universality"] = round(time.time() - t, 1)
     t = time.time()
-    fam = get_sae_family(p, "A", store=s, progress=progress)
-    knows["family"] = join_family(by_key, get_family_analysis(p, s, progress, model=models[0], family=fam,
+    fam = get_sae_family(p, s, which="A", progress=progress)
+    knows["family"] = join_family(by_key, get_family_analysis(p, s, progress=progress, model=models[0], family=fam,
                                                               tokenizer=tok), p)
     timing["family"] = round(time.time() - t, 1)
     t = time.time()

@@ -7,8 +7,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from mono_utils import cli
 from mono_utils.atlas import site
+from mono_utils.build.indexes import get_index
+from mono_utils.build.models import get_model, get_tokenizer
+from mono_utils.build.saes import get_sae
+from mono_utils.core.model import direction_logit_weights, model_config_of
+from mono_utils.core.tokenizer import str_tokens
+from mono_utils.features.dashboards import dashboard_data, vocab_strings
+from mono_utils.features.widgets import units_for_token
+from mono_utils.universality.cache import get_comparison
 
 
 def read_data(path: Path):
@@ -22,19 +32,14 @@ def read_data(path: Path):
 @pytest.fixture(scope="module")
 def smoke_a(smoke_preset, smoke_store):
     """Model A, tokenizer, SAE A/1 and index A/1 of the smoke build."""
-    from mono_utils import pipeline
-    from mono_utils.index import get_index
-    from mono_utils.sae_pipeline import get_sae
-    model = pipeline.get_model(smoke_preset, "A", smoke_store, progress=False)
-    tok = pipeline.get_tokenizer(smoke_preset, smoke_store)
-    sae = get_sae(smoke_preset, "A", store=smoke_store, progress=False)
-    index = get_index(smoke_preset, "A", store=smoke_store, sae=sae, model=model, progress=False)
+    model = get_model(smoke_preset, smoke_store, which="A", progress=False)
+    tok = get_tokenizer(smoke_preset, smoke_store)
+    sae = get_sae(smoke_preset, smoke_store, which="A", progress=False)
+    index = get_index(smoke_preset, smoke_store, which="A", sae=sae, model=model, progress=False)
     return model, tok, sae, index
 
 
 def _logits(model, sae=None):
-    import torch
-    from mono_utils.model import direction_logit_weights, model_config_of
     dirs = sae.W_dec_raw.detach() if sae is not None else torch.eye(model_config_of(model).d_mlp)
     with torch.no_grad():
         return direction_logit_weights(model, dirs).numpy()
@@ -43,7 +48,6 @@ def _logits(model, sae=None):
 @pytest.mark.parametrize("kind", ["feature", "neuron"])
 def test_unit_record_matches_notebook_dashboard(smoke_a, kind):
     """A unit's page shows what notebook 02's dashboard shows (its ablation underlines aside)."""
-    from mono_utils.dashboards import dashboard_data, vocab_strings
     model, tok, sae, index = smoke_a
     vocab = vocab_strings(tok)
     L = _logits(model, sae if kind == "feature" else None)
@@ -103,8 +107,6 @@ def test_token_table_is_the_mean_over_every_occurrence(smoke_a):
             assert f == pytest.approx((dense[where, u] > 0).mean(), abs=1e-3)
         assert table["_occ"][str(t)] == int(occ[t])
     # the notebook widget (model forward passes on up to 256 occurrences) ranks the same unit first
-    from mono_utils.tokenizer import str_tokens
-    from mono_utils.widgets import units_for_token
     t = next(int(t) for t in np.argsort(-occ) if occ[t] <= 256 and str_tokens(tok, [t])[0].strip())
     widget = units_for_token(index, model, sae, tok, str_tokens(tok, [t])[0], k=3)
     assert widget[0]["unit"] in [r[0] for r in table[str(t)][:3]]
@@ -156,7 +158,6 @@ def smoke_atlas(smoke_preset, smoke_store, tmp_path_factory):
 
 @pytest.mark.slow
 def test_build_atlas_writes_every_unit_and_joins(smoke_atlas, smoke_preset, smoke_store):
-    from mono_utils.universality import get_comparison
     out, report = smoke_atlas
     assert (out / "index.html").exists() and (out / site.MARKER).exists()
     assert report["bytes"] == site.folder_bytes(out) - (out / site.MARKER).stat().st_size
@@ -206,7 +207,6 @@ def test_build_atlas_writes_every_unit_and_joins(smoke_atlas, smoke_preset, smok
 
 
 def test_cli_rejects_bad_options_before_building(tmp_path, capsys):
-    from mono_utils import cli
     store = tmp_path / "store"
     assert cli.main(["atlas", "--preset", "smoke", "--sae", "C/1", "--artifacts", str(store)]) == 1
     assert "unknown --sae 'C/1'" in capsys.readouterr().err
@@ -220,7 +220,6 @@ def test_cli_rejects_bad_options_before_building(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_cli_writes_an_atlas(smoke_store, tmp_path, capsys):
-    from mono_utils import cli
     out = tmp_path / "atlas"
     assert cli.main(["atlas", "--preset", "smoke", "--out", str(out), "--artifacts", str(smoke_store.root)]) == 0
     printed = capsys.readouterr().out
