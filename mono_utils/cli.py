@@ -141,7 +141,10 @@ def cmd_lessons(args) -> int:
 
 
 def cmd_atlas(args) -> int:
-    rep = build_atlas(validate(PRESETS[args.preset]), args.out, args.sae or (), ArtifactStore(args.artifacts))
+    rep = build_atlas(validate(PRESETS[args.preset]), args.out, args.sae or (), ArtifactStore(args.artifacts),
+                      build_missing=not args.no_build)
+    if rep["missing"]:
+        print(f"left out (not built, --no-build): {', '.join(rep['missing'])}")
     sets = ", ".join(f"{k} {sum(v['bytes'].values()) / 1e6:.1f} MB" for k, v in rep["sets"].items())
     print(f"wrote {rep['out']}/index.html: {rep['bytes'] / 1e6:.1f} MB in {rep['files']} files ({sets}); "
           f"{rep['seconds']['total']:.0f} s\nopen it in a browser (no server needed): "
@@ -195,6 +198,8 @@ def make_parser() -> argparse.ArgumentParser:
     at.add_argument("--sae", action="append", metavar="SAE",
                     help="add a unit set besides A/1 and A's neurons: topk, B/1 (with B's neurons), "
                          "A/<size> (a family member) or family; repeat for several")
+    at.add_argument("--no-build", action="store_true",
+                    help="build nothing: show only what is built (the unit sets' indexes must be)")
     at.set_defaults(fn=cmd_atlas)
     return ap
 

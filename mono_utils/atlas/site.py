@@ -494,6 +494,23 @@ def write_site(out: str | Path, sets: list[UnitSet], vocab: list[str], meta: dic
 
 
 # ---------------------------------------------------------------- the build
+class NotBuilt(LookupError):
+    """An artifact the atlas reads is not in the store, and the store may not build it."""
+
+
+class ReadOnlyStore(ArtifactStore):
+    """The same store, which loads what is built and raises ``NotBuilt`` instead of building."""
+
+    def __init__(self, store: ArtifactStore):
+        super().__init__(store.root)
+
+    def get_or_build(self, kind: str, name: str, config: dict, build, *, force: bool = False,
+                     verbose: bool = True) -> Path:
+        if force or not self.is_built(kind, name, config):
+            raise NotBuilt(f"{kind}/{name} is not built in {self.root}")
+        return super().get_or_build(kind, name, config, build, verbose=verbose)
+
+
 def load_sets(preset, store=None, saes=(), progress: bool = True) -> tuple[list[UnitSet], dict]:
     """The unit sets to show (A/1 + A's neurons, plus ``saes``), built through the suite's getters."""
     p, s = resolve(preset, store)
@@ -549,43 +566,50 @@ def load_sets(preset, store=None, saes=(), progress: bool = True) -> tuple[list[
 
 
 def build_atlas(preset=None, out: str | Path = "atlas", saes=(), store: ArtifactStore | None = None,
-                progress: bool = True) -> dict:
+                progress: bool = True, build_missing: bool = True) -> dict:
     """Write the atlas of a build into ``out``; builds every missing artifact it reads first.
 
     Always A/1's features and model A's neurons; ``saes``: any of "topk", "B/1", "A/<size>" (a
-    family member) or "family". Returns a report: bytes, files, seconds per part.
+    family member) or "family". ``build_missing=False`` builds nothing: the unit sets' indexes must
+    be built, and an analysis that is not (A<->B, family, autointerp, steering catalog) is left
+    out and named in the site. Returns a report: bytes, files, seconds per part.
     """
     p, s = resolve(preset, store)
     for spec in saes:            # bad options fail before anything is loaded or built
         parse_sae_option(spec, p)
     check_out(out)
+    if not build_missing:
+        s = ReadOnlyStore(s)
     t0 = time.time()
-    tok = get_tokenizer(p, s)
+    try:
+        tok = get_tokenizer(p, s)
+        sets, loaded = load_sets(p, s, saes, progress)
+    except NotBuilt as e:
+        raise ValueError(f"{e}: the unit sets need it; build it (python -m mono_utils build --preset {p.name}) "
+                         f"or leave out --no-build") from None
     vocab = vocab_strings(tok)
-    sets, loaded = load_sets(p, s, saes, progress)
     t_load = time.time()
     by_key = {u.key: u for u in sets}
-    knows = {}
-    timing = {}
-    # what the build knows about the units, each from its cached analysis (built here if missing)
-    t = time.time()
-    models = (loaded["models"].get("A") or get_model(p, s, which="A", progress=progress),
-              loaded["models"].get("B") or get_model(p, s, which="B", progress=progress))
-    saes_ab = (loaded["saes"]["A/1"], loaded["saes"].get("B/1") or get_sae(p, s, which="B", progress=progress))
-    knows["universality"] = join_universality(by_key, get_comparison(p, s, progress=progress, models=models, saes=saes_ab), p)
-    timing["universality"] = round(time.time() - t, 1)
-    t = time.time()
-    fam = get_sae_family(p, s, which="A", progress=progress)
-    knows["family"] = join_family(by_key, get_family_analysis(p, s, progress=progress, model=models[0], family=fam,
-                                                              tokenizer=tok), p)
-    timing["family"] = round(time.time() - t, 1)
-    t = time.time()
-    knows["autointerp"] = join_autointerp(by_key, get_offline_scores(p, s, progress=progress))
-    timing["autointerp"] = round(time.time() - t, 1)
-    t = time.time()
-    knows["steering"] = join_steering(by_key, get_feature_catalog(p, s, model=models[0], sae=saes_ab[0],
-                                                                  tokenizer=tok, progress=progress))
-    timing["steering"] = round(time.time() - t, 1)
+    knows, timing = {}, {}
+    model = lambda w: loaded["models"].get(w) or get_model(p, s, which=w, progress=progress)  # noqa: E731
+    sae = lambda w: loaded["saes"].get(f"{w}/1") or get_sae(p, s, which=w, progress=progress)  # noqa: E731
+    joins = {   # what the build knows about the units, each from its cached analysis (built here if missing)
+        "universality": lambda: join_universality(by_key, get_comparison(
+            p, s, progress=progress, models=(model("A"), model("B")), saes=(sae("A"), sae("B"))), p),
+        "family": lambda: join_family(by_key, get_family_analysis(
+            p, s, progress=progress, model=model("A"), family=get_sae_family(p, s, which="A", progress=progress),
+            tokenizer=tok), p),
+        "autointerp": lambda: join_autointerp(by_key, get_offline_scores(p, s, progress=progress)),
+        "steering": lambda: join_steering(by_key, get_feature_catalog(p, s, model=model("A"), sae=sae("A"),
+                                                                      tokenizer=tok, progress=progress)),
+    }
+    for name, join in joins.items():
+        t = time.time()
+        try:
+            knows[name] = join()
+        except NotBuilt as e:
+            knows[name] = {"missing": str(e)}
+        timing[name] = round(time.time() - t, 1)
     t_joins = time.time()
     meta = {"title": f"monosemanticity-lab atlas: {p.name}", "preset": p.name,
             "built": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": _git_commit(),
@@ -594,5 +618,6 @@ def build_atlas(preset=None, out: str | Path = "atlas", saes=(), store: Artifact
     report = write_site(out, sets, vocab, meta, progress)
     report["seconds"] = {"load": round(t_load - t0, 1), "joins": round(t_joins - t_load, 1), **timing,
                          "write": report.pop("seconds_write"), "total": round(time.time() - t0, 1)}
+    report["missing"] = [k for k, v in knows.items() if "missing" in v]
     report["out"] = str(Path(out).resolve())
     return report

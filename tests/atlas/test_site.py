@@ -18,6 +18,7 @@ from mono_utils.core.model import direction_logit_weights, model_config_of
 from mono_utils.core.tokenizer import str_tokens
 from mono_utils.features.dashboards import dashboard_data, vocab_strings
 from mono_utils.features.widgets import units_for_token
+from mono_utils.store.artifacts import ArtifactStore
 from mono_utils.universality.cache import get_comparison
 
 
@@ -225,3 +226,33 @@ def test_cli_writes_an_atlas(smoke_store, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert (out / "index.html").as_uri() in printed and "MB in" in printed
     assert sorted(p.name for p in (out / "data").iterdir()) == ["A1", "AN", "meta.js", "vocab.js"]
+
+
+def test_read_only_store_builds_nothing(tmp_path):
+    store = site.ReadOnlyStore(ArtifactStore(tmp_path / "store"))
+    calls = []
+    with pytest.raises(site.NotBuilt, match="not built"):
+        store.get_or_build("result", "x", {"a": 1}, lambda tmp: calls.append(tmp))
+    assert calls == [] and not (tmp_path / "store" / "result" / "x").exists()
+    ArtifactStore(tmp_path / "store").get_or_build("result", "x", {"a": 1}, lambda tmp: (tmp / "f").write_text("1"))
+    assert (store.get_or_build("result", "x", {"a": 1}, lambda tmp: calls.append(tmp)) / "f").read_text() == "1"
+    assert calls == []
+    with pytest.raises(ValueError, match="not built.*--no-build"):
+        site.build_atlas("smoke", tmp_path / "atlas", store=ArtifactStore(tmp_path / "empty"), build_missing=False)
+    assert not (tmp_path / "empty").exists() or not any((tmp_path / "empty").rglob("*.json"))
+
+
+@pytest.mark.slow
+def test_no_build_leaves_out_what_is_not_built(smoke_preset, smoke_store, tmp_path):
+    """--no-build on a store without the family analysis: the atlas is written, the family named as left out."""
+    import shutil
+    copy = tmp_path / "store"
+    shutil.copytree(smoke_store.root, copy, ignore=shutil.ignore_patterns("splitting-*", ".lock-*", ".tmp-*"))
+    before = sorted(p.name for p in copy.rglob("*"))
+    rep = site.build_atlas(smoke_preset, tmp_path / "atlas", store=ArtifactStore(copy), progress=False,
+                           build_missing=False)
+    assert rep["missing"] == ["family"]
+    assert sorted(p.name for p in copy.rglob("*") if not p.name.startswith(".lock-")) == \
+        [n for n in before if not n.startswith(".lock-")]
+    _, meta = read_data(tmp_path / "atlas" / "data" / "meta.js")
+    assert "not built" in meta["knows"]["family"]["missing"] and "fam" not in json.dumps(meta["knows"]["universality"])

@@ -423,8 +423,11 @@
     var a = k.autointerp && k.autointerp[set];
     if (a) parts.push(el('span', {text: 'Autointerp (offline): ' + int(a.ok) + ' live units scored, median Spearman ' +
                                        fmt(a.median_spearman, 2) + '. '}));
-    if (k.family && SETS[set].family_size) parts.push(el('span', {text: 'Family: ' + k.family.sizes.map(int).join(' \u2192 ') +
+    if (k.family && k.family.sizes && SETS[set].family_size) parts.push(el('span', {text: 'Family: ' + k.family.sizes.map(int).join(' \u2192 ') +
       ' features, linked at cosine > ' + k.family.threshold + '. '}));
+    var missing = Object.keys(k).filter(function (n) { return k[n] && k[n].missing; });
+    if (missing.length) parts.push(el('span', {text: 'Not built when this atlas was written, so left out: ' + missing.join(', ') +
+      ' (python -m mono_utils build, then the atlas again). '}));
     return parts.length ? el('p', {cls: 'note knowsline'}, parts) : null;
   }
   function corpusShare(U, label) {
