@@ -41,6 +41,7 @@ def warm(preset, store, saes) -> None:
 
 def screenshot(out: Path, path: Path) -> dict:
     """Open the atlas from file:// in headless Chromium; time the first page; save one dashboard."""
+    out = Path(out).resolve()
     from playwright.sync_api import sync_playwright
     meta_text = (out / "data" / "meta.js").read_text(encoding="utf-8")
     meta = json.loads(re.fullmatch(r'ATLAS\.put\("meta",(.*)\);\n', meta_text, re.S).group(1))

@@ -48,7 +48,7 @@ from ..core.index import ActivationIndex
 from ..core.model import direction_logit_weights, model_config_of
 from ..features.dashboards import vocab_strings
 from ..splitting.family import get_family_analysis
-from ..steering.catalog import DEMO_DOMAINS, get_feature_catalog
+from ..steering.catalog import DEMO_DOMAINS, get_feature_catalog, token_bytes
 from ..store.artifacts import ArtifactStore, repo_root
 from ..universality.cache import get_comparison
 
@@ -463,8 +463,12 @@ def _swap_in(stage: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def write_site(out: str | Path, sets: list[UnitSet], vocab: list[str], meta: dict, progress: bool = True) -> dict:
-    """Write the whole site for ``sets`` into ``out`` (staged, then swapped in); returns a report."""
+def write_site(out: str | Path, sets: list[UnitSet], vocab: list[str], meta: dict, progress: bool = True,
+               vocab_bytes: list[bytes] | None = None) -> dict:
+    """Write the whole site for ``sets`` into ``out`` (staged, then swapped in); returns a report.
+
+    ``vocab_bytes``: each token's raw bytes (byte-level BPE), so that the page can decode a context's
+    multi-byte characters across token boundaries (a Hebrew letter is often split in two tokens)."""
     out = Path(out)
     stage = _prepare_out(out)
     try:
@@ -473,7 +477,8 @@ def write_site(out: str | Path, sets: list[UnitSet], vocab: list[str], meta: dic
             dst = stage / (name if name == "index.html" else f"assets/{name}")
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(ASSETS / name, dst)
-        _write(stage / "data" / "vocab.js", _js("vocab", list(vocab)))
+        _write(stage / "data" / "vocab.js", _js("vocab", list(vocab)) +
+               (_js("vocabhex", [b.hex() for b in vocab_bytes]) if vocab_bytes is not None else ""))
         report = {"sets": {}}
         for us in sets:
             report["sets"][us.key] = write_set(stage, us, progress)
@@ -615,7 +620,7 @@ def build_atlas(preset=None, out: str | Path = "atlas", saes=(), store: Artifact
             "built": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": _git_commit(),
             "knows": knows, "paper": "Bricken et al. (2023), Towards Monosemanticity",
             "n_ctx": int(sets[0].index.n_ctx), "dash": DASH}
-    report = write_site(out, sets, vocab, meta, progress)
+    report = write_site(out, sets, vocab, meta, progress, vocab_bytes=token_bytes(tok, range(len(vocab))))
     report["seconds"] = {"load": round(t_load - t0, 1), "joins": round(t_joins - t_load, 1), **timing,
                          "write": report.pop("seconds_write"), "total": round(time.time() - t0, 1)}
     report["missing"] = [k for k, v in knows.items() if "missing" in v]

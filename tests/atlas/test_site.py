@@ -12,7 +12,7 @@ import torch
 from mono_utils import cli
 from mono_utils.atlas import site
 from mono_utils.build.indexes import get_index
-from mono_utils.build.models import get_model, get_tokenizer
+from mono_utils.build.models import get_model, get_tokenizer, get_tokens
 from mono_utils.build.saes import get_sae
 from mono_utils.core.model import direction_logit_weights, model_config_of
 from mono_utils.core.tokenizer import str_tokens
@@ -23,8 +23,8 @@ from mono_utils.universality.cache import get_comparison
 
 
 def read_data(path: Path):
-    """(key, value) of one data file: ``ATLAS.put(key, value);``."""
-    text = path.read_text(encoding="utf-8")
+    """(key, value) of a data file's first line: ``ATLAS.put(key, value);``."""
+    text = path.read_text(encoding="utf-8").split("\n")[0] + "\n"
     m = re.fullmatch(r'ATLAS\.put\(("[^"]*"),(.*)\);\n', text, re.S)
     assert m, f"{path} is not a data script"
     return json.loads(m.group(1)), json.loads(m.group(2))
@@ -165,6 +165,13 @@ def test_build_atlas_writes_every_unit_and_joins(smoke_atlas, smoke_preset, smok
     _, meta = read_data(out / "data" / "meta.js")
     assert [s["key"] for s in meta["sets"]] == ["A1", "AN", "B1", "BN"]
     _, vocab = read_data(out / "data" / "vocab.js")
+    # the second line: each token's bytes, which decode a row of tokens as the tokenizer does
+    vhex = json.loads(re.fullmatch(r'ATLAS\.put\("vocabhex",(.*)\);', (out / "data" / "vocab.js").read_text(
+        encoding="utf-8").split("\n")[1]).group(1))
+    tok = get_tokenizer(smoke_preset, smoke_store)
+    row = get_tokens(smoke_preset, smoke_store).tokens[0].tolist()
+    assert b"".join(bytes.fromhex(vhex[i]) for i in row).decode("utf-8", "replace") == \
+        tok.decode(row, clean_up_tokenization_spaces=False)
     recs = {}
     for s in meta["sets"]:
         key, units = read_data(out / "data" / s["key"] / "units.js")

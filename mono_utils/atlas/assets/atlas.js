@@ -84,8 +84,36 @@
     return s.replace(/ /g, '\u00b7').replace(/\n/g, '\u21b5').replace(/\t/g, '\u2192') || '\u2205';
   }
   function tokText(id) { return id < vocab.length ? vocab[id] : '<' + id + '>'; }
+  /* Byte-level BPE splits multi-byte characters (Hebrew, Arabic, CJK) across tokens: decode a run of
+     tokens together, give each character to the token holding its first byte, and show a byte that
+     starts no whole character as <xx>. Without the byte table, each token's own text. */
+  var vhex = A.data.vocabhex || null, bytesOf = {};
+  function tokBytes(id) {
+    if (!bytesOf[id]) {
+      var h = vhex[id] || '', b = [];
+      for (var i = 0; i < h.length; i += 2) b.push(parseInt(h.substr(i, 2), 16));
+      bytesOf[id] = b;
+    }
+    return bytesOf[id];
+  }
+  var UTF8 = new TextDecoder('utf-8', {fatal: true});
+  function decodeRun(ids) {
+    if (!vhex) return ids.map(tokText);
+    var bytes = [], owner = [], out = ids.map(function () { return ''; });
+    ids.forEach(function (id, k) { tokBytes(id).forEach(function (b) { bytes.push(b); owner.push(k); }); });
+    for (var i = 0; i < bytes.length;) {
+      var b0 = bytes[i], n = b0 < 0x80 ? 1 : (b0 >> 5) === 6 ? 2 : (b0 >> 4) === 14 ? 3 : (b0 >> 3) === 30 ? 4 : 0, ok = false;
+      if (n && i + n <= bytes.length) {
+        try { out[owner[i]] += UTF8.decode(new Uint8Array(bytes.slice(i, i + n))); ok = true; } catch (e) { ok = false; }
+      }
+      if (ok) i += n;
+      else { out[owner[i]] += '\u2039' + ('0' + b0.toString(16)).slice(-2) + '\u203a'; i++; }
+    }
+    return out;
+  }
+  function tokLabel(id) { return decodeRun([id])[0]; }
   function tokChip(id, set, cls) {
-    var t = el('bdi', {cls: 'tok ' + (cls || ''), text: showTok(tokText(id)), title: 'token ' + id + ': search it'});
+    var t = el('bdi', {cls: 'tok ' + (cls || ''), text: showTok(tokLabel(id)), title: 'token ' + id + ': search it'});
     return set ? el('a', {href: '#/' + set + '?token=' + id, cls: 'toklink'}, t) : t;
   }
   var FLAGS = {1: ['dead', 'DEAD: never fired on the indexed tokens'],
@@ -511,12 +539,12 @@
     if (cands.length > 1) {
       box.appendChild(el('div', {cls: 'line chips'}, 'other matching tokens: ',
         cands.slice(1, 30).map(function (c) {
-          return el('a', {href: '#/' + set + '?token=' + c, cls: 'toklink'}, el('bdi', {cls: 'tok', text: showTok(tokText(c))}),
+          return el('a', {href: '#/' + set + '?token=' + c, cls: 'toklink'}, el('bdi', {cls: 'tok', text: showTok(tokLabel(c))}),
                     el('small', {text: ' ' + int(occ[c] || 0) + ' '}));
         })));
     }
     var rows = T[String(t)] || [];
-    box.appendChild(el('p', {cls: 'note'}, 'Units that fire most on ', el('bdi', {cls: 'tok', text: showTok(tokText(t))}),
+    box.appendChild(el('p', {cls: 'note'}, 'Units that fire most on ', el('bdi', {cls: 'tok', text: showTok(tokLabel(t))}),
       ' (token ' + t + ', ' + int(occ[t] || 0) + ' occurrences in the indexed text): mean activation over every occurrence, ' +
       'and the share of occurrences where the unit fires.'));
     if (!rows.length) {
@@ -554,10 +582,13 @@
     var line = el('div', {cls: 'ctx'});
     line.appendChild(el('span', {cls: 'act', text: fmt(ctx[3], 3)}));
     var body = el('span', {cls: 'toks'});
+    var texts = decodeRun(ctx[4]);
     ctx[4].forEach(function (id, j) {
-      var q = ctx[5][j];
-      var s = el('bdi', {cls: 'ct' + (ctx[2] + j === ctx[1] ? ' peak' : ''), text: showTok(tokText(id)),
-                         title: 'activation ≈ ' + fmt(q / 1000 * mx) + ' (token ' + id + ')'});
+      var q = ctx[5][j], cont = texts[j] === '';
+      var s = el('bdi', {cls: 'ct' + (ctx[2] + j === ctx[1] ? ' peak' : '') + (cont ? ' cont' : ''),
+                         text: cont ? '\u200b' : showTok(texts[j]),
+                         title: 'activation ≈ ' + fmt(q / 1000 * mx) + ' · token ' + id + ' ' + JSON.stringify(tokLabel(id)) +
+                                (cont ? ' (its bytes end the character before)' : '')});
       if (q > 0) s.style.background = 'rgba(255,100,0,' + (q / 1000).toFixed(3) + ')';
       body.appendChild(s);
     });
