@@ -99,7 +99,8 @@ def budget_curve(sources: dict, budgets=(1, 2, 3, 5, 10, 30), n_units: int | Non
     for k in tqdm(budgets, desc="explanation budgets", disable=not progress):
         backend = OfflineBackend(max_tokens=int(k), max_after=0, max_classes=0)
         for kind, src in sources.items():
-            df = score_units(src, units[kind], backend, seed=seed, logits=False, progress=False, verbose=False)
+            df = score_units(src, units[kind], backend, seed=seed, logits=False, progress=False, verbose=False,
+                             detection=False)
             ok = df[df.status == "ok"]
             multi = ok[~ok.single_token]
             rows.append({"tokens named": int(k), "kind": kind, "scored": len(ok),
