@@ -7,7 +7,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .offline import OfflineBackend
-from .protocol import score_simulation, select_examples
+from .protocol import explain_scale, quantise, score_simulation, select_examples
 from .run import sample_units, score_units, unit_seed
 
 
@@ -16,8 +16,10 @@ def lookup_ceiling(source, units, seed: int = 0, labels: np.ndarray | None = Non
     with the simulator replaced by an *oracle* that predicts the unit's mean activation on each
     token (``"token"``), on each (previous, current) token pair (``"pair"``), or on each token
     within each text label (``"label_token"``: the corpus subdomain, as if the simulator knew
-    what kind of text it reads), over the whole evaluation set. The oracle reads the test rows'
-    statistics: a ceiling, never a method.
+    what kind of text it reads), over the whole evaluation set. The activations averaged are the
+    ones the headline score compares: on the 0-9 scale the explainer saw (``quantise`` against
+    ``explain_scale``; ``autointerp.scores``), so faint activations a reader sees as 0 do not
+    leak into the oracle. The oracle reads the test rows' statistics: a ceiling, never a method.
 
     Returns ``{"unit", "token", "pair", "label_token", "single_token"}`` arrays (importance-weighted
     Spearman; ``label_token`` is NaN without labels). ``source``: an ``autointerp_run.IndexSource``
@@ -45,12 +47,12 @@ def lookup_ceiling(source, units, seed: int = 0, labels: np.ndarray | None = Non
     out = {"unit": [], "token": [], "pair": [], "label_token": [], "single_token": []}
     for u in units:
         acts = np.asarray(source.unit_acts(u))
-        flat_a = acts.reshape(-1).astype(np.float64)
+        ue = select_examples(acts, source.corpus, unit_seed(seed, u))
+        flat_a = quantise(acts.reshape(-1), explain_scale(ue)).astype(np.float64)
         means = {"token": (flat_t, np.bincount(flat_t, flat_a, vocab) / tok_n),
                  "pair": (inv, np.bincount(inv, flat_a) / pair_n)}
         if lab_inv is not None:
             means["label_token"] = (lab_inv, np.bincount(lab_inv, flat_a) / lab_n)
-        ue = select_examples(acts, source.corpus, unit_seed(seed, u))
         where = [e.row * toks.shape[1] + e.start + np.arange(len(e.token_ids)) for e in ue.simulate]
         out["unit"].append(int(u))
         for key in ("token", "pair", "label_token"):
@@ -99,7 +101,8 @@ def budget_curve(sources: dict, budgets=(1, 2, 3, 5, 10, 30), n_units: int | Non
     for k in tqdm(budgets, desc="explanation budgets", disable=not progress):
         backend = OfflineBackend(max_tokens=int(k), max_after=0, max_classes=0)
         for kind, src in sources.items():
-            df = score_units(src, units[kind], backend, seed=seed, logits=False, progress=False, verbose=False)
+            df = score_units(src, units[kind], backend, seed=seed, logits=False, progress=False, verbose=False,
+                             detection=False)
             ok = df[df.status == "ok"]
             multi = ok[~ok.single_token]
             rows.append({"tokens named": int(k), "kind": kind, "scored": len(ok),

@@ -10,13 +10,16 @@ The protocol follows *Towards Monosemanticity* (see ``shared/reference/paper.md`
   field for activations: it sees the explanation and the tokens, shuffled and unlabelled.
 * **Scores**: importance-weighted Spearman (each simulated example weighted by its sampling
   stratum's population over its sample count, so the over-sampling of high intervals does
-  not bias the score; a constant prediction scores 0) and plain Pearson as in Bills et al.
+  not bias the score; a constant prediction scores 0) against the true activations on the
+  0-9 scale the explainer saw (the headline), the same on raw activations, plain Spearman
+  and plain Pearson as in Bills et al.; what the paper specifies and what it leaves open,
+  and the detection score, are in :mod:`mono_utils.autointerp.scores`.
 * **Logit test**: 50 tokens from ranks 10-60 of the unit's positive logits and 50 random
   tokens; the backend labels which plausibly follow; the score is its accuracy.
 
 Backends share one interface (``explain``, ``simulate``, ``label_logits``, ``estimate``):
-the offline baseline in :mod:`mono_utils.autointerp_offline`, the LLM ones (Anthropic,
-OpenAI-compatible) in :mod:`mono_utils.autointerp_backends`; :mod:`mono_utils.autointerp_run`
+the offline baseline in :mod:`mono_utils.autointerp.offline`, the LLM ones (Anthropic,
+OpenAI-compatible) in :mod:`mono_utils.autointerp.backends`; :mod:`mono_utils.autointerp.run`
 scores many units and builds the randomized-transformer control. Everything here takes plain
 arrays, so it is testable on tiny synthetic data.
 """
@@ -267,10 +270,15 @@ def quantise(acts: np.ndarray, max_act: float) -> np.ndarray:
     return np.clip(np.rint(9 * np.asarray(acts, np.float64) / max_act), 0, 9).astype(np.int64)
 
 
+def explain_scale(ue: UnitExamples) -> float:
+    """The activation shown as 9 to the explainer: the largest in its examples."""
+    return max(float(e.acts.max()) for e in ue.explain) if ue.explain else ue.max_act
+
+
 def explain_input(ue: UnitExamples, vocab_strs, logit_weights: np.ndarray | None = None,
                   cfg: ProtocolConfig = ProtocolConfig()) -> ExplainInput:
     """The explainer's view: explanation examples only (never a held-out one)."""
-    scale = max(float(e.acts.max()) for e in ue.explain) if ue.explain else ue.max_act
+    scale = explain_scale(ue)
     exs = [{"label": e.source, "tokens": e.tokens(vocab_strs), "acts": quantise(e.acts, scale).tolist()}
            for e in ue.explain]
     top, bottom = [], []
@@ -327,7 +335,12 @@ def weighted_spearman(true, pred, w=None) -> float:
 
 
 def score_simulation(ue: UnitExamples, predictions: list) -> dict:
-    """Spearman (importance-weighted) and Pearson (Bills et al., unweighted) over all tokens."""
+    """The simulation scores over all 540 tokens (``mono_utils.autointerp.scores`` says why each).
+
+    ``spearman``: importance-weighted, the truth quantised to the 0-9 scale the explainer saw
+    (the headline); ``spearman_raw``: the same on raw activations; ``spearman_unweighted``;
+    ``pearson`` (Bills et al., unweighted, raw).
+    """
     if len(predictions) != len(ue.simulate):
         raise ParseFailure(f"{len(predictions)} predicted examples for {len(ue.simulate)} simulated ones")
     true, pred, w = [], [], []
@@ -339,7 +352,8 @@ def score_simulation(ue: UnitExamples, predictions: list) -> dict:
         pred.append(p)
         w.append(np.full(len(e.acts), e.weight))
     true, pred, w = (np.concatenate(a) if a else np.zeros(0) for a in (true, pred, w))
-    return {"spearman": weighted_spearman(true, pred, w), "pearson": weighted_pearson(true, pred),
+    return {"spearman": weighted_spearman(quantise(true, explain_scale(ue)), pred, w),
+            "spearman_raw": weighted_spearman(true, pred, w), "pearson": weighted_pearson(true, pred),
             "spearman_unweighted": weighted_spearman(true, pred)}
 
 

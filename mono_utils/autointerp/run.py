@@ -5,7 +5,9 @@
   an estimate of calls and tokens first) and returns a DataFrame; :func:`summarize` gives
   medians per unit kind, single-token features apart as the paper reports them.
 * Sources of activations: :class:`IndexSource` wraps the activation index
-  (``mono_utils.index``); :class:`ArraySource` holds arrays (tests, small data).
+  (``mono_utils.index``); :class:`ArraySource` holds arrays (tests, small data);
+  :class:`DensityMatchedSource` keeps each neuron's strongest activations only, at the
+  features' density (the control of arXiv 2410.13928).
 * :func:`randomized_model` shuffles each weight tensor of a trained model (the paper's
   control); :func:`get_randomized_index` trains an SAE on it and indexes its features.
 * :func:`get_offline_scores` / :func:`cached_offline_scores`: the offline backend's scores of
@@ -50,6 +52,8 @@ from .protocol import (
     select_examples,
     simulate_input,
 )
+from .backends import build_messages
+from .scores import detection_score, explain_scale, select_detection
 
 
 # ---------------------------------------------------------------- sources of activations
@@ -96,6 +100,59 @@ class IndexSource:
         return None if self._logits is None else self._logits[unit]
 
 
+class DensityMatchedSource:
+    """Units of ``base`` sparsified to ``density``: each keeps only its ``round(density * tokens)``
+    strongest activations (ties at the cut broken deterministically), the rest set to 0.
+
+    The control for "features are more interpretable than neurons" that rules out density alone
+    (arXiv 2410.13928 top-k sparsified neurons): :func:`with_density_control` sets ``density``
+    to the median live feature's. Explanation, simulation and scores then see the sparsified
+    activations only.
+    """
+
+    def __init__(self, base, density: float, label: str = "neuron_at_density"):
+        if not 0 < float(density) <= 1:
+            raise ValueError(f"density must be a fraction of tokens in (0, 1], got {density!r}")
+        self.base, self.density, self.kind = base, float(density), label
+        self.corpus = base.corpus
+
+    @property
+    def units(self) -> list[int]:
+        return list(self.base.units)
+
+    def unit_acts(self, unit: int) -> np.ndarray:
+        acts = np.asarray(self.base.unit_acts(unit), np.float32)
+        flat = acts.reshape(-1)
+        keep = max(1, int(round(self.density * flat.size)))
+        if int((flat > 0).sum()) <= keep:
+            return acts
+        top = np.argpartition(-flat, keep - 1, kind="introselect")[:keep]
+        out = np.zeros_like(flat)
+        out[top] = flat[top]
+        return out.reshape(acts.shape)
+
+    def logit_weights(self, unit: int):
+        return self.base.logit_weights(unit)
+
+
+def median_live_density(source) -> float:
+    """The median fraction of tokens on which a live unit of ``source`` is active (> 0)."""
+    if isinstance(source, IndexSource):
+        d = source.index.density(source.index_kind)[source.units]
+    else:
+        d = [float((source.unit_acts(u) > 0).mean()) for u in source.units]
+    if len(d) == 0:
+        raise ValueError("the source has no live units: there is no density to match")
+    return float(np.median(d))
+
+
+def with_density_control(sources: dict, label: str = "neuron_at_density") -> dict:
+    """``sources`` plus ``label``: the neurons at the median live feature's density."""
+    if label in sources or "feature" not in sources or "neuron" not in sources:
+        return dict(sources)
+    return {**sources, label: DensityMatchedSource(sources["neuron"], median_live_density(sources["feature"]), label)}
+
+
 @torch.no_grad()
 def logit_weight_matrix(model, sae=None) -> np.ndarray:
     """Each unit's direct effect on the logits: [units, d_vocab] (features: W_dec_raw @ W_out @ W_U)."""
@@ -111,9 +168,11 @@ class UnitResult:
     kind: str
     status: str                     # "ok", "dead", "failed: ..."
     explanation: str = ""
-    spearman: float = float("nan")
+    spearman: float = float("nan")              # the headline: weighted, truth on the 0-9 scale
+    spearman_raw: float = float("nan")
     pearson: float = float("nan")
     spearman_unweighted: float = float("nan")
+    detection: float = float("nan")             # balanced accuracy (autointerp.scores)
     logit_accuracy: float = float("nan")
     single_token: bool = False
     max_act: float = 0.0
@@ -132,9 +191,20 @@ def unit_seed(seed: int, unit: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(unit)]).generate_state(1)[0])
 
 
+def detection_seed(seed: int, unit: int) -> int:
+    """The per-unit seed of the detection contexts (a stream apart from ``unit_seed``'s)."""
+    return int(np.random.SeedSequence([int(seed), int(unit), 1]).generate_state(1)[0])
+
+
 def run_unit(backend, acts, corpus: EvalCorpus, unit: int = 0, kind: str = "feature", logit_weights=None,
-             seed: int = 0, cfg: ProtocolConfig = ProtocolConfig(), keep_prompts: bool = False) -> UnitResult:
-    """Explain -> simulate -> score, and the logit test when ``logit_weights`` is given."""
+             seed: int = 0, cfg: ProtocolConfig = ProtocolConfig(), keep_prompts: bool = False,
+             detection: bool = True) -> UnitResult:
+    """Explain -> simulate -> score, and the logit test when ``logit_weights`` is given.
+
+    ``detection``: also simulate a separate set of held-out contexts (one more simulator call)
+    for the detection score; a reply that cannot be parsed there leaves it NaN and is counted
+    in ``failures`` (``detection_failure`` says why), the other scores stand.
+    """
     s = unit_seed(seed, unit)
     try:
         ue = select_examples(acts, corpus, s, cfg)
@@ -156,6 +226,20 @@ def run_unit(backend, acts, corpus: EvalCorpus, unit: int = 0, kind: str = "feat
     except ParseFailure as e:
         res.status, res.failures = f"failed: {e}", res.failures + 1
         return res
+    if detection:
+        det = select_detection(acts, corpus, ue, detection_seed(seed, unit))
+        if keep_prompts:
+            res.extra["detection_examples"] = det
+        try:
+            dpred = backend.simulate(SimulateInput(res.explanation, [e.tokens(corpus.vocab_strs) for e in det]))
+            if keep_prompts:
+                res.extra["detection_predictions"] = dpred
+            d = detection_score(det, dpred, explain_scale(ue))
+            res.detection = d.pop("detection")
+            res.extra.update(d)
+        except ParseFailure as e:
+            res.failures += 1
+            res.extra["detection_failure"] = str(e)
     if logit_weights is not None:
         test = logit_test_tokens(logit_weights, s, cfg)
         lin = LogitInput(res.explanation, test.tokens(corpus.vocab_strs))
@@ -179,13 +263,17 @@ def _check_units(units) -> list[int]:
 
 
 def estimate_run(source, units, backend, seed: int = 0, cfg: ProtocolConfig = ProtocolConfig(),
-                 n_samples: int = 3) -> dict:
-    """Calls and tokens a run would need (LLM backends), from a few units' real prompts."""
+                 n_samples: int = 3, detection: bool = False) -> dict:
+    """Calls and tokens a run would need (LLM backends), from a few units' real prompts.
+
+    ``detection``: add the detection simulation (one more call per unit, ``run_unit(detection=True)``).
+    """
     units = _check_units(units)
-    samples = []
+    samples, det_inputs = [], []
     for u in units[:n_samples]:
+        acts = source.unit_acts(u)
         try:
-            ue = select_examples(source.unit_acts(u), source.corpus, unit_seed(seed, u), cfg)
+            ue = select_examples(acts, source.corpus, unit_seed(seed, u), cfg)
         except DeadUnitError:
             continue
         lw = source.logit_weights(u)
@@ -193,30 +281,45 @@ def estimate_run(source, units, backend, seed: int = 0, cfg: ProtocolConfig = Pr
         sin = SimulateInput("x" * 120, simulate_input("", ue, source.corpus.vocab_strs).examples)
         lin = LogitInput("x" * 120, ["token"] * (cfg.logit_ranks[1] - cfg.logit_ranks[0] + cfg.logit_random))
         samples.append((ein, sin, lin))
-    if hasattr(backend, "provider"):
-        return backend.estimate(len(units), samples)
-    return backend.estimate(len(units))
+        if detection:
+            det = select_detection(acts, source.corpus, ue, detection_seed(seed, u))
+            det_inputs.append(SimulateInput("x" * 120, [e.tokens(source.corpus.vocab_strs) for e in det]))
+    if not hasattr(backend, "provider"):
+        return backend.estimate(len(units))
+    est = backend.estimate(len(units), samples)
+    if detection and det_inputs:
+        chars = []
+        for d in det_inputs:
+            system, messages = build_messages("simulate", d)
+            chars.append(len(system) + sum(len(m["content"]) for m in messages))
+        out = [4 * sum(len(x) for x in d.examples) + 200 for d in det_inputs]
+        est["calls"] += len(units)
+        est["input_tokens"] += int(np.mean(chars) / 4 * len(units))
+        est["output_tokens_max"] += int(np.mean(out) * len(units))
+        est["note"] = est.get("note", "") + "; with one detection simulation per unit"
+    return est
 
 
 def score_units(source, units, backend, *, seed: int = 0, cfg: ProtocolConfig = ProtocolConfig(),
-                logits: bool = True, progress: bool = True, verbose: bool = True):
+                logits: bool = True, progress: bool = True, verbose: bool = True, detection: bool = True):
     """Score ``units`` of ``source`` with ``backend``; a DataFrame, one row per unit (in order).
 
     LLM backends run ``backend.concurrency`` units at a time and print an estimate of calls
     and tokens first. A reply that cannot be parsed marks that unit "failed: ..." (counted in
     ``failures``); an endpoint that stays unreachable after the retries stops the run with
-    :class:`~mono_utils.autointerp_backends.BackendUnavailableError` (finished calls are cached).
+    :class:`~mono_utils.autointerp.backends.BackendUnavailableError` (finished calls are cached).
     """
     units = _check_units(units)
     if verbose and hasattr(backend, "provider"):
-        est = estimate_run(source, units, backend, seed, cfg)
+        est = estimate_run(source, units, backend, seed, cfg, detection=detection)
         print(f"[autointerp] {est['units']} units with {est['backend']} ({est['model']}): about {est['calls']} "
               f"calls, ~{est['input_tokens']:,} input tokens, <= {est['output_tokens_max']:,} output tokens "
               f"({est['note']})")
 
     def one(u):
         lw = source.logit_weights(u) if logits else None
-        r = run_unit(backend, source.unit_acts(u), source.corpus, u, source.kind, lw, seed, cfg)
+        r = run_unit(backend, source.unit_acts(u), source.corpus, u, source.kind, lw, seed, cfg,
+                     detection=detection)
         return r.to_dict()
 
     t0 = time.time()
@@ -246,10 +349,10 @@ def summarize(df) -> dict:
            "dead": int((df.status == "dead").sum())}
     groups = {"all": ok, "single_token": ok[ok.single_token], "multi_token": ok[~ok.single_token]}
     for name, g in groups.items():
-        out[name] = {"n": int(len(g)),
-                     "median_spearman": float(g.spearman.median()) if len(g) else float("nan"),
-                     "median_pearson": float(g.pearson.median()) if len(g) else float("nan"),
-                     "median_logit_accuracy": float(g.logit_accuracy.median()) if len(g) else float("nan")}
+        out[name] = {"n": int(len(g))}
+        for col in ("spearman", "spearman_raw", "spearman_unweighted", "pearson", "detection", "logit_accuracy"):
+            if col in g.columns:
+                out[name][f"median_{col}"] = float(g[col].median()) if len(g) else float("nan")
     return out
 
 
@@ -360,14 +463,16 @@ def sample_units(source, n: int | None, seed: int = 0) -> list[int]:
     return [int(u) for u in units]
 
 
-def score_all(sources: dict, backend, n_units: int | None = None, seed: int = 0, progress: bool = True) -> dict:
+def score_all(sources: dict, backend, n_units: int | None = None, seed: int = 0, progress: bool = True,
+              logits: bool = True) -> dict:
     """``{kind: DataFrame}`` for every source; ``n_units`` live units per kind (None: all)."""
-    return {k: score_units(src, sample_units(src, n_units, seed), backend, seed=seed, progress=progress)
+    return {k: score_units(src, sample_units(src, n_units, seed), backend, seed=seed, progress=progress,
+                           logits=logits)
             for k, src in sources.items()}
 
 
 # ---------------------------------------------------------------- cached offline scores (notebook 03, the build)
-OFFLINE_SCORES_VERSION = 1
+OFFLINE_SCORES_VERSION = 2   # 2: every score of autointerp.scores, the density-matched neurons
 
 
 def default_n_units(preset) -> int | None:
@@ -378,6 +483,8 @@ def default_n_units(preset) -> int | None:
 def source_identity(src) -> dict:
     """What a source's scores depend on: its index folder, unit kind, logit matrix and vocabulary."""
 
+    if isinstance(src, DensityMatchedSource):
+        return {**source_identity(src.base), "label": src.kind, "density_matched": src.density}
     if not isinstance(src, IndexSource):
         raise ValueError(f"cached scores need sources over a stored activation index (IndexSource), not "
                          f"{type(src).__name__}: score it with score_all instead")
@@ -438,7 +545,8 @@ def cached_offline_scores(sources: dict, n_units: int | None = None, seed: int =
 
 
 def get_offline_scores(preset=None, store=None, *, sources: dict | None = None, progress: bool = True) -> dict:
-    """Offline autointerp scores of A/1's features, A's neurons and the randomized control.
+    """Offline autointerp scores of A/1's features, A's neurons, the randomized control and the
+    neurons at the features' density (``with_density_control``), every score of each unit.
 
     The build stage and notebook 03 call this (``default_n_units`` units per kind, seed 0); pass
     ``sources`` from ``preset_sources`` if already loaded. Needs: tokenizer, model A, SAE A/1,
@@ -446,4 +554,5 @@ def get_offline_scores(preset=None, store=None, *, sources: dict | None = None, 
     """
     p, s = resolve(preset, store)
     sources = sources if sources is not None else preset_sources(p, s, progress=progress)
+    sources = with_density_control(sources)
     return cached_offline_scores(sources, default_n_units(p), 0, s, progress=progress)

@@ -8,10 +8,12 @@ import pandas as pd
 
 from .backends import get_backend
 from .run import score_all, summarize
+from .scores import SCORES
 
-GROUPS = {"feature": "features", "neuron": "neurons", "randomized": "randomized-transformer features"}
+GROUPS = {"feature": "features", "neuron": "neurons", "randomized": "randomized-transformer features",
+          "neuron_at_density": "neurons at the features' density"}
 PAPER_LOGIT = {"feature": 0.74, "neuron": 0.53, "randomized": 0.50}
-COLOURS = {"feature": "#1f77b4", "neuron": "#d62728", "randomized": "#7f7f7f"}
+COLOURS = {"feature": "#1f77b4", "neuron": "#d62728", "randomized": "#7f7f7f", "neuron_at_density": "#ff7f0e"}
 
 
 def summary_table(results: dict):
@@ -53,7 +55,7 @@ def score_figure(results: dict, metric: str = "spearman", title: str | None = No
                                        xbins=dict(start=-0.2, end=1.0, size=0.025), histnorm="probability",
                                        opacity=0.35, marker_color=colour, marker_pattern_shape="/"))
     fig.update_layout(barmode="overlay", height=420, title=title or f"autointerp {metric} by unit kind",
-                      xaxis_title=metric + (" (importance-weighted)" if metric == "spearman" else ""),
+                      xaxis_title=SCORES[metric][0] if metric in SCORES else metric,
                       yaxis_title="fraction of units", legend=dict(orientation="h", y=-0.25))
     return fig
 
@@ -140,4 +142,20 @@ def budget_figure(curve):
     fig.update_layout(height=380, title="Shorter explanations: median score against tokens the explanation may name",
                       xaxis=dict(title="tokens named (log scale)", type="log"),
                       yaxis_title="median Spearman (importance-weighted)", legend=dict(orientation="h", y=-0.3))
+    return fig
+
+
+def scores_figure(summary, title: str = "every score, per kind: median and bootstrap 95% interval"):
+    """Medians with their intervals, one group of bars per score (``scores.score_summary``)."""
+    import plotly.graph_objects as go  # lazy: plotly is heavy: figures only
+    fig = go.Figure()
+    for kind, g in summary.groupby("kind", sort=False):
+        fig.add_bar(x=[SCORES[s][0] if s in SCORES else s for s in g.score], y=g["median"],
+                    error_y=dict(type="data", symmetric=False, array=g["high"] - g["median"],
+                                 arrayminus=g["median"] - g["low"]),
+                    name=f"{GROUPS.get(kind, kind)} (n={int(g.n.max())})", marker_color=COLOURS.get(kind))
+    fig.update_layout(barmode="group", height=420, title=title, yaxis_title="median over units",
+                      legend=dict(orientation="h", y=-0.3))
+    fig.add_hline(y=0.5, line_dash="dot", line_color="#999", annotation_text="detection chance",
+                  annotation_position="top right")
     return fig

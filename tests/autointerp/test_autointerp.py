@@ -135,7 +135,9 @@ def test_simulator_never_sees_activations():
             return super().simulate(inp)
 
     run_unit(Spy(), acts, corpus, 0)
-    assert len(seen) == 1
+    assert len(seen) == 2                 # the simulation examples, then the detection contexts
+    run_unit(Spy(), acts, corpus, 0, detection=False)
+    assert len(seen) == 3
 
 
 def test_importance_weights_post_stratify_held_out_rows():
@@ -160,7 +162,11 @@ def test_score_simulation_checks_lengths():
     with pytest.raises(ParseFailure):
         score_simulation(ue, [[0] * 9])
     perfect = [e.acts for e in ue.simulate]
-    assert score_simulation(ue, perfect)["spearman"] == pytest.approx(1.0)
+    s = score_simulation(ue, perfect)
+    assert s["spearman_raw"] == pytest.approx(1.0) and s["pearson"] == pytest.approx(1.0)
+    # the headline compares the truth on the explainer's 0-9 scale: predicting that scale exactly is perfect
+    scale = max(float(e.acts.max()) for e in ue.explain)
+    assert score_simulation(ue, [quantise(e.acts, scale) for e in ue.simulate])["spearman"] == pytest.approx(1.0)
 
 
 def test_logit_test_tokens_and_no_leak_into_explainer():

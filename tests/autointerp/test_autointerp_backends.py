@@ -163,14 +163,15 @@ def test_end_to_end_and_cache(provider, stub, keys, tmp_path, capsys):
     assert (df.spearman > 0.9).all()
     assert df.explanation[0] == "the word w7."
     assert df.logit_accuracy.notna().all()
-    assert len(stub.requests) == 9 and b.stats["calls"] == 9
+    # 4 calls per unit: explain, simulate, simulate the detection contexts, label the logits
+    assert len(stub.requests) == 12 and b.stats["calls"] == 12
     assert all(r["auth"] in (KEY, f"Bearer {KEY}") for r in stub.requests)      # the key reaches the server
     assert ("/v1/messages" if provider == "anthropic" else "/v1/chat/completions") in stub.requests[0]["path"]
-    assert "calls" in capsys.readouterr().out                   # the estimate is shown before the run
+    assert "about 12 calls" in capsys.readouterr().out          # the estimate is shown before the run
     # a rerun costs nothing: every reply comes from the cache
     b2 = backend(provider, stub, tmp_path)
     df2 = score_units(src, [0, 1, 2], b2, progress=False)
-    assert len(stub.requests) == 9 and b2.stats["cache_hits"] == 9
+    assert len(stub.requests) == 12 and b2.stats["cache_hits"] == 12
     assert df2.drop(columns=[]).equals(df)
 
 
