@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import ipywidgets as W
 import numpy as np
 
-from ..autointerp.protocol import Example, weighted_spearman
+from ..autointerp.protocol import Example, quantise, weighted_spearman
 from ..autointerp.backends import get_backend
 from ..autointerp.run import run_unit, sample_units
 
@@ -88,9 +88,10 @@ def parse_guesses(text_or_lists, rnd: Round) -> list[np.ndarray]:
 
 
 def score_guesses(rnd: Round, guesses) -> dict:
-    """The weighted Spearman of the guesses and of the offline simulator, on the round's tokens."""
+    """The headline score of notebook 03 (weighted Spearman against the truth on the 0-9 scale the
+    explainer saw) for the guesses and for the offline simulator, on the round's tokens."""
     g = parse_guesses(guesses, rnd)
-    true = np.concatenate([e.acts for e in rnd.examples])
+    true = quantise(np.concatenate([e.acts for e in rnd.examples]), rnd.max_act)
     w = np.concatenate([np.full(len(e.acts), e.weight) for e in rnd.examples])
     return {"you": weighted_spearman(true, np.concatenate(g), w),
             "offline simulator": weighted_spearman(true, np.concatenate(rnd.offline), w),
