@@ -77,14 +77,7 @@ def sae_grads(sae, xs: torch.Tensor, *, l1_coeff: float | None = None, dead_mask
             S = pre.relu_().to_sparse_csr()
             crow, col, v = S.crow_indices(), S.col_indices(), S.values()
         elif cfg.architecture == "batchtopk":
-            flat = pre.relu_().view(-1)
-            kb = min(flat.numel(), cfg.k * B)
-            vals, idx = flat.topk(kb, sorted=False)
-            keep = torch.zeros_like(flat).index_put_((idx,), vals).view(B, -1)
-            S = keep.to_sparse_csr()
-            crow, col, v = S.crow_indices(), S.col_indices(), S.values()
-            pos = vals[vals > 0]
-            min_kept = pos.min() if len(pos) else None
+            crow, col, v, min_kept = _batch_topk(sae, pre.relu_(), cfg.k, B)
         else:
             vals, idx = pre.topk(cfg.k, dim=1)
             idx, order = idx.sort(dim=1)
@@ -118,6 +111,33 @@ def sae_grads(sae, xs: torch.Tensor, *, l1_coeff: float | None = None, dead_mask
         p.grad = g.contiguous()
     stats["mse"] = stats["sq"] / (B * d)
     return stats
+
+
+def _batch_topk(sae, f, k: int, B: int):
+    """CSR (crow, col, values) of the k*B largest entries of ``f`` [B, m] (>= 0), and the smallest
+    kept positive value. Exact, but fast: it first keeps the entries above 0.8 x the previous
+    batch's smallest kept value (``sae._batchtopk_hint``, not saved), and takes the top k*B of
+    those when there are enough of them; else of all entries."""
+    m = f.shape[1]
+    flat = f.view(-1)
+    kb = min(flat.numel(), k * B)
+    hint = getattr(sae, "_batchtopk_hint", None)
+    idx = None
+    if hint is not None and hint > 0:
+        cand = (flat > 0.8 * hint).nonzero().view(-1)
+        if len(cand) >= kb:   # then every entry of the top k*B lies above the cut: exact
+            idx = cand[flat[cand].topk(kb, sorted=False).indices]
+    if idx is None:
+        idx = flat.topk(kb, sorted=False).indices
+    idx = idx.sort().values
+    v = flat[idx]
+    pos = v[v > 0]
+    min_kept = pos.min() if len(pos) else None
+    sae._batchtopk_hint = float(min_kept) if min_kept is not None else None
+    col = idx % m
+    crow = torch.zeros(B + 1, dtype=torch.int64, device=f.device)
+    crow[1:] = torch.bincount(idx // m, minlength=B).cumsum(0)
+    return crow, col, v, min_kept
 
 
 def _csr(crow, col, v, shape):

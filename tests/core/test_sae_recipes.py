@@ -122,6 +122,12 @@ def test_fast_gradients_equal_autograd(recipe, sparse):
         assert float(ref["b_dec"].abs().max()) > 0   # b_dec still learns (output bias only)
     for n, p in sae.named_parameters():
         assert torch.allclose(p.grad, ref[n], rtol=1e-4, atol=1e-6 * float(ref[n].abs().max())), n
+    if recipe == "batchtopk":   # the fast path through the previous batch's threshold: the same step
+        assert sae._batchtopk_hint > 0
+        first = {n: p.grad.clone() for n, p in sae.named_parameters()}
+        sae_grads(sae, x * sae.input_scale, dead_mask=dm, sparse=sparse)
+        for n, p in sae.named_parameters():
+            assert torch.equal(p.grad, first[n]), n
 
 
 def test_batchtopk_keeps_k_times_batch_and_threshold_encodes_alone():
@@ -197,12 +203,14 @@ def planted(n=40_000, d=64, n_feat=256, p=0.02, n_pairs=32, seed=0):
     return (on * mag) @ D + 0.3, D, float(on.float().sum(1).mean())
 
 
-# recipe -> (SAE field overrides: the lambda or k chosen, training steps of batch 256)
+# recipe -> (SAE field overrides: the lambda or k chosen, training steps of batch 256). BatchTopK
+# needs twice the steps here: at 1,500 it reached a mean max cosine of 0.91, at 3,000 0.96.
 PLANTED = {"paper2023": ({"l1_coeff": 3e-2}, 1500), "anthropic2024": ({"l1_coeff": 3e-2}, 1500),
-           "topk": ({"k": 6}, 1500), "batchtopk": ({"k": 6}, 1500)}
+           "topk": ({"k": 6}, 1500), "batchtopk": ({"k": 6}, 3000)}
 
 
-@pytest.mark.parametrize("recipe", list(PLANTED))
+@pytest.mark.parametrize("recipe", [pytest.param(r, marks=pytest.mark.slow) if r == "batchtopk" else r
+                                    for r in PLANTED])
 def test_each_recipe_recovers_planted_features(recipe, capsys):
     x, D, true_l0 = planted()
     over, steps = PLANTED[recipe]
