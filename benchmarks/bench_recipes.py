@@ -6,7 +6,7 @@
 Each run trains an A/1-sized SAE (the preset's ``sae_main`` features, its batch, lr and lambda
 or k) with one recipe of ``mono_utils.core.sae.RECIPES`` (or a variant of the paper's recipe,
 ``RUNS`` below) on ``--tokens`` activations of model A, saves it in SAELens's format under
-``<store>/bench-recipes/<run>``, opens it again with ``SparseAutoencoder.load`` and evaluates it
+``<store>/bench-recipes/<run>`` (with its feature densities), opens it again with ``SparseAutoencoder.load`` and evaluates it
 as the build evaluates A/1 (``core.metrics.evaluate_sae`` on the preset's evaluation and density
 tokens): dead and ultralow counts, L0, loss recovered (zero and mean ablation), FVU about the
 mean, training act/s. One JSON line per run is appended to ``--out``; ``--table`` prints the
@@ -36,6 +36,7 @@ from mono_utils.core.activations import ActivationStream  # noqa: E402
 from mono_utils.core.metrics import evaluate_sae  # noqa: E402
 from mono_utils.core.sae import SparseAutoencoder  # noqa: E402
 from mono_utils.core.train import dead_window, resample_steps, train_sae  # noqa: E402
+from mono_utils.store.artifacts import save_safetensors_atomic  # noqa: E402
 
 # run name -> (recipe, SAEConfig field overrides, TrainSAEConfig field overrides)
 RUNS = {
@@ -69,7 +70,9 @@ def run_one(name: str, preset: str, tokens: int, progress: bool) -> dict:
     sae = SparseAutoencoder.load(folder)          # what the suite would open
     tv, _, _ = data.split("val")
     t1 = time.perf_counter()
-    m = evaluate_sae(sae, model, tv, p.eval_tokens, density_tokens=p.density_tokens, store=s, progress=progress)
+    m, density = evaluate_sae(sae, model, tv, p.eval_tokens, density_tokens=p.density_tokens, store=s,
+                              progress=progress, return_density=True)
+    save_safetensors_atomic({"density": density}, folder / "feature_density.safetensors")
     m.pop("density_hist", None)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parent).stdout.strip()
