@@ -12,6 +12,12 @@ tokens): dead and ultralow counts, L0, loss recovered (zero and mean ablation), 
 mean, training act/s. One JSON line per run is appended to ``--out``; ``--table`` prints the
 table of every line in it.
 
+``--diagnose FOLDER`` (an SAE folder with ``feature_density.safetensors``, e.g. a build's A/1)
+prints the signature of the ultralow cluster that Anthropic described (circuits update, Feb
+2024): the live features below the density cutoff against those above it, by the mean pairwise
+cosine of their encoder vectors, their encoder bias ``b_enc`` and the shared bias
+``-W_enc^T b_dec`` that the pre-encoder bias gives every feature.
+
 The activations are harvested once into an fp16 cache in the store (every run reads the same
 stream; the build trains on fp32 activations, so a run here is not byte-identical to the build's).
 The model, tokens and ablation baselines must be in the store already (copy them from a built one):
@@ -88,6 +94,38 @@ def run_one(name: str, preset: str, tokens: int, progress: bool) -> dict:
             **{k: v for k, v in m.items() if not isinstance(v, (list, dict))}}
 
 
+def diagnose(folder: Path) -> str:
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+    from mono_utils.core.metrics import ultralow_threshold
+    sae = SparseAutoencoder.load(folder)
+    d = load_file(str(folder / "feature_density.safetensors"))["density"].numpy()
+    metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").exists() else {}
+    We = sae.W_enc.detach()
+    cut = metrics.get("ultralow_density") or ultralow_threshold(d, encoder=We)
+    hist = np.histogram(np.log10(d[d > 0]), bins=np.arange(-7, 0.01, 0.5))
+    lines = [f"{folder.name}: dead {int((d == 0).sum())}, ultralow cutoff {cut:.1e}",
+             "log10 density histogram (bin start: count): " +
+             ", ".join(f"{e:.1f}: {c}" for e, c in zip(hist[1][:-1], hist[0]) if c)]
+    En = We / We.norm(dim=0, keepdim=True).clamp_min(1e-12)
+    shared = -(sae.b_dec @ We) if sae.cfg.pre_encoder_bias else torch.zeros(sae.cfg.d_sae)
+    g = np.random.default_rng(0)
+    for name, mask in (("below the cutoff", (d > 0) & (d < cut)), ("above the cutoff", d >= cut)):
+        idx = np.flatnonzero(mask)
+        if len(idx) < 2:
+            lines.append(f"{name}: {len(idx)} features")
+            continue
+        sub = torch.from_numpy(g.choice(idx, min(len(idx), 800), replace=False))
+        C = En[:, sub].T @ En[:, sub]
+        pair = float((C.sum() - C.diag().sum()) / (len(sub) * (len(sub) - 1)))
+        mk = torch.from_numpy(idx)
+        lines.append(f"{name}: {len(idx)} features | mean pairwise encoder cosine {pair:.3f} | median b_enc "
+                     f"{float(sae.b_enc[mk].median()):.3f} | median -W_enc^T b_dec {float(shared[mk].median()):.3f} | "
+                     f"median encoder norm {float(We[:, mk].norm(dim=0).median()):.3f}")
+    return "\n".join(lines)
+
+
 def table(rows: list[dict]) -> str:
     head = ("| run | tokens | L0 | loss rec. (zero / mean abl.) | FVU | dead | ultralow (cutoff) "
             "| dead + ultralow | train act/s |")
@@ -111,7 +149,13 @@ def main():
     ap.add_argument("--out", default="bench_recipes.jsonl")
     ap.add_argument("--table", action="store_true", help="only print the table of --out")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--diagnose", nargs="+", metavar="FOLDER", help="only diagnose these SAE folders")
     a = ap.parse_args()
+    if a.diagnose:
+        import torch
+        with torch.no_grad():
+            print("\n\n".join(diagnose(Path(f)) for f in a.diagnose))
+        return
     out = Path(a.out)
     if not a.table:
         for name in a.runs.split(","):
