@@ -55,7 +55,7 @@ def test_todays_artifacts_keep_their_config_hashes(key):
     assert config_hash(config) == HASHES_F2F4792[key]
     assert "grad_clip" not in config["train"] and "penalty" not in config["sae"]
     named = dict(kw, recipe="topk" if kw.pop("architecture", "relu") == "topk" else "paper2023")
-    _, _, config2, name2 = sae_artifact_config(p, **named)
+    _, _, config2, _ = sae_artifact_config(p, **named)
     assert config_hash(config2) == HASHES_F2F4792[key]
 
 
