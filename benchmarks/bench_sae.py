@@ -9,6 +9,9 @@ then full training steps (gradients, Adam, decoder-norm constraint) of
 - ``relu dense``: our five-GEMM ReLU step (early training, when many features fire);
 - ``relu sparse``: our ReLU step once features are sparse (L0 ~ 30, as at the end of training);
 - ``topk``: TopK (k=32) with the sparse decoder/backward;
+- ``2024 dense`` / ``2024 sparse``: the anthropic2024 recipe's step (decoder-norm-weighted L1,
+  no pre-encoder bias, free decoder norms, gradient clipping at 1), dense and at L0 ~ 30;
+- ``batchtopk``: BatchTopK (k=32 per token on average over the batch), sparse path;
 and prints act/s and the ratio to the six-GEMM bound. The bound and the variants are timed in
 interleaved rounds and each figure is the best round (robust to other load on the machine).
 """
@@ -23,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from mono_utils.core.sae import SAEConfig, SparseAutoencoder  # noqa: E402
+from mono_utils.core.sae import RECIPES, SAEConfig, SparseAutoencoder  # noqa: E402
 from mono_utils.core.sae_kernels import sae_grads  # noqa: E402
 
 
@@ -55,7 +58,10 @@ def six_gemm_time(B, d, m, steps, dev, sync):
 
 
 def make(arch, B, d, m, dev, sparse_l0=None):
-    sae = SparseAutoencoder(SAEConfig(d_in=d, d_sae=m, architecture=arch, k=32, l1_coeff=5e-3)).to(dev)
+    recipe = arch if arch in RECIPES else None
+    fields = dict(RECIPES[recipe]["sae"]) if recipe else {"architecture": arch}
+    fields.pop("decoder_init_norm", None)   # 2024: unit rows, as they are soon in training (not 0.1)
+    sae = SparseAutoencoder(SAEConfig(d_in=d, d_sae=m, k=32, l1_coeff=5e-3, **fields)).to(dev)
     g = torch.Generator().manual_seed(1)
     x = (torch.randn(B, d, generator=g).relu() * 2).to(dev)
     if sparse_l0 is not None:  # a bias that leaves ~sparse_l0 features active per token
@@ -68,9 +74,13 @@ def make(arch, B, d, m, dev, sparse_l0=None):
 
 def step_fast(sae, opt, x, sparse, bf16):
     sae_grads(sae, x, sparse=sparse, bf16=bf16)
-    sae.remove_parallel_grad()
+    if sae.cfg.unit_decoder:
+        sae.remove_parallel_grad()
+    else:   # the 2024 recipe: no decoder constraint, gradient norm clipped at 1 (as the trainer)
+        torch.nn.utils.clip_grad_norm_(list(sae.parameters()), 1.0, foreach=True)
     opt.step()
-    sae.normalize_decoder()
+    if sae.cfg.unit_decoder:
+        sae.normalize_decoder()
 
 
 def step_autograd(sae, opt, x):
@@ -100,7 +110,9 @@ def main():
     print(f"{'width':>12} {'variant':>14} {'act/s':>10} {'ratio to 6-GEMM bound':>22}")
     for m in [int(s) for s in a.sizes.split(",")]:
         variants = [("autograd", "relu", None, None), ("relu dense", "relu", False, None),
-                    ("relu sparse", "relu", True, 30), ("topk k=32", "topk", True, None)]
+                    ("relu sparse", "relu", True, 30), ("topk k=32", "topk", True, None),
+                    ("2024 dense", "anthropic2024", False, None), ("2024 sparse", "anthropic2024", True, 30),
+                    ("batchtopk k=32", "batchtopk", True, None)]
         if a.bf16:
             variants += [("relu dense bf16", "relu", "bf16", None), ("topk bf16", "topk", "bf16", None)]
         fns, extras = {}, {}

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from ..core.activations import ActivationStream
 from ..core.device import device_name, on_device, pick_device
 from ..core.metrics import ULTRALOW_DEFAULT, evaluate_sae
-from ..core.sae import SAEConfig, SparseAutoencoder
+from ..core.sae import RECIPES, SAEConfig, SparseAutoencoder
 from ..core.train import TrainSAEConfig, train_sae
 from ..store.artifacts import ArtifactStore, config_hash, read_json, save_safetensors_atomic
 from .models import get_model, get_tokens, model_artifact_config
@@ -42,30 +42,59 @@ def sae_name(which: str, d_sae: int, architecture: str, p: Preset) -> str:
     return f"sae{which}-{d_sae}-{architecture}-{p.name}"
 
 
+def sae_artifact_config(p: Preset, *, which: str = "A", d_sae: int | None = None, architecture: str = "relu",
+                        l1_coeff: float | None = None, k: int | None = None, cache: bool = False, seed: int = 0,
+                        recipe: str | None = None, **train_overrides):
+    """``(cfg, tc, config, name)``: the SAE config, training config, artifact config (hashed into the
+    folder name) and artifact name of ``get_sae`` with these arguments, nothing built.
+
+    ``recipe`` (``core.sae.RECIPES``): ``paper2023`` is ``architecture="relu"`` (the same artifact),
+    ``topk`` is ``architecture="topk"``; ``anthropic2024`` and ``batchtopk`` set the SAE fields and
+    training fields of their recipe (``train_overrides`` still win)."""
+    if recipe is not None:
+        if recipe not in RECIPES:
+            raise ValueError(f"unknown SAE recipe {recipe!r}: choose one of {tuple(RECIPES)}")
+        sae_fields = dict(RECIPES[recipe]["sae"])
+        architecture = sae_fields.pop("architecture")
+        train_overrides = {**RECIPES[recipe]["train"], **train_overrides}
+    else:
+        sae_fields = {}
+    d_sae = d_sae or p.sae_main
+    model_cfg = model_artifact_config(p, which)
+    cfg = SAEConfig(d_in=p.d_mlp, d_sae=d_sae, architecture=architecture,
+                    l1_coeff=l1_coeff if l1_coeff is not None else p.l1_coeff,
+                    k=k if k is not None else p.topk_k, seed=seed, model_name=f"mono-1l-{which}-{p.name}",
+                    **sae_fields)
+    tc = sae_train_config(p, architecture, seed=seed, **train_overrides)
+    sae_cfg = cfg.to_dict()
+    sae_cfg.pop("input_scale")
+    config = {"model": model_cfg, "sae": sae_cfg, "train": tc.to_dict(), "stream": dict(STREAM_KW),
+              "eval": {"eval_tokens": p.eval_tokens, "density_tokens": p.density_tokens}, "version": 1}
+    if cache:  # fp16-cached activations give (slightly) different SAEs: a different artifact
+        config["fp16_cache"] = True
+    name = sae_name(which, d_sae, architecture if cfg.recipe is None else cfg.recipe, p)
+    return cfg, tc, config, name
+
+
+STREAM_KW = {"tokens_per_context": None, "block_size": 1 << 17, "skip_bos": True}
+
+
 def get_sae(preset=None, store: ArtifactStore | None = None, *, which: str = "A", d_sae: int | None = None,
             architecture: str = "relu", l1_coeff: float | None = None, progress: bool = True, live=None,
-            k: int | None = None, cache: bool = False, seed: int = 0, **train_overrides):
+            k: int | None = None, cache: bool = False, seed: int = 0, recipe: str | None = None,
+            **train_overrides):
     """The SAE on model ``which``'s MLP activations, trained (once) on the preset's train tokens.
 
     Defaults: ``d_sae = preset.sae_main`` (A/1), ``l1_coeff = preset.l1_coeff``,
     ``k = preset.topk_k``. ``cache=True`` keeps the harvested activations on disk (fp16) for
     the next SAE of the same model. ``live``: e.g. a ``core.train.LivePlot()`` shown in a notebook.
+    ``recipe``: one of ``core.sae.RECIPES`` (None: the ``architecture``'s own, paper2023 or topk).
     """
     p, s = resolve(preset, store)
-    d_sae = d_sae or p.sae_main
-    model_cfg = model_artifact_config(p, which)
-    cfg = SAEConfig(d_in=p.d_mlp, d_sae=d_sae, architecture=architecture,
-                    l1_coeff=l1_coeff if l1_coeff is not None else p.l1_coeff,
-                    k=k if k is not None else p.topk_k, seed=seed, model_name=f"mono-1l-{which}-{p.name}")
-    tc = sae_train_config(p, architecture, seed=seed, **train_overrides)
-    stream_kw = {"tokens_per_context": None, "block_size": 1 << 17, "skip_bos": True}
-    sae_cfg = cfg.to_dict()
-    sae_cfg.pop("input_scale")
-    config = {"model": model_cfg, "sae": sae_cfg, "train": tc.to_dict(), "stream": stream_kw,
-              "eval": {"eval_tokens": p.eval_tokens, "density_tokens": p.density_tokens}, "version": 1}
-    if cache:  # fp16-cached activations give (slightly) different SAEs: a different artifact
-        config["fp16_cache"] = True
-    name = sae_name(which, d_sae, architecture, p)
+    cfg, tc, config, name = sae_artifact_config(p, which=which, d_sae=d_sae, architecture=architecture,
+                                                l1_coeff=l1_coeff, k=k, cache=cache, seed=seed, recipe=recipe,
+                                                **train_overrides)
+    d_sae, architecture, stream_kw = cfg.d_sae, cfg.architecture, STREAM_KW
 
     def build(tmp: Path):
         model = get_model(p, s, which=which, progress=progress)
@@ -87,7 +116,7 @@ def get_sae(preset=None, store: ArtifactStore | None = None, *, which: str = "A"
         (tmp / "history.json").write_text(json.dumps(hist))
         last = hist[-1] if hist else {}
         metrics.update(train_tokens=tc.steps * tc.batch_size, train_act_per_s=last.get("act_per_s"),
-                       input_scale=sae.cfg.input_scale, d_sae=d_sae, architecture=architecture,
+                       input_scale=sae.cfg.input_scale, d_sae=d_sae, architecture=architecture, recipe=cfg.recipe_name,
                        train_device=device_name(dev))
         ckpt.unlink(missing_ok=True)
         return metrics

@@ -1,8 +1,26 @@
-"""Sparse autoencoders: the paper's ReLU + L1 recipe and TopK (+ AuxK), one interface.
+"""Sparse autoencoders: the paper's ReLU + L1 recipe, the 2024 recipes, one interface.
 
     x_s   = x * input_scale                  (scaling is internal; users pass raw activations)
     f     = ReLU(W_enc^T (x_s - b_dec) + b_enc)        or   TopK(...) for ``architecture="topk"``
     x_hat = (f @ W_dec + b_dec) / input_scale
+
+Four named recipes (``RECIPES``; :func:`mono_utils.core.train.recipe_configs` gives both configs):
+
+- ``paper2023`` (Bricken et al. 2023, the default): ReLU, loss MSE + lambda sum_i f_i, decoder
+  rows kept at unit norm (parallel gradient removed), pre-encoder bias ``x - b_dec``,
+  Kaiming-uniform encoder, b_dec at the geometric median, dead-feature resampling.
+- ``anthropic2024`` (Anthropic's circuits update, April 2024): ReLU, loss MSE + lambda
+  sum_i f_i ||W_dec,i|| with an unconstrained decoder, no pre-encoder bias, W_enc = W_dec^T at
+  init with decoder rows of norm 0.1, zero biases, lambda warmed up over the first 5% of steps,
+  lr decayed to 0 over the last 20%, gradient norm clipped at 1, no resampling. After training
+  the decoder norms are folded into the encoder (f_i * ||W_dec,i|| becomes the feature), so the
+  saved SAE has unit-norm dictionary vectors and the penalty reads as a plain L1.
+- ``topk`` (Gao et al. 2024, as the suite built it before the recipes): the k largest
+  pre-activations per token, AuxK on dead latents, Kaiming-uniform encoder.
+- ``batchtopk`` (Bussmann et al. 2024): the k x batch largest activations over the whole batch
+  (k per token on average), AuxK, W_enc = W_dec^T at init; a threshold (an exponential moving
+  average of the smallest kept activation, as SAELens) replaces the batch top-k at inference,
+  so the saved SAE is a JumpReLU with one shared threshold (SAELens saves BatchTopK so too).
 
 Parameters live in the scaled space (decoder rows unit norm there); ``W_dec_raw`` /
 ``b_dec_raw`` give the dictionary in raw activation space. Saved in SAELens's on-disk format
@@ -28,7 +46,25 @@ WEIGHTS = "sae_weights.safetensors"
 SAELENS_CFG = "cfg.json"
 OUR_CFG = "config.json"
 FORMAT = "mono_utils.sae/1"
-ARCHITECTURES = ("relu", "topk")
+ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu")   # jumprelu: inference only (foreign SAEs)
+PENALTIES = ("l1", "l1_decoder_norm")
+# Fields added after artifacts were first keyed by config hashes: ``to_dict`` leaves them out while
+# they hold their default, so every config written before they existed hashes as it did.
+_LATE_FIELDS = {"penalty": "l1", "unit_decoder": True, "pre_encoder_bias": True, "decoder_init_norm": None,
+                "b_dec_init": "geometric_median", "recipe": None}
+
+
+# Each recipe: the SAEConfig fields and the TrainSAEConfig fields it sets (see the module's docstring).
+RECIPES: dict[str, dict[str, dict]] = {
+    "paper2023": {"sae": {"architecture": "relu"}, "train": {}},
+    "anthropic2024": {
+        "sae": {"architecture": "relu", "penalty": "l1_decoder_norm", "unit_decoder": False,
+                "pre_encoder_bias": False, "encoder_init": "transpose", "decoder_init_norm": 0.1,
+                "b_dec_init": "zeros", "recipe": "anthropic2024"},
+        "train": {"resample": False, "l1_warmup_frac": 0.05, "lr_decay_frac": 0.2, "grad_clip": 1.0}},
+    "topk": {"sae": {"architecture": "topk"}, "train": {}},
+    "batchtopk": {"sae": {"architecture": "batchtopk", "encoder_init": "transpose"}, "train": {}},
+}
 
 
 @dataclass
@@ -45,6 +81,12 @@ class SAEConfig:
     hook_name: str = HOOK_MLP_POST
     model_name: str = "mono-1l"
     encoder_init: str = "kaiming"   # "kaiming" (paper: untied Kaiming-uniform) or "transpose" (W_enc = W_dec^T)
+    penalty: str = "l1"             # "l1" (paper: sum_i f_i) or "l1_decoder_norm" (2024: sum_i f_i ||W_dec,i||)
+    unit_decoder: bool = True       # paper: decoder rows projected to unit norm after each step
+    pre_encoder_bias: bool = True   # paper: encode x - b_dec; False: encode x (2024)
+    decoder_init_norm: float | None = None   # norm of the initial decoder rows (None: 1; 2024: 0.1)
+    b_dec_init: str = "geometric_median"     # or "zeros" (2024)
+    recipe: str | None = None       # the recipe's name, for the record (None: paper2023 or topk by architecture)
 
     def __post_init__(self):
         for name in ("d_in", "d_sae"):
@@ -67,13 +109,41 @@ class SAEConfig:
             raise ValueError(f"SAEConfig.aux_k must be a positive integer or None, got {self.aux_k!r}")
         if self.encoder_init not in ("kaiming", "transpose"):
             raise ValueError(f"SAEConfig.encoder_init must be 'kaiming' or 'transpose', got {self.encoder_init!r}")
+        if self.architecture == "batchtopk":
+            if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k <= 0 or self.k > self.d_sae:
+                raise ValueError(f"SAEConfig.k must be an integer in 1..d_sae = {self.d_sae} for BatchTopK "
+                                 f"(the mean number of active latents per token), got {self.k!r}")
+        if self.penalty not in PENALTIES:
+            raise ValueError(f"SAEConfig.penalty must be one of {PENALTIES}, got {self.penalty!r}")
+        if self.b_dec_init not in ("geometric_median", "zeros"):
+            raise ValueError(f"SAEConfig.b_dec_init must be 'geometric_median' or 'zeros', got {self.b_dec_init!r}")
+        if self.decoder_init_norm is not None and not (isinstance(self.decoder_init_norm, (int, float))
+                                                       and math.isfinite(self.decoder_init_norm)
+                                                       and self.decoder_init_norm > 0):
+            raise ValueError(f"SAEConfig.decoder_init_norm must be None or a finite number > 0, "
+                             f"got {self.decoder_init_norm!r}")
+        if self.recipe is not None and self.recipe not in RECIPES:
+            raise ValueError(f"SAEConfig.recipe must be None or one of {tuple(RECIPES)}, got {self.recipe!r}")
+
+    @property
+    def recipe_name(self) -> str:
+        """The recipe this config follows (``recipe`` if set, else paper2023 / topk / batchtopk)."""
+        if self.recipe is not None:
+            return self.recipe
+        return {"relu": "paper2023"}.get(self.architecture, self.architecture)
 
     @property
     def aux_k_eff(self) -> int:
         return min(self.d_sae, self.aux_k if self.aux_k is not None else max(1, self.d_in // 2))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """All fields, except the late ones (``_LATE_FIELDS``) that hold their default: the
+        artifacts of the paper2023 and topk recipes keep the config hashes they had."""
+        d = asdict(self)
+        for name, default in _LATE_FIELDS.items():
+            if d[name] == default:
+                del d[name]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "SAEConfig":
@@ -121,6 +191,8 @@ class SparseAutoencoder(nn.Module):
         W_dec = torch.empty(cfg.d_sae, cfg.d_in)
         _kaiming_uniform(W_dec, g)
         W_dec /= W_dec.norm(dim=1, keepdim=True)
+        if cfg.decoder_init_norm is not None:
+            W_dec *= float(cfg.decoder_init_norm)
         if cfg.encoder_init == "transpose":
             W_enc = W_dec.t().contiguous()
         else:
@@ -131,6 +203,8 @@ class SparseAutoencoder(nn.Module):
         self.W_dec = nn.Parameter(W_dec)
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
         self.register_buffer("input_scale", torch.tensor(float(cfg.input_scale)))
+        if cfg.architecture in ("batchtopk", "jumprelu"):   # inference threshold per feature (JumpReLU)
+            self.register_buffer("threshold", torch.zeros(cfg.d_sae))
 
     # ------------------------------------------------------------ scaled-space core
     def set_input_scale(self, scale: float) -> None:
@@ -141,14 +215,25 @@ class SparseAutoencoder(nn.Module):
 
     def pre_acts(self, xs: torch.Tensor) -> torch.Tensor:
         """Encoder pre-activations for scaled input ``xs``."""
-        return torch.addmm(self.b_enc, xs - self.b_dec, self.W_enc) if xs.ndim == 2 else \
-            (xs - self.b_dec) @ self.W_enc + self.b_enc
+        xc = xs - self.b_dec if self.cfg.pre_encoder_bias else xs
+        return torch.addmm(self.b_enc, xc, self.W_enc) if xs.ndim == 2 else xc @ self.W_enc + self.b_enc
 
     def activation(self, pre: torch.Tensor) -> torch.Tensor:
+        """Inference activation (BatchTopK: the JumpReLU threshold, so each token is encoded alone)."""
         if self.cfg.architecture == "relu":
             return torch.relu(pre)
+        if self.cfg.architecture in ("batchtopk", "jumprelu"):
+            return torch.where(pre > self.threshold, pre, torch.zeros((), dtype=pre.dtype, device=pre.device)).relu_()
         vals, idx = pre.topk(self.cfg.k, dim=-1)
         return torch.zeros_like(pre).scatter_(-1, idx, torch.relu(vals))
+
+    def batch_activation(self, pre: torch.Tensor) -> torch.Tensor:
+        """The training activation of a batch [B, d_sae]: BatchTopK keeps the k*B largest over the batch."""
+        if self.cfg.architecture != "batchtopk":
+            return self.activation(pre)
+        flat = torch.relu(pre).reshape(-1)
+        vals, idx = flat.topk(min(flat.numel(), self.cfg.k * pre.shape[0]))
+        return torch.zeros_like(flat).scatter_(0, idx, vals).reshape(pre.shape)
 
     def encode_scaled(self, xs: torch.Tensor) -> torch.Tensor:
         return self.activation(self.pre_acts(xs))
@@ -195,12 +280,12 @@ class SparseAutoencoder(nn.Module):
         """The training loss on raw ``x`` [batch, d_in] (autograd; the fast path is sae_kernels)."""
         xs = x * self.input_scale
         pre = self.pre_acts(xs)
-        f = self.activation(pre)
+        f = self.batch_activation(pre)
         err = self.decode_scaled(f) - xs
         mse = err.pow(2).mean()
         out = {"mse": mse, "l0": (f > 0).float().sum(-1).mean()}
         if self.cfg.architecture == "relu":
-            l1 = f.sum(-1).mean()
+            l1 = f.sum(-1).mean() if self.cfg.penalty == "l1" else (f * self.W_dec.norm(dim=1)).sum(-1).mean()
             out.update(l1=l1, loss=mse + self.cfg.l1_coeff * l1)
         else:
             aux = torch.zeros((), dtype=x.dtype)
@@ -212,6 +297,17 @@ class SparseAutoencoder(nn.Module):
                 aux = (e_hat - (-err.detach())).pow(2).mean()
             out.update(aux=aux, loss=mse + self.cfg.aux_coeff * aux)
         return out
+
+    @torch.no_grad()
+    def fold_decoder_norms(self) -> None:
+        """Rescale so every decoder row has unit norm, the function unchanged: f_i -> f_i ||W_dec,i||
+        (the 2024 recipe's penalty becomes a plain L1 on the folded features)."""
+        n = self.W_dec.norm(dim=1).clamp_min(1e-12)
+        self.W_dec /= n[:, None]
+        self.W_enc *= n
+        self.b_enc *= n
+        if hasattr(self, "threshold"):
+            self.threshold *= n
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:
@@ -228,14 +324,21 @@ class SparseAutoencoder(nn.Module):
     def saelens_tensors(self) -> dict[str, torch.Tensor]:
         """The four SAELens tensors with the input scale folded in (raw-space SAE)."""
         with torch.no_grad():
-            return {"W_enc": self.W_enc_raw.float().contiguous(), "W_dec": self.W_dec_raw.float().contiguous(),
-                    "b_enc": self.b_enc.float().contiguous(), "b_dec": self.b_dec_raw.float().contiguous()}
+            out = {"W_enc": self.W_enc_raw.float().contiguous(), "W_dec": self.W_dec_raw.float().contiguous(),
+                   "b_enc": self.b_enc.float().contiguous(), "b_dec": self.b_dec_raw.float().contiguous()}
+            if hasattr(self, "threshold"):   # JumpReLU threshold (pre-activations are scale-free)
+                out["threshold"] = self.threshold.float().contiguous()
+            return out
 
     def saelens_cfg(self) -> dict:
+        """SAELens's cfg.json: ``standard`` (ReLU, both ReLU recipes; the 2024 recipe without the
+        pre-encoder bias), ``topk``, and ``jumprelu`` for BatchTopK (SAELens saves BatchTopK SAEs
+        for inference as JumpReLU SAEs with the learned threshold)."""
         c = self.cfg
+        arch = {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu"}[c.architecture]
         cfg = {"d_in": c.d_in, "d_sae": c.d_sae, "dtype": "float32", "device": "cpu",
-               "apply_b_dec_to_input": True, "normalize_activations": "none", "reshape_activations": "none",
-               "architecture": "standard" if c.architecture == "relu" else "topk",
+               "apply_b_dec_to_input": bool(c.pre_encoder_bias), "normalize_activations": "none",
+               "reshape_activations": "none", "architecture": arch,
                "metadata": {"hook_name": c.hook_name, "model_name": c.model_name}}
         if c.architecture == "topk":
             cfg.update(k=c.k, rescale_acts_by_decoder_norm=False)
@@ -282,13 +385,15 @@ class SparseAutoencoder(nn.Module):
         sae = cls(cfg)
         scale = float(cfg.input_scale)
         b_enc = state["b_enc"]
-        if not lens.get("apply_b_dec_to_input", True):  # another tool's SAE: fold b_dec into b_enc
+        if not lens.get("apply_b_dec_to_input", True) and cfg.pre_encoder_bias:  # fold b_dec into b_enc
             b_enc = b_enc + state["b_dec"] @ state["W_enc"]
         with torch.no_grad():  # unfold the input scale back into the scaled-space parameters
             sae.W_enc.copy_(state["W_enc"] / scale)
             sae.W_dec.copy_(state["W_dec"] * scale)
             sae.b_dec.copy_(state["b_dec"] * scale)
             sae.b_enc.copy_(b_enc)
+            if hasattr(sae, "threshold"):
+                sae.threshold.copy_(state["threshold"])
         sae.folder = folder
         return sae.to(device)
 
@@ -332,8 +437,11 @@ def _config_from(lens: dict, ours: dict, state: dict, folder: Path) -> SAEConfig
         raise ValueError(f"{folder}: normalize_activations = {norm!r} is not supported; fold the "
                          f"normalisation into the weights and save with 'none'")
     arch = lens.get("architecture", "standard")
-    if arch not in ("standard", "topk"):
-        raise ValueError(f"{folder}: architecture {arch!r} is not supported (only 'standard' and 'topk')")
+    if arch not in ("standard", "topk", "jumprelu"):
+        raise ValueError(f"{folder}: architecture {arch!r} is not supported (only 'standard', 'topk' and "
+                         f"'jumprelu')")
+    if arch == "jumprelu" and tuple(state.get("threshold", torch.empty(0)).shape) != (d_sae,):
+        raise ValueError(f"{folder}: a jumprelu SAE needs a 'threshold' tensor of shape ({d_sae},) in {WEIGHTS}")
     if arch == "topk" and lens.get("rescale_acts_by_decoder_norm"):
         raise ValueError(f"{folder}: rescale_acts_by_decoder_norm = true is not supported")
     if ours.get("sae"):
@@ -342,7 +450,7 @@ def _config_from(lens: dict, ours: dict, state: dict, folder: Path) -> SAEConfig
             raise ValueError(f"{folder}: {OUR_CFG} says {cfg.d_in}->{cfg.d_sae} but cfg.json says {d_in}->{d_sae}")
         return cfg
     meta = lens.get("metadata") or {}
-    return SAEConfig(d_in=d_in, d_sae=d_sae, architecture="relu" if arch == "standard" else "topk",
+    return SAEConfig(d_in=d_in, d_sae=d_sae, architecture={"standard": "relu"}.get(arch, arch),
                      k=_positive_int(lens.get("k", 32), "k", folder), hook_name=meta.get("hook_name", HOOK_MLP_POST),
                      model_name=meta.get("model_name", "unknown"), input_scale=1.0)
 

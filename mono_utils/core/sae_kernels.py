@@ -11,6 +11,12 @@ and the two weight gradients (sparse-transposed times dense) touch only the acti
 
 ``sae_grads`` fills ``.grad`` of the four parameters and returns batch statistics. The
 gradients equal autograd's on ``SparseAutoencoder.loss`` (tests check this).
+
+The 2024 recipes reuse both paths: ``anthropic2024``'s penalty lambda f_i ||W_dec,i|| adds
+lambda ||W_dec,i|| / B to each feature's gradient (where the paper adds lambda / B) and
+lambda (sum_b f_bi) W_dec,i / (B ||W_dec,i||) to the decoder's; without a pre-encoder bias the
+encoder sees ``x`` itself. BatchTopK keeps the k*B largest activations of the batch and takes
+the sparse path with no penalty (plus AuxK, as TopK).
 """
 from __future__ import annotations
 
@@ -41,9 +47,11 @@ def sae_grads(sae, xs: torch.Tensor, *, l1_coeff: float | None = None, dead_mask
     B, d = xs.shape
     W_enc, b_enc, W_dec, b_dec = sae.W_enc.detach(), sae.b_enc.detach(), sae.W_dec.detach(), sae.b_dec.detach()
     lam = cfg.l1_coeff if l1_coeff is None else l1_coeff
-    xc = xs - b_dec
+    pre_bias = getattr(cfg, "pre_encoder_bias", True)
+    xc = xs - b_dec if pre_bias else xs
     pre = _mm(xc, W_enc, bf16, b_enc)                                   # GEMM 1 [B, m]
     scale = 2.0 / (B * d)
+    dec_norm = W_dec.norm(dim=1) if getattr(cfg, "penalty", "l1") == "l1_decoder_norm" else None
     if cfg.architecture == "relu" and not sparse:
         f = pre.relu_()
         x_hat = _mm(f, W_dec, bf16, b_dec)                               # GEMM 2
@@ -52,41 +60,84 @@ def sae_grads(sae, xs: torch.Tensor, *, l1_coeff: float | None = None, dead_mask
         d_xhat = err.mul_(scale)
         fsum = f.sum(0)
         dW_dec = _mm(f.t(), d_xhat, bf16)                                # GEMM 3
-        lam_vec = torch.full((cfg.d_sae,), lam / B, dtype=xs.dtype, device=xs.device)
+        if dec_norm is None:
+            lam_vec = torch.full((cfg.d_sae,), lam / B, dtype=xs.dtype, device=xs.device)
+        else:
+            lam_vec = dec_norm * (lam / B)
+            dW_dec.add_(W_dec * (fsum * (lam / B) / dec_norm.clamp_min(1e-12))[:, None])
         df = _mm(d_xhat, W_dec.t(), bf16, lam_vec)                       # GEMM 4 (+ L1 gradient)
         dpre = torch.ops.aten.threshold_backward(df, f, 0.0)
         db_enc = dpre.sum(0)
         dW_enc = _mm(xc.t(), dpre, bf16)                                 # GEMM 5
         nnz = torch.count_nonzero(f)
-        stats = {"sq": sq, "l1": fsum.sum() / B, "nnz": nnz, "fired": fsum > 0}
+        stats = {"sq": sq, "l1": (fsum.sum() if dec_norm is None else fsum @ dec_norm) / B, "nnz": nnz,
+                 "fired": fsum > 0}
     else:
         if cfg.architecture == "relu":
             S = pre.relu_().to_sparse_csr()
             crow, col, v = S.crow_indices(), S.col_indices(), S.values()
+        elif cfg.architecture == "batchtopk":
+            crow, col, v, min_kept = _batch_topk(sae, pre.relu_(), cfg.k, B)
         else:
             vals, idx = pre.topk(cfg.k, dim=1)
             idx, order = idx.sort(dim=1)
             v = vals.gather(1, order).relu_().reshape(-1)
             col = idx.reshape(-1)
             crow = torch.arange(0, B * cfg.k + 1, cfg.k, device=xs.device)
+        pen = (lam if dec_norm is None else lam * dec_norm[col.to(torch.int64)]) if cfg.architecture == "relu" \
+            else 0.0
         x_hat, dW_dec, dW_encT, db_enc, d_xhat, sq = _sparse_pass(
-            crow, col, v, xs, xc, W_dec, b_dec, lam if cfg.architecture == "relu" else 0.0, scale, B)
+            crow, col, v, xs, xc, W_dec, b_dec, pen, scale, B)
         active = v > 0
         fired = torch.zeros(cfg.d_sae, dtype=torch.bool, device=xs.device)
         fired[col[active]] = True
-        stats = {"sq": sq, "l1": v.sum() / B, "nnz": active.sum(), "fired": fired}
-        if cfg.architecture == "topk" and dead_mask is not None and bool(dead_mask.any()):
+        if dec_norm is not None and cfg.architecture == "relu":
+            fsum = torch.zeros(cfg.d_sae, dtype=v.dtype, device=v.device).index_add_(0, col.to(torch.int64), v)
+            dW_dec.add_(W_dec * (fsum * (lam / B) / dec_norm.clamp_min(1e-12))[:, None])
+            stats = {"sq": sq, "l1": (fsum @ dec_norm) / B, "nnz": active.sum(), "fired": fired}
+        else:
+            stats = {"sq": sq, "l1": v.sum() / B, "nnz": active.sum(), "fired": fired}
+        if cfg.architecture == "batchtopk":
+            stats["min_kept"] = min_kept
+        if cfg.architecture in ("topk", "batchtopk") and dead_mask is not None and bool(dead_mask.any()):
             aux = _auxk(sae, pre, dead_mask, xs, xc, x_hat, W_dec, B, d)
             dW_dec += aux[0]
             dW_encT += aux[1]
             db_enc += aux[2]
             stats["aux"] = aux[3]
         dW_enc = dW_encT.t()
-    db_dec = d_xhat.sum(0) - W_enc @ db_enc
+    db_dec = d_xhat.sum(0) - W_enc @ db_enc if pre_bias else d_xhat.sum(0)
     for p, g in ((sae.W_enc, dW_enc), (sae.b_enc, db_enc), (sae.W_dec, dW_dec), (sae.b_dec, db_dec)):
         p.grad = g.contiguous()
     stats["mse"] = stats["sq"] / (B * d)
     return stats
+
+
+def _batch_topk(sae, f, k: int, B: int):
+    """CSR (crow, col, values) of the k*B largest entries of ``f`` [B, m] (>= 0), and the smallest
+    kept positive value. Exact, but fast: it first keeps the entries above 0.8 x the previous
+    batch's smallest kept value (``sae._batchtopk_hint``, not saved), and takes the top k*B of
+    those when there are enough of them; else of all entries."""
+    m = f.shape[1]
+    flat = f.view(-1)
+    kb = min(flat.numel(), k * B)
+    hint = getattr(sae, "_batchtopk_hint", None)
+    idx = None
+    if hint is not None and hint > 0:
+        cand = (flat > 0.8 * hint).nonzero().view(-1)
+        if len(cand) >= kb:   # then every entry of the top k*B lies above the cut: exact
+            idx = cand[flat[cand].topk(kb, sorted=False).indices]
+    if idx is None:
+        idx = flat.topk(kb, sorted=False).indices
+    idx = idx.sort().values
+    v = flat[idx]
+    pos = v[v > 0]
+    min_kept = pos.min() if len(pos) else None
+    sae._batchtopk_hint = float(min_kept) if min_kept is not None else None
+    col = idx % m
+    crow = torch.zeros(B + 1, dtype=torch.int64, device=f.device)
+    crow[1:] = torch.bincount(idx // m, minlength=B).cumsum(0)
+    return crow, col, v, min_kept
 
 
 def _csr(crow, col, v, shape):
@@ -128,7 +179,7 @@ def _sparse_pass(crow, col, v, target, xc, W_dec, b_dec, lam, scale, B, with_bia
     d_xhat = err.mul_(scale)
     pattern = _csr(crow, col, torch.zeros_like(v), (B, m))
     dv = torch.sparse.sampled_addmm(pattern, d_xhat, W_dec.t(), beta=0.0).values()
-    if lam:
+    if torch.is_tensor(lam) or lam:   # a number (paper) or one value per entry (decoder-norm penalty)
         dv = dv + lam / B
     dpre = dv * (v > 0)
     crow_t, col_t, order = _transpose_pattern(crow, col, B, m)

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from ..store.artifacts import atomic_write_bytes
 from .device import deterministic, pick_device
 from .malloc_tuning import tune_malloc
-from .sae import SAEConfig, SparseAutoencoder, check_activations, geometric_median
+from .sae import RECIPES, SAEConfig, SparseAutoencoder, check_activations, geometric_median
 from .sae_kernels import sae_grads
 
 
@@ -43,6 +43,8 @@ class TrainSAEConfig:
     checkpoint_every: int = 50
     log_every: int = 10
     seed: int = 0
+    grad_clip: float = 0.0             # clip the gradient's global norm to this (0: never, as the paper)
+    threshold_lr: float = 0.01         # BatchTopK: EMA rate of the inference threshold (as SAELens)
 
     def __post_init__(self):
         for name in ("total_tokens", "batch_size", "checkpoint_every", "log_every", "resample_batches"):
@@ -51,25 +53,42 @@ class TrainSAEConfig:
                 raise ValueError(f"TrainSAEConfig.{name} must be a positive integer, got {v!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"TrainSAEConfig.lr must be > 0, got {self.lr!r}")
-        for name in ("warmup_frac", "lr_decay_frac", "l1_warmup_frac", "dead_window_frac", "sparse_threshold"):
+        for name in ("warmup_frac", "lr_decay_frac", "l1_warmup_frac", "dead_window_frac", "sparse_threshold",
+                     "threshold_lr"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"TrainSAEConfig.{name} must be in [0, 1], got {getattr(self, name)!r}")
+        if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
+            raise ValueError(f"TrainSAEConfig.grad_clip must be >= 0 (0: no clipping), got {self.grad_clip!r}")
 
     @property
     def steps(self) -> int:
         return max(1, self.total_tokens // self.batch_size)
 
     def to_dict(self) -> dict:
+        """All fields, except the late ones (``_LATE_TRAIN_FIELDS``) that hold their default, so
+        configs written before they existed keep their hashes."""
         d = asdict(self)
         d["resample_fracs"] = list(self.resample_fracs)
+        for name, default in _LATE_TRAIN_FIELDS.items():
+            if d[name] == default:
+                del d[name]
         return d
 
 
+_LATE_TRAIN_FIELDS = {"grad_clip": 0.0, "threshold_lr": 0.01}
 
 
-
-
-
+def recipe_configs(recipe: str, d_in: int, d_sae: int, total_tokens: int, *, sae: dict | None = None,
+                   train: dict | None = None) -> tuple[SAEConfig, TrainSAEConfig]:
+    """The SAE and training configs of a named recipe (``sae.RECIPES``), ``sae``/``train`` overriding
+    any field (lambda, k, lr, batch...). ``paper2023`` gives exactly the configs of today's
+    ReLU + L1 runs with the same overrides."""
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown SAE recipe {recipe!r}: choose one of {tuple(RECIPES)}")
+    r = RECIPES[recipe]
+    cfg = SAEConfig(d_in=d_in, d_sae=d_sae, **{**r["sae"], **(sae or {})})
+    tc = TrainSAEConfig(total_tokens=total_tokens, **{**r["train"], **(train or {})})
+    return cfg, tc
 
 def lr_factor(step: int, tc: TrainSAEConfig) -> float:
     n = tc.steps
@@ -105,7 +124,8 @@ def init_sae(cfg: SAEConfig, source, tc: TrainSAEConfig, device) -> SparseAutoen
         if mean_norm <= 0:
             raise ValueError("the training activations are all zero: is the model trained and the hook right?")
         sae.set_input_scale(math.sqrt(cfg.d_in) / mean_norm)
-    sae.b_dec.copy_(geometric_median(x[:4096] * sae.input_scale))
+    if cfg.b_dec_init == "geometric_median":
+        sae.b_dec.copy_(geometric_median(x[:4096] * sae.input_scale))
     return sae.to(device)
 
 
@@ -161,7 +181,10 @@ def _train_sae(cfg, source, tc, dev, checkpoint, progress, live, stop_after):
     opt = _adam(sae, tc.lr, dev)
     n, window = tc.steps, dead_window(tc)
     last_fired = torch.zeros(cfg.d_sae, dtype=torch.int64, device=dev)
-    history, start, use_sparse = [], 0, cfg.architecture == "topk"
+    k_arch = cfg.architecture in ("topk", "batchtopk")
+    if cfg.architecture == "jumprelu":
+        raise ValueError("architecture 'jumprelu' is for loading other tools' SAEs; train 'batchtopk' instead")
+    history, start, use_sparse = [], 0, k_arch
     ckpt = Path(checkpoint) if checkpoint else None
     if ckpt is not None and ckpt.exists():
         st = torch.load(ckpt, weights_only=True, map_location=dev)
@@ -175,21 +198,28 @@ def _train_sae(cfg, source, tc, dev, checkpoint, progress, live, stop_after):
     resamples = set(resample_steps(tc)) if (tc.resample and cfg.architecture == "relu") else set()
     bar = tqdm(range(start, n), total=n, initial=start, desc=f"SAE {cfg.d_in}->{cfg.d_sae} {cfg.architecture}",
                disable=not progress)
-    t0, seen0 = time.perf_counter(), start
+    t0, seen0, done = time.perf_counter(), start, start
     for step in bar:
         x = source.batch(step).to(dev, non_blocking=True).float()
         if not torch.isfinite(x).all():
             raise ValueError(f"training batch {step} holds NaN/Inf activations: check the model and the "
                              f"activation cache (delete it to rebuild)")
         xs = x * sae.input_scale
-        dead_mask = (step - last_fired) >= window if cfg.architecture == "topk" else None
+        dead_mask = (step - last_fired) >= window if k_arch else None
         stats = sae_grads(sae, xs, l1_coeff=cfg.l1_coeff * l1_factor(step, tc), dead_mask=dead_mask,
                           sparse=use_sparse, bf16=tc.bf16)
-        sae.remove_parallel_grad()
+        if cfg.unit_decoder:
+            sae.remove_parallel_grad()
+        if tc.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(list(sae.parameters()), tc.grad_clip, foreach=True)
         for grp in opt.param_groups:
             grp["lr"] = tc.lr * lr_factor(step, tc)
         opt.step()
-        sae.normalize_decoder()
+        if cfg.unit_decoder:
+            sae.normalize_decoder()
+        if stats.get("min_kept") is not None:   # BatchTopK: the inference threshold follows the batches
+            with torch.no_grad():
+                sae.threshold.mul_(1 - tc.threshold_lr).add_(tc.threshold_lr * stats["min_kept"])
         last_fired[stats["fired"]] = step + 1
         density = float(stats["nnz"]) / (x.shape[0] * cfg.d_sae)
         if cfg.architecture == "relu" and dev.type == "cpu":
@@ -221,6 +251,8 @@ def _train_sae(cfg, source, tc, dev, checkpoint, progress, live, stop_after):
             _save_ckpt(ckpt, sae, opt, done, last_fired, use_sparse, history, ident)
         if stop_after is not None and done >= stop_after:
             break
+    if not cfg.unit_decoder and done >= n:
+        sae.fold_decoder_norms()   # unit dictionary vectors, the same function (see SparseAutoencoder)
     sae.eval()
     return sae, history
 

@@ -102,7 +102,8 @@ def _encode_some(sae, x: torch.Tensor, feats: list[int]) -> torch.Tensor | None:
     if not torch.isfinite(x).all():
         raise ValueError("MLP activations contain NaN/Inf: check the model weights")
     xs = x.to(sae.W_enc.dtype) * sae.input_scale
-    return torch.relu((xs - sae.b_dec) @ sae.W_enc[:, feats] + sae.b_enc[feats])
+    xc = xs - sae.b_dec if getattr(cfg, "pre_encoder_bias", True) else xs   # the 2024 recipe: no pre-encoder bias
+    return torch.relu(xc @ sae.W_enc[:, feats] + sae.b_enc[feats])
 
 
 def edit_acts(x: torch.Tensor, sae, interventions, keep_error: bool = True,
