@@ -213,6 +213,18 @@ def _decode(sae, f: torch.Tensor) -> torch.Tensor:
     return sae.decode(f)
 
 
+# The largest dense [rows, d_sae] block the evaluation encodes at once (fp32: 256 MB). A batch of
+# 32 rows of 127 positions at 131,072 features would be 2.1 GB a tensor, several of them alive at
+# once; it is encoded in slices of rows instead. Every SAE of the default preset (<= 8,192
+# features: 33M cells) still goes through in one piece, so its metrics are unchanged to the bit.
+EVAL_MAX_CELLS = 64 * 2**20
+
+
+def _sae_rows(d_sae: int, n_rows: int, max_cells: int = EVAL_MAX_CELLS) -> int:
+    """How many activation rows to encode at once: all ``n_rows`` unless that exceeds ``max_cells``."""
+    return max(1, min(n_rows, max_cells // max(1, int(d_sae))))
+
+
 def _fire_counts(sae, x: torch.Tensor) -> torch.Tensor:
     """How many rows of raw activations ``x`` each feature fires on (encoder only)."""
     check_activations(x, sae.cfg.d_in)
@@ -255,9 +267,13 @@ def evaluate_sae(sae, model, tokens: np.ndarray, max_tokens: int | None = None, 
 
         clean = model.run_with_hooks(tok, fwd_hooks=[(HOOK_MLP_POST, grab)])
         x = box["act"][:, 1:].reshape(-1, d_mlp).float()
-        f = sae.encode(x)
-        x_hat = _decode(sae, f)
-        acc.add(x, x_hat, f)
+        x_hat = torch.empty_like(x)
+        step = _sae_rows(sae.cfg.d_sae, len(x))   # all rows at once below ~64M cells (every SAE of default)
+        for r in range(0, len(x), step):
+            f = sae.encode(x[r:r + step])
+            x_hat[r:r + step] = _decode(sae, f)
+            acc.add(x[r:r + step], x_hat[r:r + step], f)
+            del f
         rec = x_hat.reshape(len(tok), n_ctx - 1, d_mlp)
         spliced = model.run_with_hooks(tok, fwd_hooks=[(HOOK_MLP_POST, _splice(rec))])
         # one log-softmax per run serves both the cross entropy and the KL divergence
@@ -275,7 +291,9 @@ def evaluate_sae(sae, model, tokens: np.ndarray, max_tokens: int | None = None, 
     for s in tqdm(extra, desc="feature density", disable=not progress or not len(extra)):
         tok = torch.from_numpy(all_tokens[s:min(s + batch_rows, drows)].astype(np.int64))
         x = mlp_post(model, tok)[:, 1:].reshape(-1, d_mlp).float()
-        fires += _fire_counts(sae, x).double()
+        step = _sae_rows(sae.cfg.d_sae, len(x))
+        for r in range(0, len(x), step):
+            fires += _fire_counts(sae, x[r:r + step]).double()
         n_density += len(x)
     density = (fires / n_density).float()
     dead = int((density == 0).sum())

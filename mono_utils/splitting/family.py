@@ -32,21 +32,60 @@ from ..universality.cache import EXAMPLES, digest, example_entries, token_rows
 from ..universality.compare import CorrelationStats, _csr, label_correlation, top_tokens
 
 PAPER_THRESHOLD = 0.4
-DENSE_MAX_CELLS = 64 * 2**20   # larger pairs of sizes (paper preset) accumulate co-firing pairs sparsely
+DENSE_MAX_CELLS = 64 * 2**20   # larger pairs of sizes (paper preset) go through _blocked_links
 
 
-def _sparse_cosine(xs: sp.csr_matrix, ys: sp.csr_matrix, chunk: int) -> sp.csc_matrix:
-    """Uncentred cosine of every co-firing pair (x unit, y unit), as a sparse matrix."""
-    acc = None
-    for s0 in range(0, xs.shape[0], chunk):
-        a, b = xs[s0:s0 + chunk].astype(np.float64), ys[s0:s0 + chunk].astype(np.float64)
-        prod = a.T.tocsr() @ b
-        acc = prod if acc is None else acc + prod
-    nx = np.sqrt(np.asarray(xs.multiply(xs).sum(0), np.float64).ravel())
-    ny = np.sqrt(np.asarray(ys.multiply(ys).sum(0), np.float64).ravel())
-    inv_x = np.where(nx > 0, 1 / np.where(nx > 0, nx, 1), 0)
-    inv_y = np.where(ny > 0, 1 / np.where(ny > 0, ny, 1), 0)
-    return sp.csc_matrix(sp.diags(inv_x) @ acc @ sp.diags(inv_y))
+# Links kept per feature of the larger size on the blocked path: the strongest ones above the
+# threshold. A trained SAE's feature links to a handful; the cap bounds the stored links (and
+# memory) at MAX_LINKS_PER_FEATURE x features when activations are dense (an untrained SAE).
+MAX_LINKS_PER_FEATURE = 32
+ENCODE_MAX_CELLS = 2**27      # [tokens, features] encoded at once by family_activations (512 MB fp32)
+LINK_BLOCK_CELLS = 16 * 2**20   # pairs of one block: at most ~400 MB while it is built, however dense
+
+
+def _norms(m: sp.csr_matrix) -> np.ndarray:
+    """1 / the L2 norm of each column (0 for a column that never fires)."""
+    n = np.sqrt(np.asarray(m.multiply(m).sum(0), np.float64).ravel())
+    return np.where(n > 0, 1 / np.where(n > 0, n, 1), 0)
+
+
+def _blocked_links(xs: sp.csr_matrix, ys: sp.csr_matrix, threshold: float, block_cells: int | None = None,
+                   max_links: int | None = None):
+    """Best parent, its cosine and the links above ``threshold`` of every ``ys`` feature among ``xs``'s.
+
+    The uncentred cosine of co-firing pairs, computed for a block of ``ys``'s features at a time
+    (at most ``block_cells`` pairs of a block held, however dense the activations), so memory
+    stays bounded at any width; each block keeps only its best parents and strongest links.
+    """
+    block_cells = LINK_BLOCK_CELLS if block_cells is None else block_cells
+    max_links = MAX_LINKS_PER_FEATURE if max_links is None else max_links
+    n_x, n_y = xs.shape[1], ys.shape[1]
+    inv_x, inv_y = _norms(xs), _norms(ys)
+    xt = (sp.diags(inv_x) @ xs.T.astype(np.float64)).tocsr()          # [n_x, tokens], unit columns
+    yc = (ys.astype(np.float64) @ sp.diags(inv_y)).tocsc()             # [tokens, n_y]
+    width = max(1, block_cells // max(1, n_x))
+    parent = np.zeros(n_y, np.int64)
+    best = np.zeros(n_y)
+    rows, cols, vals = [], [], []
+    for c0 in range(0, n_y, width):
+        cos = (xt @ yc[:, c0:c0 + width].tocsr()).tocsc()                # [n_x, block] co-firing pairs only
+        cos.sum_duplicates()
+        parent[c0:c0 + cos.shape[1]] = np.asarray(cos.argmax(axis=0)).ravel()
+        best[c0:c0 + cos.shape[1]] = np.asarray(cos.max(axis=0).toarray()).ravel()
+        col = np.repeat(np.arange(cos.shape[1]), np.diff(cos.indptr))
+        keep = cos.data > threshold
+        r, c, v = cos.indices[keep], col[keep], cos.data[keep]
+        if len(v):
+            # the strongest max_links of each column: order by (column, -cosine), keep the first ones
+            order = np.lexsort((-v, c))
+            r, c, v = r[order], c[order], v[order]
+            first = np.searchsorted(c, c, side="left")
+            top = np.arange(len(c)) - first < max_links
+            rows.append(r[top]); cols.append(c[top] + c0); vals.append(v[top])
+        del cos
+    cat = (lambda xs_, dt: np.concatenate(xs_).astype(dt) if xs_ else np.zeros(0, dt))
+    links = sp.coo_matrix((cat(vals, np.float64), (cat(rows, np.int64), cat(cols, np.int64))), shape=(n_x, n_y))
+    return parent, best, links
 
 
 def _check_family(sizes) -> list[int]:
@@ -175,14 +214,10 @@ def link_activations(acts: dict, threshold: float = PAPER_THRESHOLD, chunk: int 
             ps = cos[p, np.arange(large)]
             r, c = np.nonzero(cos > threshold)
             links.append(sp.coo_matrix((cos[r, c], (r, c)), shape=cos.shape))
-        else:
-            cos = _sparse_cosine(mats[small], mats[large], chunk)
-            p = np.asarray(cos.argmax(axis=0)).ravel()
-            ps = np.asarray(cos.max(axis=0).toarray()).ravel()
-            keep = cos.tocoo()
-            m = keep.data > threshold
-            links.append(sp.coo_matrix((keep.data[m], (keep.row[m], keep.col[m])), shape=cos.shape))
-        del cos
+            del cos
+        else:   # wider pairs (the paper preset): a block of the larger size's features at a time
+            p, ps, lk = _blocked_links(mats[small], mats[large], threshold)
+            links.append(lk)
         ok = ps > threshold
         parent.append(np.where(ok, p, -1))
         psim.append(ps.astype(np.float32))
@@ -207,7 +242,10 @@ def family_activations(model, saes: dict, tokens: np.ndarray, batch_rows: int = 
         x = mlp_post(model, torch.from_numpy(tokens[r:r + batch_rows].astype(np.int64)))
         x = x.reshape(-1, x.shape[-1])
         for s in sizes:
-            out[s].append(_csr(saes[s].encode(x), np.float32))
+            # a batch is 8,192 tokens: [8192, 131072] fp32 would be 4.3 GB, so wide SAEs encode it in
+            # slices of rows (every size of the default preset in one piece, as before)
+            step = max(1, min(len(x), ENCODE_MAX_CELLS // s))
+            out[s] += [_csr(saes[s].encode(x[r:r + step]), np.float32) for r in range(0, len(x), step)]
     return {s: sp.vstack(v).tocsr() for s, v in out.items()}
 
 

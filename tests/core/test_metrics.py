@@ -197,3 +197,31 @@ def test_mean_pairwise_cosine_by_hand():
     # features 0, 1, 2: cosines (0,1) = 1, (0,2) = 0, (1,2) = 0 -> mean 1/3; feature 3 left out
     assert mean_pairwise_cosine(enc, np.array([True, True, True, False])) == pytest.approx(1 / 3)
     assert math.isnan(mean_pairwise_cosine(enc, np.array([True, False, False, False])))
+
+
+def test_wide_saes_are_evaluated_in_row_slices_with_the_same_metrics(tiny_model, monkeypatch):
+    """Issue 21: at 131,072 features a batch's dense [rows, d_sae] block is sliced by rows
+    (metrics.EVAL_MAX_CELLS); the slices give the metrics and densities of one piece."""
+    from mono_utils.core import metrics
+    tokens = np.random.default_rng(4).integers(0, 64, size=(12, 16)).astype(np.uint16)
+    sae = SparseAutoencoder(SAEConfig(d_in=64, d_sae=96, seed=5))
+    with torch.no_grad():
+        sae.b_enc.fill_(-0.2)
+    whole, d_whole = evaluate_sae(sae, tiny_model, tokens, max_tokens=6 * 16, batch_rows=3,
+                                  density_tokens=12 * 16, return_density=True)
+    seen = []
+    real = metrics._sae_rows
+    monkeypatch.setattr(metrics, "_sae_rows", lambda d, n: seen.append(real(d, n, max_cells=96 * 7)) or seen[-1])
+    sliced, d_sliced = evaluate_sae(sae, tiny_model, tokens, max_tokens=6 * 16, batch_rows=3,
+                                    density_tokens=12 * 16, return_density=True)
+    assert seen and set(seen) == {7}          # 45 rows a batch, in slices of 7: the slicing ran
+    torch.testing.assert_close(d_sliced, d_whole, rtol=0, atol=0)
+    for k in ("mse", "fvu", "l0", "ce_sae", "loss_recovered", "kl_sae", "dead", "ultralow"):
+        assert sliced[k] == pytest.approx(whole[k], rel=1e-6, abs=1e-9), k
+
+
+def test_eval_slices_leave_default_widths_whole():
+    from mono_utils.core.metrics import _sae_rows
+    assert _sae_rows(8192, 32 * 127) == 32 * 127          # default's widest SAE: one piece, as before
+    assert _sae_rows(131072, 32 * 127) == 512             # paper's widest: 512 rows (256 MB fp32) at a time
+    assert _sae_rows(10**9, 5) == 1

@@ -214,3 +214,52 @@ def test_excluded_features_get_no_links():
         S.link_activations(acts, exclude={32: np.zeros(32, bool)})
     with pytest.raises(ValueError, match="one bool per feature"):
         S.link_activations(acts, exclude={16: np.zeros(15, bool)})
+
+
+def test_blocked_path_matches_dense_in_many_blocks(monkeypatch):
+    """Issue 21: pairs of sizes wider than DENSE_MAX_CELLS (the paper preset's 65,536 x 131,072)
+    go a block of the larger size's features at a time; any block width gives the dense result."""
+    acts = _constructed(seed=2)
+    dense = S.link_activations(acts)
+    monkeypatch.setattr(S, "DENSE_MAX_CELLS", 0)
+    for cells in (4, 12, 10**6):          # 1, 3 (with a ragged last block) and all columns a block
+        monkeypatch.setattr(S, "LINK_BLOCK_CELLS", cells)
+        b = S.link_activations(acts)
+        for lv in range(3):
+            np.testing.assert_array_equal(dense.parent[lv], b.parent[lv])
+            np.testing.assert_allclose(dense.parent_sim[lv], b.parent_sim[lv], atol=1e-6)
+        for lv in range(2):
+            d, k = dense.links[lv].tocsr(), b.links[lv].tocsr()
+            assert (d != 0).nnz == k.nnz and ((d != 0) != (k != 0)).nnz == 0
+            np.testing.assert_allclose(d.toarray(), k.toarray(), atol=1e-6)
+
+
+def test_blocked_links_are_capped_to_the_strongest_per_feature():
+    """Dense activations (an untrained SAE) link everything to everything: the blocked path keeps
+    the MAX_LINKS_PER_FEATURE strongest links of each larger feature, so memory stays bounded."""
+    import scipy.sparse as sp
+    rng = np.random.default_rng(0)
+    xs = sp.csr_matrix(rng.random((300, 40)).astype(np.float32))     # every feature fires everywhere
+    ys = sp.csr_matrix(rng.random((300, 24)).astype(np.float32))
+    parent, best, links = S._blocked_links(xs, ys, threshold=0.4, block_cells=40 * 5, max_links=3)
+    cos = (xs.toarray() / np.linalg.norm(xs.toarray(), axis=0)).T @ (ys.toarray() / np.linalg.norm(ys.toarray(), axis=0))
+    assert (cos > 0.4).all()                                          # 960 links above the threshold...
+    lk = links.tocsc()
+    assert lk.nnz == 24 * 3                                           # ...3 kept per larger feature
+    for j in range(24):
+        kept = lk.indices[lk.indptr[j]:lk.indptr[j + 1]]
+        np.testing.assert_array_equal(np.sort(kept), np.sort(np.argsort(-cos[:, j])[:3]))
+    np.testing.assert_array_equal(parent, cos.argmax(0))
+    np.testing.assert_allclose(best, cos.max(0), rtol=1e-6)
+
+
+def test_family_activations_in_row_slices_for_wide_saes(tiny_model, monkeypatch):
+    """Issue 21: a batch of 8,192 tokens at 131,072 features would be 4.3 GB dense; wide SAEs are
+    encoded in slices of rows (ENCODE_MAX_CELLS), with the same CSR result."""
+    tokens = np.random.default_rng(1).integers(0, 64, (6, 16))
+    family = {8: _SAE(64, 8), 16: _SAE(64, 16)}
+    whole = S.family_activations(tiny_model, family, tokens, batch_rows=4, progress=False)
+    monkeypatch.setattr(S, "ENCODE_MAX_CELLS", 16 * 5)     # 5 rows of the 16-wide SAE at a time
+    sliced = S.family_activations(tiny_model, family, tokens, batch_rows=4, progress=False)
+    for n in (8, 16):
+        assert (whole[n] != sliced[n]).nnz == 0 and sliced[n].shape == whole[n].shape
