@@ -162,7 +162,8 @@ def make_parser() -> argparse.ArgumentParser:
     _add = sub.add_parser
     sub.add_parser = lambda *a, **k: _add(*a, parents=[common], **k)
     b = sub.add_parser("build", help="build everything the notebooks need for a preset")
-    b.add_argument("--preset", default=os.environ.get("MONO_PRESET") or "default", help="smoke | default | paper")
+    b.add_argument("--preset", default=os.environ.get("MONO_PRESET") or "default",
+                   help="smoke | default | paper | paper-dry (the paper's shapes on a CPU)")
     b.add_argument("--only", nargs="*", help="only stages whose name contains one of these words (e.g. model)")
     b.add_argument("--jobs", type=int, default=1,
                    help="build independent stages side by side in this many processes (e.g. 2 on 2 cores)")

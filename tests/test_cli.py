@@ -20,7 +20,7 @@ def test_help_lists_commands():
 def test_unknown_preset_is_one_readable_line():
     r = run("build", "--preset", "huge")
     assert r.returncode == 2
-    assert r.stderr.strip() == "error: unknown preset 'huge': choose one of smoke, default, paper"
+    assert r.stderr.strip() == "error: unknown preset 'huge': choose one of smoke, default, paper, paper-dry"
     assert "Traceback" not in r.stderr
 
 

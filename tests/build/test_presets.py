@@ -31,3 +31,17 @@ def test_default_has_the_papers_shape():
     assert (p.d_model, p.d_mlp, p.n_heads, p.n_ctx, p.vocab_size) == (128, 512, 4, 128, 4096)
     assert p.sae_main == 4096 and 512 in p.sae_sizes and 8192 in p.sae_sizes
     assert max(get_preset("paper").sae_sizes) == 131072
+
+
+def test_paper_dry_has_the_papers_shapes_and_smaller_budgets():
+    """Issue 21: the dry run differs from the paper preset only in its token budgets (and what
+    they force: the SAE batch, lr and side-run fractions), never in a shape."""
+    from mono_utils.build.presets import DRY_EVAL_SCALE, DRY_SCALE
+    paper, dry = get_preset("paper"), get_preset("paper-dry")
+    for f in ("vocab_size", "d_model", "n_heads", "d_mlp", "n_ctx", "sae_sizes", "sae_main", "topk_k",
+              "l1_coeff", "model_batch", "sae_schedule", "autointerp_units", "seeds"):
+        assert getattr(dry, f) == getattr(paper, f), f
+    assert max(dry.sae_sizes) == 131072
+    assert dry.sae_tokens <= paper.sae_tokens // DRY_SCALE and dry.model_tokens <= paper.model_tokens // DRY_SCALE
+    for f in ("eval_tokens", "density_tokens", "index_tokens", "universality_tokens"):
+        assert getattr(dry, f) == getattr(paper, f) // DRY_EVAL_SCALE, f
