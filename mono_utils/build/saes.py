@@ -110,8 +110,9 @@ def get_sae(preset=None, store: ArtifactStore | None = None, *, which: str = "A"
         sae = sae.cpu()
         sae.save(tmp)
         tv, _, _ = data.split("val")
+        # on the training device: at the paper's widths the CPU would take hours (issue 21)
         metrics, density = evaluate_sae(sae, model, tv, p.eval_tokens, progress=progress, return_density=True,
-                                        density_tokens=p.density_tokens, store=s)
+                                        density_tokens=p.density_tokens, store=s, device=dev)
         save_safetensors_atomic({"density": density}, tmp / "feature_density.safetensors")
         (tmp / "history.json").write_text(json.dumps(hist))
         last = hist[-1] if hist else {}

@@ -225,3 +225,21 @@ def test_eval_slices_leave_default_widths_whole():
     assert _sae_rows(8192, 32 * 127) == 32 * 127          # default's widest SAE: one piece, as before
     assert _sae_rows(131072, 32 * 127) == 512             # paper's widest: 512 rows (256 MB fp32) at a time
     assert _sae_rows(10**9, 5) == 1
+
+
+def test_evaluation_on_a_named_device_gives_the_same_metrics(tiny_model):
+    """``device=``: the build evaluates where it trained (a GPU at the paper's widths); on the CPU
+    the result is the default's, and the model and the SAE come back on the CPU."""
+    tokens = np.random.default_rng(6).integers(0, 64, size=(10, 16)).astype(np.uint16)
+    sae = SparseAutoencoder(SAEConfig(d_in=64, d_sae=96, seed=7))
+    a = evaluate_sae(sae, tiny_model, tokens, max_tokens=4 * 16, density_tokens=10 * 16, batch_rows=3)
+    b = evaluate_sae(sae, tiny_model, tokens, max_tokens=4 * 16, density_tokens=10 * 16, batch_rows=3,
+                     device="cpu")
+    assert a == b
+    assert sae.W_enc.device.type == "cpu" and next(tiny_model.parameters()).device.type == "cpu"
+    if torch.cuda.is_available():   # on a lent GPU machine: the same metrics to float tolerance
+        g = evaluate_sae(sae, tiny_model, tokens, max_tokens=4 * 16, density_tokens=10 * 16, batch_rows=3,
+                         device="cuda")
+        for k in ("mse", "l0", "ce_sae", "loss_recovered", "kl_sae"):
+            assert g[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6), k
+        assert g["dead"] == a["dead"] and next(tiny_model.parameters()).device.type == "cpu"
