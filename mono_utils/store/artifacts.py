@@ -273,9 +273,12 @@ class ArtifactStore:
                     return final
                 if final.exists() and verbose:
                     print(f"[mono_utils] {kind}/{final.name} is damaged, rebuilding: {'; '.join(problems[:3])}")
+            # a build killed mid-way (SIGKILL, a lost machine) leaves its .tmp folder behind: under
+            # the lock no other process is building this artifact, so every such folder is stale
+            for stale in final.parent.glob(f".tmp-{final.name}-*"):
+                if stale.name.rsplit("-", 1)[-1].isdigit():   # .tmp-<name>-<pid>
+                    shutil.rmtree(stale, ignore_errors=True)
             tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
-            if tmp.exists():
-                shutil.rmtree(tmp)
             tmp.mkdir(parents=True)
             try:
                 atomic_write_json(tmp / "config.json", {"kind": kind, "name": name, **config}) \

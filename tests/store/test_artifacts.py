@@ -105,3 +105,33 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
 def test_config_hash_is_order_independent():
     assert config_hash({"a": 1, "b": 2}) == config_hash({"b": 2, "a": 1})
     assert config_hash({"a": 1}) != config_hash({"a": 2})
+
+
+def _killed_build(root, started):
+    store = ArtifactStore(root)
+
+    def build(tmp):
+        (tmp / "half").write_text("half")
+        started.set()
+        import time
+        time.sleep(60)          # killed here
+    store.get_or_build("thing", "t", {"x": 1}, build)
+
+
+def test_a_build_killed_mid_way_is_rebuilt_and_its_leftovers_removed(tmp_path):
+    """Issue 21: SIGKILL runs no clean-up, so the killed build's .tmp folder stays; the next build
+    of the same artifact removes it and builds the artifact whole (the lock died with the process)."""
+    import signal
+    ctx = mp.get_context("fork")
+    started = ctx.Event()
+    proc = ctx.Process(target=_killed_build, args=(tmp_path, started))
+    proc.start()
+    assert started.wait(30)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
+    left = [p.name for p in (tmp_path / "thing").iterdir() if p.name.startswith(".tmp")]
+    assert left == [f".tmp-{ArtifactStore(tmp_path).path('thing', 't', {'x': 1}).name}-{proc.pid}"]
+    store = ArtifactStore(tmp_path)
+    folder = store.get_or_build("thing", "t", {"x": 1}, lambda tmp: (tmp / "w").write_text("whole") and None)
+    assert (folder / "w").read_text() == "whole" and not (folder / "half").exists()
+    assert not [p for p in (tmp_path / "thing").iterdir() if p.name.startswith(".tmp")]
