@@ -265,3 +265,20 @@ def test_family_activations_in_row_slices_for_wide_saes(tiny_model, monkeypatch)
     for n in (8, 16):
         assert sliced[n].shape == whole[n].shape
         np.testing.assert_allclose(sliced[n].toarray(), whole[n].toarray(), rtol=1e-5, atol=1e-5)
+
+
+def test_splits_table_equals_one_tree_walk_per_feature():
+    """Issue 21: splits() counts descendants bottom-up (linear in features); the table is the one
+    that walking each splitting feature's subtree (descendants()) gives."""
+    rng = np.random.default_rng(0)
+    sizes = [6, 20, 70, 200]
+    parent = [np.full(6, -1)] + [np.where(rng.random(n) < 0.8, rng.integers(0, m, n), -1) for m, n in zip(sizes, sizes[1:])]
+    sims = [rng.uniform(0.4, 1, n).astype(np.float32) for n in sizes]
+    g = S.SplitGraph(sizes, parent, sims, 0.4, [np.ones(n, bool) for n in sizes])
+    table = g.splits()
+    assert len(table) > 10
+    for _, r in table.iterrows():
+        kids = np.flatnonzero(g.parent[r["level"] + 1] == r["feature"])
+        assert r["children"] == kids.tolist() and r["n_children"] == len(kids)
+        assert r["n_descendants"] == len(g.descendants(r["level"], r["feature"]))
+        assert r["mean_sim"] == pytest.approx(float(g.parent_sim[r["level"] + 1][kids].mean()))
