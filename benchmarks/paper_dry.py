@@ -60,6 +60,13 @@ def stored(store: ArtifactStore) -> dict[str, float]:
     return out
 
 
+def leftovers(store: ArtifactStore, prefix: str) -> list[str]:
+    """Hidden files a build leaves while under way: checkpoints (``.ckpt-``), unfinished folders (``.tmp-``)."""
+    if not store.root.exists():
+        return []
+    return sorted(str(f.relative_to(store.root)) for f in store.root.glob(f"*/{prefix}*"))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="paper-dry")
@@ -83,12 +90,16 @@ def main(argv=None) -> int:
             if not r["killed"]:
                 print(f"note: {name} finished before {args.after:.0f} s; nothing was interrupted", flush=True)
             before = stored(store)
+            print(f"left by the kill: checkpoints {leftovers(store, '.ckpt-') or 'none'}; "
+                  f"unfinished folders {leftovers(store, '.tmp-') or 'none'}", flush=True)
             r = run_stage(name, args.preset, artifacts)
             after = stored(store)
             rebuilt = [k for k, t in before.items() if after.get(k) != t]
             print(f"| {name} (resumed) | {r['seconds']:.0f} | {r['peak_mb']:.0f} |", flush=True)
-            print(f"stored before the kill and rebuilt on resuming: {rebuilt or 'none'}", flush=True)
-            ok &= not rebuilt and r["rc"] == 0
+            left = leftovers(store, ".ckpt-") + leftovers(store, ".tmp-")
+            print(f"stored before the kill and rebuilt on resuming: {rebuilt or 'none'}; "
+                  f"left over after resuming: {left or 'none'}", flush=True)
+            ok &= not rebuilt and not left and r["rc"] == 0
         else:
             r = run_stage(name, args.preset, artifacts)
             print(f"| {name} | {r['seconds']:.0f} | {r['peak_mb']:.0f} |" + ("" if r["rc"] == 0 else
