@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PRESET ?= default
 
-.PHONY: env run build notebooks test test-fast browser-deps lab clean-runs
+.PHONY: env run build notebooks test test-fast paper-dry browser-deps lab clean-runs
 
 $(BIN)/.installed: requirements.txt pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -35,6 +35,11 @@ test: env browser-deps
 
 test-fast: env
 	$(BIN)/python -m pytest -q -m "not slow and not browser"
+
+# The paper preset's shapes end to end on a CPU (token budgets /4096): every stage in its own
+# process, timed, with its peak memory; a separate CI step, not part of `make test`
+paper-dry: env
+	$(BIN)/python benchmarks/paper_dry.py --artifacts data/artifacts-paper-dry
 
 lab: env
 	$(BIN)/jupyter lab notebooks/
