@@ -138,9 +138,9 @@ PROBES = {
     "evaluation, encoder pass": (probe_eval_encode, (4096, 16384, 131072), "features", (4096, 16384)),
     "splitting links, by width": (probe_links, (16384, 65536, 131072), "features", (4096, 16384)),
     "splitting links, by tokens": (probe_links_tokens, (16384, 65536), "tokens", (8192, 16384)),
-    "family UMAP": (probe_umap, (4000, 16000, 64000), "directions", (2000, 4000)),
     "activation index": (probe_index, (16384, 65536, 131072), "tokens", (8192, 16384)),
     "universality correlations": (probe_universality, (16384, 65536), "tokens", (8192, 16384)),
+    "family UMAP": (probe_umap, (4000, 12000, 32000), "directions", (2000, 4000)),
 }
 
 
