@@ -96,34 +96,29 @@ PRESETS: dict[str, Preset] = {
 }
 
 # The paper preset's shapes on a CPU: its widths, context, vocabulary, SAE sizes (up to 131,072
-# features), schedule and every stage, with the token budgets divided so that the whole build
-# runs on a 2-core machine in minutes. What it proves is the shapes (memory, anything growing
-# faster than linearly in the number of features), not the quality. Its figures, and how each
-# stage grows, are in benchmarks/paper_plan.py.
-DRY_SCALE = 4096        # training token budgets (models, SAEs): paper / DRY_SCALE
-DRY_EVAL_SCALE = 256    # evaluation budgets (eval, density, index, universality): paper / DRY_EVAL_SCALE,
-                        # so that every analysis still has a few dozen rows to show
+# features), schedule, policy (every side run on all of sae_tokens) and every stage, with the token
+# budgets divided so that the whole build runs on a 2-core machine in minutes. What it proves is
+# the shapes (memory, anything growing faster than linearly in the number of features), not the
+# quality. Its figures, and how each stage grows, come from benchmarks/paper_dry.py and
+# benchmarks/paper_plan.py.
+DRY_SCALE = 4096        # the models' training tokens: paper / DRY_SCALE
+DRY_SAE_STEPS = 24      # every SAE (the 131,072-wide one too) trains this many steps of DRY_SAE_BATCH
+DRY_SAE_BATCH = 256     # activations a step (paper: 8,192); per-step memory grows with the batch
+DRY_EVAL_SCALE = 1024   # evaluation budgets (eval, density, index, universality): paper / DRY_EVAL_SCALE
 _paper = PRESETS["paper"]
 PRESETS["paper-dry"] = dataclasses.replace(
     _paper, name="paper-dry",
     corpus_bytes=_paper.corpus_bytes // 100,   # 2 MB: enough text for the 4,096-token BPE and the held-out rows
     model_tokens=_paper.model_tokens // DRY_SCALE // (_paper.model_batch * _paper.n_ctx) * (_paper.model_batch * _paper.n_ctx),
-    # 1,024 activations a step instead of 8,192: a dense [batch, 131072] fp32 tensor is 0.5 GB, not
-    # 4.3 GB, so that the widest SAE trains in 8 GB of CPU memory (per-step memory grows with the batch)
-    sae_batch=1024,
-    sae_tokens=_paper.sae_tokens // DRY_SCALE // 1024 * 1024,
-    # A few dozen steps at the paper's lr 1e-4 leave an SAE firing on half its features (L0 ~8,000 at
-    # 16,384 features, measured), a density no trained SAE has: the family's links would then be
-    # dense 65,536 x 131,072. At 1e-2 the same steps leave it as sparse as a trained one (L0 ~40,
-    # 44% live), which is the shape the paper's build meets. Its reconstructions are poor: the dry
-    # run proves shapes, not quality.
+    sae_batch=DRY_SAE_BATCH, sae_tokens=DRY_SAE_STEPS * DRY_SAE_BATCH,
+    # A few steps at the paper's lr 1e-4 leave an SAE firing on half its features (L0 ~8,000 of
+    # 16,384, measured), a density no trained SAE has: the family's links would then be dense
+    # 65,536 x 131,072 pairs. At 1e-2 the encoder biases fall fast enough that ~20 steps leave it
+    # sparse (L0 ~40 of 16,384 after 23 steps of 1,024, measured), the shape the paper's build
+    # meets. Its reconstructions are poor: the dry run proves shapes, not quality.
     sae_lr=1e-2,
     eval_tokens=_paper.eval_tokens // DRY_EVAL_SCALE, density_tokens=_paper.density_tokens // DRY_EVAL_SCALE,
     index_tokens=_paper.index_tokens // DRY_EVAL_SCALE, universality_tokens=_paper.universality_tokens // DRY_EVAL_SCALE,
-    # the family's wider sizes, TopK, the lambda sweep and the randomized control on the default
-    # preset's fractions of sae_tokens (build.saes.family_tokens): on all of them the 131,072-wide
-    # SAE alone would take hours on 2 cores
-    side_runs_full=False,
 )
 
 

@@ -35,13 +35,13 @@ def test_default_has_the_papers_shape():
 
 def test_paper_dry_has_the_papers_shapes_and_smaller_budgets():
     """Issue 21: the dry run differs from the paper preset only in its token budgets (and what
-    they force: the SAE batch, lr and side-run fractions), never in a shape."""
+    they force: the SAE batch and lr), never in a shape or a policy."""
     from mono_utils.build.presets import DRY_EVAL_SCALE, DRY_SCALE
     paper, dry = get_preset("paper"), get_preset("paper-dry")
     for f in ("vocab_size", "d_model", "n_heads", "d_mlp", "n_ctx", "sae_sizes", "sae_main", "topk_k",
-              "l1_coeff", "model_batch", "sae_schedule", "autointerp_units", "seeds"):
+              "l1_coeff", "model_batch", "sae_schedule", "side_runs_full", "autointerp_units", "seeds"):
         assert getattr(dry, f) == getattr(paper, f), f
     assert max(dry.sae_sizes) == 131072
-    assert dry.sae_tokens <= paper.sae_tokens // DRY_SCALE and dry.model_tokens <= paper.model_tokens // DRY_SCALE
+    assert dry.sae_tokens < paper.sae_tokens // DRY_SCALE and dry.model_tokens <= paper.model_tokens // DRY_SCALE
     for f in ("eval_tokens", "density_tokens", "index_tokens", "universality_tokens"):
         assert getattr(dry, f) == getattr(paper, f) // DRY_EVAL_SCALE, f
