@@ -365,9 +365,35 @@ def get_family_analysis(preset=None, store=None, *, progress: bool = True, model
                           meta["params"])
 
 
+# At most this many directions on the map (one-thread UMAP, a browser scatter): the default preset's
+# family has ~15k, the paper preset's ~250k, which would take UMAP the better part of an hour and
+# every reader's browser much longer. Above it each size keeps a seeded random share (umap_subset).
+UMAP_MAX_POINTS = 40_000
+
+
+def umap_subset(live: dict, max_points: int, seed: int = 0) -> dict:
+    """``live`` ({size: bool mask}) cut to at most ``max_points`` features: sizes from the smallest
+    take an equal share of what is left (a small size that needs less leaves the rest to the
+    larger ones), each a seeded random choice of its live features."""
+    rng = np.random.default_rng(seed)
+    out, left, sizes = {}, int(max_points), sorted(live)
+    for i, n in enumerate(sizes):
+        idx = np.flatnonzero(np.asarray(live[n], bool))
+        quota = left // (len(sizes) - i)
+        if len(idx) > quota:
+            idx = np.sort(rng.choice(idx, size=quota, replace=False))
+        mask = np.zeros(len(live[n]), bool)
+        mask[idx] = True
+        out[n] = mask
+        left -= len(idx)
+    return out
+
+
 def get_umap_layout(preset=None, store=None, *, progress: bool = True, family=None, analysis=None, seed: int = 0,
-                    n_neighbors: int = 15, min_dist: float = 0.1, **inputs):
+                    n_neighbors: int = 15, min_dist: float = 0.1, max_points: int = UMAP_MAX_POINTS, **inputs):
     """``umap_layout`` of family A's live decoder directions, computed once and then loaded.
+
+    At most ``max_points`` of them (``umap_subset``: every one on the default preset).
 
     Live: fires on notebook 05's tokens (``get_family_analysis``, built if missing; pass it, and
     the family, already loaded to skip loading them; other ``inputs`` go to it). Same seed, same layout.
@@ -382,6 +408,9 @@ def get_umap_layout(preset=None, store=None, *, progress: bool = True, family=No
     live = {n: analysis.live[n] for n in sorted(family)}
     config = {"saes": sae_ids, "live": digest(*live.values()), "seed": int(seed), "n_neighbors": int(n_neighbors),
               "min_dist": float(min_dist), "version": 1}
+    if sum(int(np.sum(m)) for m in live.values()) > max_points:   # the paper preset: ~250k directions
+        live = umap_subset(live, max_points, seed)
+        config["max_points"] = int(max_points)   # only then: the default preset's cache keeps its name
 
     def compute():
         df = umap_layout({n: sae.W_dec_raw.detach() for n, sae in family.items()}, seed=seed,

@@ -282,3 +282,18 @@ def test_splits_table_equals_one_tree_walk_per_feature():
         assert r["children"] == kids.tolist() and r["n_children"] == len(kids)
         assert r["n_descendants"] == len(g.descendants(r["level"], r["feature"]))
         assert r["mean_sim"] == pytest.approx(float(g.parent_sim[r["level"] + 1][kids].mean()))
+
+
+def test_umap_subset_caps_the_map_with_equal_shares_from_the_smallest_size():
+    """Issue 21: the paper preset's ~250k directions are cut to UMAP_MAX_POINTS (seeded); a
+    family under the cap (every default build) keeps every live feature."""
+    rng = np.random.default_rng(0)
+    live = {4: np.array([1, 1, 0, 1], bool), 64: rng.random(64) < 0.5, 256: rng.random(256) < 0.9}
+    whole = S.umap_subset(live, 10**6)
+    assert all((whole[n] == live[n]).all() for n in live)
+    cut = S.umap_subset(live, 60, seed=1)
+    counts = {n: int(cut[n].sum()) for n in live}
+    assert counts[4] == 3 and counts[64] == min(int(live[64].sum()), 57 // 2) and sum(counts.values()) == 60
+    assert all((cut[n] <= live[n]).all() for n in live)                  # only live features
+    again = S.umap_subset(live, 60, seed=1)
+    assert all((again[n] == cut[n]).all() for n in live)                 # seeded
