@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from ..core.activations import ActivationStream
 from ..core.device import device_name, on_device, pick_device
+from ..core.malloc_tuning import release_memory
 from ..core.metrics import ULTRALOW_DEFAULT, evaluate_sae
 from ..core.sae import RECIPES, SAEConfig, SparseAutoencoder
 from ..core.train import TrainSAEConfig, train_sae
@@ -140,6 +141,7 @@ def get_sae_family(preset=None, store: ArtifactStore | None = None, *, which: st
             extra["total_tokens"] = family_tokens(p, n)
         out[n] = get_sae(p, store, which=which, d_sae=n, architecture=architecture, l1_coeff=l1_coeff,
                          progress=progress, cache=cache, **extra)
+        release_memory()   # the next (wider) size starts from the memory this one freed
     return out
 
 

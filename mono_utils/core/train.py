@@ -7,8 +7,8 @@ restarted from its checkpoint ends bit-identical to an uninterrupted one.
 """
 from __future__ import annotations
 
-import io
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..store.artifacts import atomic_write_bytes
 from .device import deterministic, pick_device
 from .malloc_tuning import tune_malloc
 from .sae import RECIPES, SAEConfig, SparseAutoencoder, check_activations, geometric_median
@@ -276,12 +275,20 @@ HIST_KEYS = ["step", "tokens", "loss", "mse", "fvu", "l0", "dead_frac", "lr", "a
 
 
 def _save_ckpt(path: Path, sae, opt, step, last_fired, use_sparse, history, ident) -> None:
-    buf = io.BytesIO()
-    torch.save({"sae": {k: v.detach().cpu().clone() for k, v in sae.state_dict().items()},
-                "opt": opt.state_dict(), "step": step, "last_fired": last_fired.cpu(), "use_sparse": use_sparse,
-                "hist_keys": HIST_KEYS, "ident": repr(ident),
-                "hist": torch.tensor([[h[k] for k in HIST_KEYS] for h in history], dtype=torch.float64)}, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    # straight to a temporary file, then renamed: no copy of the weights and Adam state in memory
+    # (at 131,072 features they are 1.6 GB, and a buffer and its bytes held them twice more)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"sae": {k: v.detach().cpu() for k, v in sae.state_dict().items()},
+                        "opt": opt.state_dict(), "step": step, "last_fired": last_fired.cpu(),
+                        "use_sparse": use_sparse, "hist_keys": HIST_KEYS, "ident": repr(ident),
+                        "hist": torch.tensor([[h[k] for k in HIST_KEYS] for h in history], dtype=torch.float64)}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class LivePlot:

@@ -38,3 +38,12 @@ def test_tuned_training_step_stops_faulting_its_memory_in():
                              env={"MONO_MALLOC_TUNING": "1", "PATH": "", "OMP_NUM_THREADS": "1"})
         faults[flag] = float(out.stdout.split()[-1])
     assert faults["0"] > 16_000 and faults["1"] * 10 < faults["0"], faults   # >= 64 MB a step, then ~none
+
+
+def test_release_memory_hands_free_pages_back():
+    """Issue 21: between the family's sizes the build trims the heap; it runs and says whether it did."""
+    import sys
+    from mono_utils.core.malloc_tuning import release_memory
+    blocks = [bytearray(8 << 20) for _ in range(8)]   # 64 MB on the heap, then freed
+    del blocks
+    assert release_memory() in ((True, False) if sys.platform.startswith("linux") else (False,))
