@@ -135,7 +135,9 @@ def resample_dead(sae: SparseAutoencoder, opt, dead: torch.Tensor, pool: torch.T
     if len(idx) == 0:
         return 0
     losses = []
-    for chunk in pool.split(4096):
+    # 4,096 rows at a time, fewer for wide SAEs: [4096, 131072] fp32 is 2.1 GB a tensor (the
+    # paper preset), several alive at once; every SAE up to 16,384 features keeps 4,096 rows
+    for chunk in pool.split(max(1, min(4096, 2**26 // sae.cfg.d_sae))):
         f = sae.encode_scaled(chunk)
         err = (sae.decode_scaled(f) - chunk).pow(2).mean(1)
         losses.append(err + sae.cfg.l1_coeff * f.sum(1) if sae.cfg.architecture == "relu" else err)
