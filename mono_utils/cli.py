@@ -9,12 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from .apps import launch_app
-from .atlas.site import build_atlas
 from .build.parallel import run_parallel
 from .build.presets import PRESETS, validate
 from .notebooks import execute_notebook, format_table, notebook_paths
-from .stages import STAGE_DEPS, build_stages
 from .store.artifacts import ArtifactStore, repo_root
 from .store.bundle import export_bundle, import_bundle
 
@@ -44,6 +41,9 @@ def _build_args_error(args, names: list[str]) -> str | None:
 
 
 def cmd_build(args) -> int:
+    # lazy, as below for the app and the atlas: the stage graph imports torch and every lesson
+    # (1.6 s); --help, info, export and import need none of it
+    from .stages import STAGE_DEPS, build_stages
     preset = validate(PRESETS[args.preset])  # the flag wins over $MONO_PRESET
     store = ArtifactStore(args.artifacts)
     problem = _build_args_error(args, [n for n, _ in build_stages(preset, store)])
@@ -127,6 +127,7 @@ def cmd_import(args) -> int:
 
 
 def cmd_app(args) -> int:
+    from .apps import launch_app   # lazy: imports torch and the widgets (see cmd_build)
     env = {"MONO_ARTIFACTS": str(Path(args.artifacts).resolve())} if args.artifacts else None
     return launch_app(args.name, port=args.port, ip=args.ip, env=env) or 0
 
@@ -141,6 +142,7 @@ def cmd_lessons(args) -> int:
 
 
 def cmd_atlas(args) -> int:
+    from .atlas.site import build_atlas   # lazy: imports torch and every lesson (see cmd_build)
     rep = build_atlas(validate(PRESETS[args.preset]), args.out, args.sae or (), ArtifactStore(args.artifacts),
                       build_missing=not args.no_build)
     if rep["missing"]:

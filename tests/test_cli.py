@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from mono_utils import cli
+from mono_utils import cli, stages
 
 
 def run(*args, env=None):
@@ -52,10 +52,10 @@ def test_errors_are_one_line(tmp_path, capsys, monkeypatch):
 def test_stage_dependencies_cover_every_stage_in_order():
     from mono_utils.build.presets import get_preset
     from mono_utils.store.artifacts import ArtifactStore
-    names = [n for n, _ in cli.build_stages(get_preset("smoke"), ArtifactStore("/nonexistent"))]
-    assert set(names) == set(cli.STAGE_DEPS)
+    names = [n for n, _ in stages.build_stages(get_preset("smoke"), ArtifactStore("/nonexistent"))]
+    assert set(names) == set(stages.STAGE_DEPS)
     for i, n in enumerate(names):  # every dependency comes earlier: the sequential order is valid too
-        assert all(d in names[:i] for d in cli.STAGE_DEPS[n]), n
+        assert all(d in names[:i] for d in stages.STAGE_DEPS[n]), n
 
 
 def test_parallel_build_runs_stages_in_worker_processes(smoke_store, smoke_model):

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from safetensors.torch import save
 
 ARTIFACTS_ENV = "MONO_ARTIFACTS"
 MANIFEST = "MANIFEST.json"
@@ -125,6 +124,7 @@ def read_json(path: str | Path):
 
 
 def save_safetensors_atomic(tensors: dict, path: str | Path, metadata: dict | None = None) -> Path:
+    from safetensors.torch import save   # lazy: it imports torch (0.7 s), which the store needs only here
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     return atomic_write_bytes(path, save(tensors, metadata=metadata))
 
