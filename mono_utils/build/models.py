@@ -35,7 +35,7 @@ CORPUS_SEED = 0
 
 # ---------------------------------------------------------------- corpus
 def corpus_config(p: Preset) -> dict:
-    return {"bytes": p.corpus_bytes, "seed": CORPUS_SEED, "shares": DOMAIN_SHARES, "version": 3}
+    return {"bytes": p.corpus_bytes, "seed": CORPUS_SEED, "shares": DOMAIN_SHARES, "version": 4}
 
 
 def get_corpus_dir(preset=None, store=None) -> Path:

@@ -3,14 +3,26 @@
 Sources (all local): Python source and docstrings, package READMEs, ``pydoc_data`` topics,
 license files, gettext catalogs and faker/babel text in many scripts, JSON/JS/CSS/HTML shipped
 by jupyterlab and plotly, C/C++ headers shipped by torch, and generated text (DNA, base64,
-HTTP, JSON records, arithmetic, nutrition labels). Every list is sorted and every choice
-seeded, so the same seed and the same pinned packages give the same bytes.
+HTTP, JSON records, arithmetic, nutrition labels). Every choice is seeded, so the same seed,
+the same pinned packages and the same Python give the same bytes, wherever they are installed.
+
+What makes that true (a corpus that changed with the machine once made every default artifact
+differ under the same config hash):
+- files come only from the standard library (its own modules: no ``site-packages``, no test
+  suite) and from the distributions in ``CORPUS_DISTRIBUTIONS``, each pinned in requirements.txt,
+  read through their RECORD; nothing else installed beside them (a linter, pip's editable-install
+  finder, the base interpreter's packages) is read;
+- a file is named by where it sits inside its source (``stdlib/json/decoder.py``,
+  ``torch:torch/nn/functional.py``), never by its absolute path;
+- the sampling order is a seeded hash of each file's name, not one shuffle of the whole listing,
+  so one more or one fewer file moves only itself.
 """
 from __future__ import annotations
 
 import functools
 import gettext
 import hashlib
+import importlib.metadata
 import json
 import os
 import random
@@ -48,6 +60,19 @@ class Document:
                 "source": self.source}
 
 
+# The distributions whose files the corpus reads: all pinned in requirements.txt (a test checks it),
+# so that what else is installed beside them changes nothing.
+CORPUS_DISTRIBUTIONS = (
+    "torch", "transformer-lens", "transformers", "circuitsvis", "jupyterlab", "jupyter-server", "nbconvert",
+    "ipywidgets", "anywidget", "plotly", "pandas", "numpy", "tokenizers", "safetensors", "tqdm", "Faker",
+    "babel", "pycountry", "Django", "scipy", "scikit-learn", "umap-learn", "psutil", "nbclient", "nbformat",
+    "ipykernel", "anthropic", "openai", "voila", "playwright", "pytest", "pytest-timeout")
+STDLIB = "stdlib"
+# parts of the standard library's folder that are not the standard library, or that distributions
+# package differently (Debian ships the test suite apart)
+_STDLIB_SKIP = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
+
+
 # ------------------------------------------------------------------ helpers
 def site_packages() -> list[Path]:
     paths = {Path(sysconfig.get_paths()["purelib"]), Path(sysconfig.get_paths()["platlib"])}
@@ -74,21 +99,50 @@ def _read_text(path: Path) -> str | None:
         return None
 
 
-def _files(roots: Iterable[Path], patterns: tuple[str, ...], rng: random.Random | None = None) -> list[Path]:
-    """Matching files, sorted for determinism, then shuffled by ``rng`` so a budget samples widely."""
-    files = list(_listing(tuple(roots), patterns))
-    if rng is not None:
-        rng.shuffle(files)
-    return files
+def _files(sources: Iterable[str], patterns: tuple[str, ...], rng: random.Random | None = None) -> list[Path]:
+    """Files matching ``patterns`` (on the file name) in ``sources``, in a seeded order.
+
+    A source is ``"stdlib"`` or a distribution's name, optionally with a path prefix inside
+    site-packages (``"torch:torch/include/"``). With ``rng`` the order is a hash of each file's
+    name salted by one draw of ``rng``: a seeded shuffle that an added or missing file does not
+    reorder; without, the names' order.
+    """
+    named = [pair for source in sources for pair in _listing(source, patterns)]
+    if rng is None:
+        named.sort()
+    else:
+        salt = rng.getrandbits(64)
+        named.sort(key=lambda pair: hashlib.sha256(f"{salt}:{pair[0]}".encode()).digest())
+    return [path for _, path in named]
 
 
-@functools.lru_cache(maxsize=32)
-def _listing(roots: tuple[Path, ...], patterns: tuple[str, ...]) -> tuple[Path, ...]:
-    out = set()
-    for root in roots:
+@functools.lru_cache(maxsize=128)
+def _listing(source: str, patterns: tuple[str, ...]) -> tuple[tuple[str, Path], ...]:
+    """(name, path) of the matching files of one source; names say where a file sits in its source."""
+    out = []
+    if source == STDLIB:
+        root = stdlib_dir()
         for pat in patterns:
-            out.update(p for p in root.rglob(pat) if p.is_file())
-    return tuple(sorted(out, key=lambda p: p.as_posix()))
+            for p in root.rglob(pat):
+                rel = p.relative_to(root)
+                if p.is_file() and not _STDLIB_SKIP.intersection(rel.parts[:-1]):
+                    out.append((f"{STDLIB}/{rel.as_posix()}", p))
+        return tuple(sorted(set(out)))
+    dist_name, _, prefix = source.partition(":")
+    try:
+        dist = importlib.metadata.distribution(dist_name)
+    except importlib.metadata.PackageNotFoundError:
+        raise RuntimeError(f"the offline corpus reads the files of {dist_name!r}, which is not installed: "
+                           f"run `make env` (it installs requirements.txt)") from None
+    for f in dist.files or ():
+        rel = f.as_posix()
+        if rel.startswith("..") or not rel.startswith(prefix):
+            continue  # data files outside site-packages (share/jupyter/...), or outside the asked folder
+        if any(Path(rel).match(pat) for pat in patterns):
+            p = Path(dist.locate_file(f))
+            if p.is_file():
+                out.append((f"{dist_name}:{rel}", p))
+    return tuple(sorted(set(out)))
 
 
 def _chunks(text: str, limit: int = MAX_DOC_CHARS) -> list[str]:
@@ -135,7 +189,7 @@ def script_of(text: str) -> str:
 
 # ------------------------------------------------------------------ sources
 def python_code(rng: random.Random) -> Iterable[Document]:
-    for path in _files(site_packages() + [stdlib_dir()], ("*.py",), rng):
+    for path in _files((STDLIB, *CORPUS_DISTRIBUTIONS), ("*.py",), rng):
         text = _read_text(path)
         if text and len(text) > 200:
             for c in _chunks(text):
@@ -150,14 +204,14 @@ def english_prose(rng: random.Random) -> Iterable[Document]:
                 yield Document(c, "english", "python_docs", "pydoc_data")
     except ImportError:  # pragma: no cover
         pass
-    for path in _files(site_packages(), ("METADATA",), rng):
+    for path in _files(CORPUS_DISTRIBUTIONS, ("METADATA",), rng):
         text = _read_text(path)
         if text and "\n\n" in text:
             body = text.split("\n\n", 1)[1]
             for c in _chunks(body):
                 if script_of(c) == "latin":
                     yield Document(c, "english", "readme", path.parent.name.split("-")[0])
-    for path in _files(site_packages() + [stdlib_dir()], ("*.py",), rng):
+    for path in _files((STDLIB, *CORPUS_DISTRIBUTIONS), ("*.py",), rng):
         text = _read_text(path)
         if not text:
             continue
@@ -173,7 +227,7 @@ _DOCSTRING = re.compile(r'"""(.*?)"""', re.S)
 
 def legal_text(rng: random.Random) -> Iterable[Document]:
     seen = set()
-    for path in _files(site_packages(), ("LICENSE*", "COPYING*", "LICENCE*")):
+    for path in _files(CORPUS_DISTRIBUTIONS, ("LICENSE*", "COPYING*", "LICENCE*")):
         text = _read_text(path)
         if text and len(text) > 300:
             h = hashlib.sha1(text.encode()).hexdigest()
@@ -197,7 +251,7 @@ def multilingual(rng: random.Random) -> Iterable[Document]:
 
 
 def _catalog_docs() -> Iterable[Document]:
-    for path in _files(site_packages(), ("*.mo",)):
+    for path in _files(CORPUS_DISTRIBUTIONS, ("*.mo",)):
         try:
             with open(path, "rb") as f:
                 catalog = gettext.GNUTranslations(f)._catalog  # noqa: SLF001 - stdlib reader
@@ -235,11 +289,14 @@ def _faker_docs(rng: random.Random, per_locale: int = 300) -> Iterable[Document]
             yield Document(text, "multilingual", script_of(text), f"faker:{locale}")
 
 
+# (distribution, its package folder) of the web files: only what sits inside the package
+WEB_SOURCES = (("jupyterlab", "jupyterlab"), ("plotly", "plotly"), ("jupyter-server", "jupyter_server"),
+               ("nbconvert", "nbconvert"), ("ipywidgets", "ipywidgets"), ("voila", "voila"))
+
+
 def web_text(rng: random.Random) -> Iterable[Document]:
-    roots = [p / name for p in site_packages() for name in ("jupyterlab", "plotly", "notebook",
-                                                            "jupyter_server", "nbconvert", "ipywidgets", "voila")]
-    roots = [r for r in roots if r.exists()]
-    for path in _files(roots, ("*.json", "*.js", "*.css", "*.html", "*.mjs"), rng):
+    sources = [f"{dist}:{folder}/" for dist, folder in WEB_SOURCES]
+    for path in _files(sources, ("*.json", "*.js", "*.css", "*.html", "*.mjs"), rng):
         if path.stat().st_size > 2_000_000:
             continue
         text = _read_text(path)
@@ -250,8 +307,7 @@ def web_text(rng: random.Random) -> Iterable[Document]:
 
 
 def cpp_text(rng: random.Random) -> Iterable[Document]:
-    roots = [p / "torch" / "include" for p in site_packages() if (p / "torch" / "include").exists()]
-    for path in _files(roots, ("*.h", "*.hpp", "*.cuh"), rng):
+    for path in _files(("torch:torch/include/",), ("*.h", "*.hpp", "*.cuh"), rng):
         text = _read_text(path)
         if text and len(text) > 200:
             for c in _chunks(text)[:5]:
@@ -396,7 +452,19 @@ def manifest(docs: list[Document], token_counts: list[int] | None = None) -> dic
         v["token_share"] = v["tokens"] / total_tokens if total_tokens else None
     return {"documents": len(docs), "bytes": sum(v["bytes"] for v in by_domain.values()),
             "tokens": total_tokens, "domains": by_domain, "sha256": h.hexdigest(),
-            "python": sys.version.split()[0], "unicode": unicodedata.unidata_version}
+            "python": sys.version.split()[0], "unicode": unicodedata.unidata_version,
+            "distributions": source_versions()}
+
+
+def source_versions() -> dict[str, str | None]:
+    """The installed version of every distribution the corpus reads (None: not installed)."""
+    out = {}
+    for name in CORPUS_DISTRIBUTIONS:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
 
 
 def save_documents(docs: list[Document], path: Path) -> None:

@@ -98,3 +98,57 @@ def test_hub_dataset_offline_fails_fast(monkeypatch):
     monkeypatch.setattr(data, "hub_reachable", lambda timeout=2.0: False)
     with pytest.raises(ConnectionError, match="not reachable.*load_text_files"):
         data.load_hf_dataset("NeelNanda/pile-10k")
+
+
+# ---------------------------------------------------------------- independent of the machine
+def _requirement_names() -> set[str]:
+    from pathlib import Path
+    names = set()
+    for line in (Path(__file__).parents[2] / "requirements.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if "==" in line:
+            names.add(line.split("==")[0].strip().lower().replace("_", "-"))
+    return names
+
+
+def test_every_corpus_distribution_is_pinned():
+    pinned = _requirement_names()
+    loose = [d for d in data.CORPUS_DISTRIBUTIONS if d.lower().replace("_", "-") not in pinned]
+    assert not loose, f"the corpus reads {loose}, not pinned in requirements.txt: pin them there"
+    assert all(v is not None for v in data.source_versions().values())
+
+
+def test_no_file_outside_the_pinned_sources_and_the_stdlib():
+    """The base interpreter's site-packages, pip's editable finder and unpinned packages are not read."""
+    import sysconfig
+    from pathlib import Path
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    names = [n for s in (data.STDLIB, *data.CORPUS_DISTRIBUTIONS) for n, _ in data._listing(s, ("*.py",))]
+    assert len(names) > 1000
+    assert not [n for n in names if "__editable__" in n or n.startswith(("pip:", "setuptools:"))]
+    assert not [n for n in names if n.startswith("stdlib/") and ("site-packages" in n or "/test/" in n)]
+    # the names are relative: where the environment lives is not part of them
+    assert not [n for n in names if str(stdlib) in n or n.split(":", 1)[-1].startswith("/")]
+
+
+def test_an_extra_file_moves_only_itself(monkeypatch):
+    """The order is a seeded hash of each file's name: one file more leaves the others' order alone."""
+    import random
+    from pathlib import Path
+    listing = {"a": tuple((f"a:{i}.py", Path(f"/x/{i}.py")) for i in range(200))}
+    monkeypatch.setattr(data, "_listing", lambda source, patterns: listing[source])
+    before = data._files(["a"], ("*.py",), random.Random(1))
+    listing["a"] = listing["a"] + (("a:extra.py", Path("/x/extra.py")),)
+    after = data._files(["a"], ("*.py",), random.Random(1))
+    assert [p for p in after if p.name != "extra.py"] == before
+    assert data._files(["a"], ("*.py",), random.Random(2)) != after      # still seeded
+    # an absolute prefix does not enter the order: the same names under another root, same order
+    listing["a"] = tuple((n, Path("/elsewhere") / p.name) for n, p in listing["a"])
+    moved = data._files(["a"], ("*.py",), random.Random(1))
+    assert [p.name for p in moved] == [p.name for p in after]
+
+
+def test_a_missing_corpus_distribution_names_the_fix(monkeypatch):
+    data._listing.cache_clear()
+    with pytest.raises(RuntimeError, match="make env"):
+        data._listing("no-such-distribution-xyz", ("*.py",))
