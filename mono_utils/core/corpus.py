@@ -414,7 +414,7 @@ def load_hf_dataset(name: str, split: str = "train", text_field: str = "text",
     if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1" or not hub_reachable():
         raise ConnectionError(
             f"cannot load dataset {name!r}: the Hugging Face hub is not reachable from this machine. "
-            f"Use local files instead: mono_utils.data.load_text_files(['my.txt' or 'my.jsonl'])")
+            f"Use local files instead: mono_utils.core.corpus.load_text_files(['my.txt' or 'my.jsonl'])")
     import datasets  # lazy: optional: only where a hub is reachable
     ds = datasets.load_dataset(name, split=split)
     docs = []
