@@ -57,8 +57,9 @@ STAGE_DEPS = {
     "model A": ("tokens",), "model B": ("tokens",),
     "SAE A/1": ("model A",), "SAE B/1": ("model B",), "SAE A/1 TopK": ("model A",),
     "SAE A lambda sweep": ("model A",), "SAE family A": ("SAE A/1",),
-    # after the TopK stage, whose artifact it reuses: side by side, --jobs 2 would train TopK twice
-    "SAE recipes": ("model A", "SAE A/1 TopK"),
+    # after the stages whose artifacts it reuses: the TopK run always, A/1 where side runs train on all
+    # of sae_tokens (paper: paper2023 is A/1); side by side, --jobs 2 would wait on their locks
+    "SAE recipes": ("model A", "SAE A/1", "SAE A/1 TopK"),
     "index A/1": ("SAE A/1",), "index B/1": ("SAE B/1",),
     "SAE randomized": ("model A",), "index randomized": ("SAE randomized", "tokens"),
     "index A/1 TopK": ("SAE A/1 TopK",), "proxy table": ("index A/1",), "proxy table TopK": ("index A/1 TopK",),

@@ -58,6 +58,12 @@ def test_stage_dependencies_cover_every_stage_in_order():
         assert all(d in names[:i] for d in stages.STAGE_DEPS[n]), n
 
 
+def test_recipes_stage_comes_after_the_saes_it_reuses():
+    # get_recipe_runs reuses the TopK side run (and A/1 on paper): built side by side under --jobs 2,
+    # the recipes stage would only wait on their locks, holding a worker
+    assert {"SAE A/1 TopK", "SAE A/1"} <= set(stages.STAGE_DEPS["SAE recipes"])
+
+
 def test_parallel_build_runs_stages_in_worker_processes(smoke_store, smoke_model):
     import os
     env = dict(os.environ, MONO_ARTIFACTS=str(smoke_store.root))
