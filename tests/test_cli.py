@@ -1,8 +1,6 @@
 import subprocess
 import sys
 
-import pytest
-
 from mono_utils import cli, stages
 
 
