@@ -322,9 +322,12 @@ def recipe_density_figure(runs: dict):
     ``density_hist`` (metrics.json), with each recipe's ultralow cutoff as a dotted line of its colour."""
     import plotly.graph_objects as go  # lazy: plotly is heavy: figures only
     fig = go.Figure()
+    lowest = 0.0    # the left edge of the lowest non-empty bin of any recipe: the x axis starts there
     for (name, sae), color in zip(runs.items(), _colors(len(runs))):
         m = _stored_metrics(name, sae, ("density_hist", "ultralow_density", "ultralow"))
         h = m["density_hist"]
+        filled = [e for e, c in zip(h["edges"], h["counts"]) if c]
+        lowest = min([lowest] + filled[:1])
         # a step outline per recipe (four filled histograms on top of each other are unreadable)
         fig.add_scatter(x=h["edges"], y=list(h["counts"]) + h["counts"][-1:], mode="lines", line_shape="hv",
                         line=dict(color=color, width=2), legendgroup=name,
@@ -334,7 +337,8 @@ def recipe_density_figure(runs: dict):
             fig.add_vline(x=math.log10(cut), line=dict(color=color, dash="dot", width=1))
     fig.update_layout(title="log10 feature density, one outline per recipe (dotted: each one's ultralow cutoff)",
                       xaxis_title="log10 density (fraction of held-out tokens where the feature fires)",
-                      yaxis_title="live features", height=380, legend=dict(orientation="h", y=-0.25))
+                      yaxis_title="live features", height=380, legend=dict(orientation="h", y=-0.25),
+                      xaxis_range=[lowest - 0.5, 0])
     return fig
 
 
@@ -356,7 +360,9 @@ def recipe_curves_figure(runs: dict):
             fig.add_trace(go.Scatter(x=steps, y=[h[key] for h in hist], mode="lines", name=name, legendgroup=name,
                                      line=dict(color=color), showlegend=col == 1), row=1, col=col)
     fig.update_xaxes(title_text="step")
-    fig.update_yaxes(type="log", row=1, col=2)
+    for col, (key, _) in enumerate(RECIPE_CURVES, start=1):
+        if key in ("mse", "l0"):   # both fall by orders of magnitude (L0 from thousands at the start)
+            fig.update_yaxes(type="log", row=1, col=col)
     fig.update_layout(title="training curves of the recipes (same batch: step = tokens / batch)", height=360,
                       margin=dict(t=70, b=40, l=50, r=10))
     return fig
