@@ -91,7 +91,7 @@ def table_rows(p, s):
            f"{u['median_max_corr_neurons']:.3f} (gap {u['gap']:.2f}), {u['features']['n_tokens']:,} tokens")
     yield ("universality: median logit-weight / attribution similarity of matched features",
            f"{u['median_logit_sim_features']:.2f} / {u['median_attribution_sim_features']:.2f}")
-    named = res.named_matches([lab for lab in res.label_names if lab.lower() in NAMED])
+    named = res.named_matches([f"subdomain:{n}" for n in NAMED if f"subdomain:{n}" in res.label_names])
     yield ("matched named features A ↔ B (activation correlation)",
            ", ".join(f"{r.label} {r.activation_corr:.2f}" for r in named.itertuples()))
 
