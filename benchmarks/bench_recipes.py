@@ -6,7 +6,7 @@
 Each run trains an A/1-sized SAE (the preset's ``sae_main`` features, its batch, lr and lambda
 or k) with one recipe of ``mono_utils.core.sae.RECIPES`` (or a variant of the paper's recipe,
 ``RUNS`` below) on ``--tokens`` activations of model A, saves it in SAELens's format under
-``<store>/bench-recipes/<run>`` (with its feature densities), opens it again with ``SparseAutoencoder.load`` and evaluates it
+``<store>/bench-recipes/<run>-<tokens>`` (with its feature densities), opens it again with ``SparseAutoencoder.load`` and evaluates it
 as the build evaluates A/1 (``core.metrics.evaluate_sae`` on the preset's evaluation and density
 tokens): dead and ultralow counts, L0, loss recovered (zero and mean ablation), FVU about the
 mean, training act/s. One JSON line per run is appended to ``--out``; ``--table`` prints the
@@ -75,7 +75,7 @@ def run_one(name: str, preset: str, tokens: int, progress: bool) -> dict:
     t0 = time.perf_counter()
     sae, hist = train_sae(cfg, source, tc, device="cpu", progress=progress)
     train_s = time.perf_counter() - t0
-    folder = s.root / "bench-recipes" / name
+    folder = s.root / "bench-recipes" / f"{name}-{tokens}"   # one folder per run and token count
     sae.save(folder)
     sae = SparseAutoencoder.load(folder)          # what the suite would open
     tv, _, _ = data.split("val")
