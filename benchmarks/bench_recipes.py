@@ -6,7 +6,7 @@
 Each run trains an A/1-sized SAE (the preset's ``sae_main`` features, its batch, lr and lambda
 or k) with one recipe of ``mono_utils.core.sae.RECIPES`` (or a variant of the paper's recipe,
 ``RUNS`` below) on ``--tokens`` activations of model A, saves it in SAELens's format under
-``<store>/bench-recipes/<run>`` (with its feature densities), opens it again with ``SparseAutoencoder.load`` and evaluates it
+``<store>/bench-recipes/<run>-<tokens>`` (with its feature densities), opens it again with ``SparseAutoencoder.load`` and evaluates it
 as the build evaluates A/1 (``core.metrics.evaluate_sae`` on the preset's evaluation and density
 tokens): dead and ultralow counts, L0, loss recovered (zero and mean ablation), FVU about the
 mean, training act/s. One JSON line per run is appended to ``--out``; ``--table`` prints the
@@ -52,6 +52,10 @@ RUNS = {
     "paper2023-window25": ("paper2023", {}, {"dead_window_frac": 0.25}),   # dead = silent for 25% of the run
     "paper2023-no-resample": ("paper2023", {}, {"resample": False}),
     "paper2023-lr3e-4": ("paper2023", {}, {"lr": 3e-4}),
+    "paper2023-lr3e-3": ("paper2023", {}, {"lr": 3e-3}),
+    "paper2023-const-l1": ("paper2023", {}, {"l1_warmup_frac": 0.0}),    # λ from the first step, as the paper
+    "paper2023-batch2048": ("paper2023", {}, {"batch_size": 2048}),      # a quarter of the steps, 4x the batch
+    "paper2023-no-lr-decay": ("paper2023", {}, {"lr_decay_frac": 0.0}),  # constant lr after warm-up, as the paper
     "anthropic2024": ("anthropic2024", {}, {}),
     "topk": ("topk", {}, {}),
     "batchtopk": ("batchtopk", {}, {}),
@@ -71,7 +75,7 @@ def run_one(name: str, preset: str, tokens: int, progress: bool) -> dict:
     t0 = time.perf_counter()
     sae, hist = train_sae(cfg, source, tc, device="cpu", progress=progress)
     train_s = time.perf_counter() - t0
-    folder = s.root / "bench-recipes" / name
+    folder = s.root / "bench-recipes" / f"{name}-{tokens}"   # one folder per run and token count
     sae.save(folder)
     sae = SparseAutoencoder.load(folder)          # what the suite would open
     tv, _, _ = data.split("val")
@@ -80,6 +84,11 @@ def run_one(name: str, preset: str, tokens: int, progress: bool) -> dict:
                               progress=progress, return_density=True)
     save_safetensors_atomic({"density": density}, folder / "feature_density.safetensors")
     m.pop("density_hist", None)
+    # the cluster's cutoff is located per run (between the histogram's two modes); a fixed line too,
+    # so that runs whose histograms differ are compared on the same footing
+    live = density > 0
+    m["live_below_1e-4"] = int((live & (density < 1e-4)).sum())
+    m["live_below_3e-4"] = int((live & (density < 10 ** -3.5)).sum())
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parent).stdout.strip()
     return {"run": name, "recipe": recipe, "sae_overrides": sae_over, "train_overrides": train_over,
