@@ -9,7 +9,7 @@ from __future__ import annotations
 from .autointerp.run import get_offline_scores, get_randomized_index, get_randomized_sae
 from .build.indexes import get_index, get_topk_index
 from .build.models import get_corpus_dir, get_model, get_tokenizer, get_tokens
-from .build.saes import get_lambda_sweep, get_sae, get_sae_family, get_topk_sae
+from .build.saes import get_lambda_sweep, get_recipe_runs, get_sae, get_sae_family, get_topk_sae
 from .features.proxies import get_proxy_table
 from .splitting.family import get_family_analysis, get_umap_layout
 from .steering.catalog import get_feature_catalog
@@ -32,6 +32,8 @@ def build_stages(preset, store):
         ("SAE family A", lambda: get_sae_family(preset, which="A", store=store)),
         ("SAE randomized", lambda: get_randomized_sae(preset, store=store)),
         ("SAE A/1 TopK", lambda: get_topk_sae(preset, which="A", store=store)),
+        # notebook 01's four recipes on the TopK run's tokens; its topk entry is that very artifact
+        ("SAE recipes", lambda: get_recipe_runs(preset, store, which="A")),
         ("SAE A lambda sweep", lambda: get_lambda_sweep(preset, which="A", store=store)),
         ("index A/1", lambda: get_index(preset, which="A", store=store)),
         ("index B/1", lambda: get_index(preset, which="B", store=store)),
@@ -55,6 +57,9 @@ STAGE_DEPS = {
     "model A": ("tokens",), "model B": ("tokens",),
     "SAE A/1": ("model A",), "SAE B/1": ("model B",), "SAE A/1 TopK": ("model A",),
     "SAE A lambda sweep": ("model A",), "SAE family A": ("SAE A/1",),
+    # after the stages whose artifacts it reuses: the TopK run always, A/1 where side runs train on all
+    # of sae_tokens (paper: paper2023 is A/1); side by side, --jobs 2 would wait on their locks
+    "SAE recipes": ("model A", "SAE A/1", "SAE A/1 TopK"),
     "index A/1": ("SAE A/1",), "index B/1": ("SAE B/1",),
     "SAE randomized": ("model A",), "index randomized": ("SAE randomized", "tokens"),
     "index A/1 TopK": ("SAE A/1 TopK",), "proxy table": ("index A/1",), "proxy table TopK": ("index A/1 TopK",),

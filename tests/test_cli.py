@@ -1,8 +1,6 @@
 import subprocess
 import sys
 
-import pytest
-
 from mono_utils import cli, stages
 
 
@@ -56,6 +54,12 @@ def test_stage_dependencies_cover_every_stage_in_order():
     assert set(names) == set(stages.STAGE_DEPS)
     for i, n in enumerate(names):  # every dependency comes earlier: the sequential order is valid too
         assert all(d in names[:i] for d in stages.STAGE_DEPS[n]), n
+
+
+def test_recipes_stage_comes_after_the_saes_it_reuses():
+    # get_recipe_runs reuses the TopK side run (and A/1 on paper): built side by side under --jobs 2,
+    # the recipes stage would only wait on their locks, holding a worker
+    assert {"SAE A/1 TopK", "SAE A/1"} <= set(stages.STAGE_DEPS["SAE recipes"])
 
 
 def test_parallel_build_runs_stages_in_worker_processes(smoke_store, smoke_model):
