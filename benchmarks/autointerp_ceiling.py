@@ -34,7 +34,7 @@ def main() -> int:
     a = ap.parse_args()
     p, s = get_preset(a.preset), ArtifactStore(a.artifacts)
     t0 = time.time()
-    sources = R.preset_sources(p, s, randomized=False, progress=False)
+    sources = R.preset_sources(p, s, randomized=False, paper=False, progress=False)
     offline = R.get_offline_scores(p, s, progress=False)
     print(f"# autointerp ceiling: {a.units} live units per kind, preset {p.name} (loaded in {time.time() - t0:.0f} s)")
     table = ceiling_table(sources, offline, n_units=a.units, seed=1)

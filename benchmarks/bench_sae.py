@@ -1,17 +1,18 @@
 """SAE training speed vs the machine's own six-GEMM bound (a benchmark, not a test).
 
-    python benchmarks/bench_sae.py [--steps 6] [--bf16] [--sizes 2048,4096] [--batch 4096]
+    python benchmarks/bench_sae.py [--steps 6] [--bf16] [--sizes 2048,4096] [--batch 4096] [--l0 30]
 
 For each width it times, in this process: the six fp32 GEMMs of a dense SAE step (encoder and
 decoder forward, their four backward products) -> the best act/s a dense step could reach;
 then full training steps (gradients, Adam, decoder-norm constraint) of
 - ``autograd``: a plain PyTorch loop (autograd on SparseAutoencoder.loss), for reference;
 - ``relu dense``: our five-GEMM ReLU step (early training, when many features fire);
-- ``relu sparse``: our ReLU step once features are sparse (L0 ~ 30, as at the end of training);
-- ``topk``: TopK (k=32) with the sparse decoder/backward;
+- ``relu sparse``: our ReLU step once features are sparse (L0 ~ ``--l0``, as at the end of training);
+- ``topk``: TopK (k = ``--l0``) with the sparse decoder/backward;
 - ``2024 dense`` / ``2024 sparse``: the anthropic2024 recipe's step (decoder-norm-weighted L1,
-  no pre-encoder bias, free decoder norms, gradient clipping at 1), dense and at L0 ~ 30;
-- ``batchtopk``: BatchTopK (k=32 per token on average over the batch), sparse path;
+  no pre-encoder bias, free decoder norms, gradient clipping at 1), dense and at L0 ~ ``--l0``;
+- ``batchtopk``: BatchTopK (k = ``--l0`` per token on average over the batch), sparse path
+  (the default preset's A/1: k 18, batch 512);
 and prints act/s and the ratio to the six-GEMM bound. The bound and the variants are timed in
 interleaved rounds and each figure is the best round (robust to other load on the machine).
 """
@@ -57,11 +58,11 @@ def six_gemm_time(B, d, m, steps, dev, sync):
     return timeit(six, steps, sync=sync)
 
 
-def make(arch, B, d, m, dev, sparse_l0=None):
+def make(arch, B, d, m, dev, sparse_l0=None, k=32):
     recipe = arch if arch in RECIPES else None
     fields = dict(RECIPES[recipe]["sae"]) if recipe else {"architecture": arch}
     fields.pop("decoder_init_norm", None)   # 2024: unit rows, as they are soon in training (not 0.1)
-    sae = SparseAutoencoder(SAEConfig(d_in=d, d_sae=m, k=32, l1_coeff=5e-3, **fields)).to(dev)
+    sae = SparseAutoencoder(SAEConfig(d_in=d, d_sae=m, k=k, l1_coeff=5e-3, **fields)).to(dev)
     g = torch.Generator().manual_seed(1)
     x = (torch.randn(B, d, generator=g).relu() * 2).to(dev)
     if sparse_l0 is not None:  # a bias that leaves ~sparse_l0 features active per token
@@ -99,6 +100,7 @@ def main():
     ap.add_argument("--sizes", default="2048,4096")
     ap.add_argument("--bf16", action="store_true", help="also time bf16 matmuls (fast only with AMX or a GPU)")
     ap.add_argument("--device", default=None)
+    ap.add_argument("--l0", type=int, default=32, help="k of the TopK variants and the L0 of the sparse ReLU steps")
     a = ap.parse_args()
     dev = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cuda":
@@ -109,22 +111,23 @@ def main():
           f"threads {torch.get_num_threads()} | device {dev} | batch {B}")
     print(f"{'width':>12} {'variant':>14} {'act/s':>10} {'ratio to 6-GEMM bound':>22}")
     for m in [int(s) for s in a.sizes.split(",")]:
+        k = a.l0
         variants = [("autograd", "relu", None, None), ("relu dense", "relu", False, None),
-                    ("relu sparse", "relu", True, 30), ("topk k=32", "topk", True, None),
-                    ("2024 dense", "anthropic2024", False, None), ("2024 sparse", "anthropic2024", True, 30),
-                    ("batchtopk k=32", "batchtopk", True, None)]
+                    ("relu sparse", "relu", True, k), (f"topk k={k}", "topk", True, None),
+                    ("2024 dense", "anthropic2024", False, None), ("2024 sparse", "anthropic2024", True, k),
+                    (f"batchtopk k={k}", "batchtopk", True, None)]
         if a.bf16:
             variants += [("relu dense bf16", "relu", "bf16", None), ("topk bf16", "topk", "bf16", None)]
         fns, extras = {}, {}
         for name, arch, sparse, l0 in variants:
-            sae, opt, x = make(arch, B, d, m, dev, l0)
+            sae, opt, x = make(arch, B, d, m, dev, l0, k)
             if name == "autograd":
                 fns[name] = (lambda sae=sae, opt=opt, x=x: step_autograd(sae, opt, x))
             else:
                 bf16 = sparse == "bf16"
                 sp = (arch == "topk") if bf16 else sparse
                 fns[name] = (lambda sae=sae, opt=opt, x=x, sp=sp, bf16=bf16: step_fast(sae, opt, x, sp, bf16))
-            if l0 is not None:
+            if l0 is not None or arch == "topk":   # (BatchTopK encodes with its threshold, untrained here)
                 extras[name] = (sae, x)
         best = {name: float("inf") for name in ["six"] + list(fns)}
         for _ in range(a.steps):  # interleaved rounds; keep each one's best

@@ -2,7 +2,7 @@
 
 Loads what the build made (nothing is built: a missing artifact stops the script and names the
 stage to build) and prints Markdown rows in the README's order: the models, A/1, B/1, the TopK
-twin, the lambda sweep, the family and its splitting links, universality, the proxies, and the
+twin, the paper's recipe at A/1's width, the recipes at matched tokens, the lambda sweep, the family and its splitting links, universality, the proxies, and the
 autointerp medians (the offline backend's cached result; intervals: `benchmarks/autointerp_scores.py`).
 A quoted figure that disagrees with this output is stale.
 
@@ -20,7 +20,8 @@ from mono_utils.atlas.site import NotBuilt, ReadOnlyStore
 from mono_utils.autointerp.run import get_offline_scores, summarize
 from mono_utils.build.models import get_model, model_metrics
 from mono_utils.build.presets import get_preset
-from mono_utils.build.saes import get_lambda_sweep, get_sae, get_sae_family, get_topk_sae, sae_metrics
+from mono_utils.build.saes import (get_lambda_sweep, get_paper_sae, get_recipe_runs, get_sae, get_sae_family,
+                                  get_topk_sae, sae_metrics)
 from mono_utils.features.proxies import get_proxy_table, win_counts
 from mono_utils.splitting.family import get_family_analysis
 from mono_utils.store.artifacts import ArtifactStore
@@ -67,11 +68,19 @@ def table_rows(p, s):
 
     a1 = sae_metrics(get_sae(p, s, which="A", progress=False))
     b1 = sae_metrics(get_sae(p, s, which="B", progress=False))
-    yield (f"A/1 (paper2023, {p.sae_main:,} features, λ {p.l1_coeff:g})", sae_row(a1))
+    setting = f"k {p.topk_k}" if p.sae_recipe in ("topk", "batchtopk") else f"λ {p.l1_coeff:g}"
+    yield (f"A/1 ({p.sae_recipe}, {p.sae_main:,} features, {setting})", sae_row(a1))
     yield ("A/1 dead on the loss tokens alone; ultralow cutoff",
            f"{a1['dead_on_eval_tokens']}; {a1['ultralow_density']:.2g}")
     yield ("B/1", sae_row(b1))
+    if p.sae_recipe != "paper2023":
+        yield (f"A/1 paper2023 (λ {p.l1_coeff:g})",
+               sae_row(sae_metrics(get_paper_sae(p, s, which="A", progress=False))))
     yield ("A/1 TopK", sae_row(sae_metrics(get_topk_sae(p, s, which="A", progress=False))))
+    for name, sae in get_recipe_runs(p, s, which="A", progress=False).items():
+        m = sae_metrics(sae)
+        yield (f"recipe {name} (notebook 01, matched tokens), dead + ultralow share "
+               f"{pct((m['dead'] + m['ultralow']) / m['d_sae'])}", sae_row(m))
     for mult, sae in get_lambda_sweep(p, s, which="A", progress=False).items():
         yield (f"λ × {mult:g}", sae_row(sae_metrics(sae)))
     family = get_sae_family(p, s, which="A", progress=False)
@@ -95,12 +104,12 @@ def table_rows(p, s):
     yield ("matched named features A ↔ B (activation correlation)",
            ", ".join(f"{r.label} {r.activation_corr:.2f}" for r in named.itertuples()))
 
-    for arch in ("relu", "topk"):
-        table, _ = get_proxy_table(p, s, architecture=arch, progress=False)
+    for dictionary in ("main", "paper2023") if p.sae_recipe != "paper2023" else ("main",):
+        table, _ = get_proxy_table(p, s, dictionary=dictionary, progress=False)
         wins = win_counts(table)
-        yield (f"proxies ({'A/1' if arch == 'relu' else 'TopK'}): labels where the best feature beats the best neuron",
-               ", ".join(f"{k} {v}" for k, v in wins.items()))
-        if arch == "relu":
+        yield (f"proxies ({'A/1' if dictionary == 'main' else 'A/1 paper2023'}): labels where the best feature "
+               f"beats the best neuron", ", ".join(f"{k} {v}" for k, v in wins.items()))
+        if dictionary == "main":
             for proxy in ("dna", "base64", "hebrew", "arabic"):
                 sub = table[table.proxy.str.lower() == proxy]
                 if len(sub):

@@ -199,8 +199,8 @@ def make_parser() -> argparse.ArgumentParser:
     at.add_argument("--preset", default=os.environ.get("MONO_PRESET", "default"))
     at.add_argument("--out", default="atlas", help="folder to write (replaced if it holds an older atlas)")
     at.add_argument("--sae", action="append", metavar="SAE",
-                    help="add a unit set besides A/1 and A's neurons: topk, B/1 (with B's neurons), "
-                         "A/<size> (a family member) or family; repeat for several")
+                    help="add a unit set besides A/1 and A's neurons: paper2023 (the paper's recipe), topk, "
+                         "B/1 (with B's neurons), A/<size> (a family member) or family; repeat for several")
     at.add_argument("--no-build", action="store_true",
                     help="build nothing: show only what is built (the unit sets' indexes must be)")
     at.set_defaults(fn=cmd_atlas)

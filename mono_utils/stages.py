@@ -7,9 +7,9 @@ analyses.
 from __future__ import annotations
 
 from .autointerp.run import get_offline_scores, get_randomized_index, get_randomized_sae
-from .build.indexes import get_index, get_topk_index
+from .build.indexes import get_index, get_paper_index
 from .build.models import get_corpus_dir, get_model, get_tokenizer, get_tokens
-from .build.saes import get_lambda_sweep, get_recipe_runs, get_sae, get_sae_family, get_topk_sae
+from .build.saes import get_lambda_sweep, get_paper_sae, get_recipe_runs, get_sae, get_sae_family, get_topk_sae
 from .features.proxies import get_proxy_table
 from .splitting.family import get_family_analysis, get_umap_layout
 from .steering.catalog import get_feature_catalog
@@ -29,6 +29,9 @@ def build_stages(preset, store):
     stages += [
         ("SAE A/1", lambda: get_sae(preset, which="A", store=store)),
         ("SAE B/1", lambda: get_sae(preset, which="B", store=store)),
+        # the paper's recipe at A/1's width and tokens, for every comparison with the paper
+        # (on paper, whose recipe is the paper's, this is A/1 and loads at once)
+        ("SAE A/1 paper2023", lambda: get_paper_sae(preset, which="A", store=store)),
         ("SAE family A", lambda: get_sae_family(preset, which="A", store=store)),
         ("SAE randomized", lambda: get_randomized_sae(preset, store=store)),
         ("SAE A/1 TopK", lambda: get_topk_sae(preset, which="A", store=store)),
@@ -38,10 +41,10 @@ def build_stages(preset, store):
         ("index A/1", lambda: get_index(preset, which="A", store=store)),
         ("index B/1", lambda: get_index(preset, which="B", store=store)),
         ("index randomized", lambda: get_randomized_index(preset, store=store)),
-        ("index A/1 TopK", lambda: get_topk_index(preset, which="A", store=store)),
+        ("index A/1 paper2023", lambda: get_paper_index(preset, which="A", store=store)),
         # analyses the notebooks show, cached so that every notebook opens in seconds
         ("proxy table", lambda: get_proxy_table(preset, store)),
-        ("proxy table TopK", lambda: get_proxy_table(preset, store, architecture="topk")),
+        ("proxy table paper2023", lambda: get_proxy_table(preset, store, dictionary="paper2023")),
         ("autointerp offline", lambda: get_offline_scores(preset, store)),
         ("feature catalog", lambda: get_feature_catalog(preset, store)),
         ("universality comparison", lambda: get_comparison(preset, store)),
@@ -55,15 +58,16 @@ def build_stages(preset, store):
 STAGE_DEPS = {
     "corpus": (), "tokenizer": ("corpus",), "tokens": ("tokenizer",),
     "model A": ("tokens",), "model B": ("tokens",),
-    "SAE A/1": ("model A",), "SAE B/1": ("model B",), "SAE A/1 TopK": ("model A",),
+    "SAE A/1": ("model A",), "SAE B/1": ("model B",), "SAE A/1 TopK": ("model A",), "SAE A/1 paper2023": ("model A",),
     "SAE A lambda sweep": ("model A",), "SAE family A": ("SAE A/1",),
-    # after the stages whose artifacts it reuses: the TopK run always, A/1 where side runs train on all
-    # of sae_tokens (paper: paper2023 is A/1); side by side, --jobs 2 would wait on their locks
-    "SAE recipes": ("model A", "SAE A/1", "SAE A/1 TopK"),
+    # after the stages whose artifacts it reuses: the TopK run always, the paper2023 run where side runs
+    # train on all of sae_tokens (paper); side by side, --jobs 2 would wait on their locks
+    "SAE recipes": ("model A", "SAE A/1 paper2023", "SAE A/1 TopK"),
     "index A/1": ("SAE A/1",), "index B/1": ("SAE B/1",),
     "SAE randomized": ("model A",), "index randomized": ("SAE randomized", "tokens"),
-    "index A/1 TopK": ("SAE A/1 TopK",), "proxy table": ("index A/1",), "proxy table TopK": ("index A/1 TopK",),
-    "autointerp offline": ("index A/1", "index randomized"),
+    "index A/1 paper2023": ("SAE A/1 paper2023",), "proxy table": ("index A/1",),
+    "proxy table paper2023": ("index A/1 paper2023",),
+    "autointerp offline": ("index A/1", "index randomized", "index A/1 paper2023"),
     "feature catalog": ("SAE A/1",), "universality comparison": ("SAE A/1", "SAE B/1"),
     "family analysis": ("SAE family A",), "family UMAP": ("family analysis",),
 }

@@ -57,9 +57,17 @@ def test_stage_dependencies_cover_every_stage_in_order():
 
 
 def test_recipes_stage_comes_after_the_saes_it_reuses():
-    # get_recipe_runs reuses the TopK side run (and A/1 on paper): built side by side under --jobs 2,
-    # the recipes stage would only wait on their locks, holding a worker
-    assert {"SAE A/1 TopK", "SAE A/1"} <= set(stages.STAGE_DEPS["SAE recipes"])
+    # get_recipe_runs reuses the TopK side run (and the paper2023 run on paper): built side by side
+    # under --jobs 2, the recipes stage would only wait on their locks, holding a worker
+    assert {"SAE A/1 TopK", "SAE A/1 paper2023"} <= set(stages.STAGE_DEPS["SAE recipes"])
+
+
+def test_the_paper_recipe_is_built_and_compared_beside_a1():
+    # issue 16: A/1 takes the preset's recipe; the paper's stays built at A/1's width and is set
+    # beside it in the proxies (notebook 02) and the autointerp scores (notebook 03)
+    assert stages.STAGE_DEPS["index A/1 paper2023"] == ("SAE A/1 paper2023",)
+    assert "index A/1 paper2023" in stages.STAGE_DEPS["proxy table paper2023"]
+    assert "index A/1 paper2023" in stages.STAGE_DEPS["autointerp offline"]
 
 
 def test_parallel_build_runs_stages_in_worker_processes(smoke_store, smoke_model):

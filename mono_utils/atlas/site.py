@@ -40,10 +40,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..autointerp.run import get_offline_scores
-from ..build.indexes import get_index, get_topk_index
+from ..build.indexes import get_index, get_paper_index, get_topk_index
 from ..build.models import get_model, get_tokenizer
 from ..build.presets import Preset, resolve
-from ..build.saes import get_sae, get_sae_family, get_topk_sae
+from ..build.saes import get_paper_sae, get_sae, get_sae_family, get_topk_sae
 from ..core.index import ActivationIndex
 from ..core.model import direction_logit_weights, model_config_of
 from ..features.dashboards import vocab_strings
@@ -69,7 +69,7 @@ LABEL_MIN_COUNT = 5            # widgets.units_for_domain's minimum firings for 
 @dataclass
 class UnitSet:
     """One browsable set of units: a kind ("feature" or "neuron") of one activation index."""
-    key: str                    # file-safe id: "A1", "AN", "B1", "BN", "A1topk", "Af2048"
+    key: str                    # file-safe id: "A1", "AN", "B1", "BN", "A1topk", "A1paper", "Af2048"
     label: str                  # shown: "A/1", "A neurons", ...
     model: str                  # "A" or "B"
     kind: str                   # "feature" or "neuron"
@@ -85,11 +85,14 @@ class UnitSet:
 
 
 def parse_sae_option(spec: str, preset: Preset) -> str:
-    """A ``--sae`` value in canonical form: "topk", "B/1", "A/<size>" (a family member) or "family"."""
+    """A ``--sae`` value in canonical form: "topk", "paper2023", "B/1", "A/<size>" (a family member)
+    or "family"."""
     s = spec.strip()
     low = s.lower()
     if low in ("topk", "a/1-topk", "a/1 topk"):
         return "topk"
+    if low in ("paper2023", "paper", "a/1-paper2023", "a/1 paper2023"):
+        return "paper2023"
     if low in ("b/1", "b1", "b"):
         return "B/1"
     if low in ("a/1", "a1", "a", f"a/{preset.sae_main}"):
@@ -101,7 +104,7 @@ def parse_sae_option(spec: str, preset: Preset) -> str:
         if n in preset.sae_sizes:
             return "A/1" if n == preset.sae_main else f"A/{n}"
     sizes = ", ".join(f"A/{n}" for n in preset.sae_sizes)
-    raise ValueError(f"unknown --sae {spec!r}: use topk, B/1, family, or a family member of preset "
+    raise ValueError(f"unknown --sae {spec!r}: use topk, paper2023, B/1, family, or a family member of preset "
                      f"{preset.name!r} ({sizes}; A/{preset.sae_main} is A/1, always included)")
 
 
@@ -299,7 +302,7 @@ def join_family(sets: dict, analysis, preset: Preset) -> dict:
 def join_autointerp(sets: dict, scores: dict) -> dict:
     """The offline backend's explanation and scores (notebook 03) into A/1's and A's neurons' extras."""
     out = {}
-    for kind, key in (("feature", "A1"), ("neuron", "AN")):
+    for kind, key in (("feature", "A1"), ("neuron", "AN"), ("feature_paper2023", "A1paper")):
         df = scores.get(kind)
         us = sets.get(key)
         if df is None or us is None:
@@ -561,6 +564,13 @@ def load_sets(preset, store=None, saes=(), progress: bool = True) -> tuple[list[
             sae_t = get_topk_sae(p, s, which="A", progress=progress)
             sets.append(UnitSet("A1topk", "A/1 TopK", "A", "feature", idx_t, logits(model("A"), sae_t),
                                 src(idx_t, sae_t)))
+        elif c == "paper2023":
+            if p.sae_recipe == "paper2023":   # A/1 is the paper's recipe: already in the atlas
+                continue
+            idx_p = get_paper_index(p, s, which="A", progress=progress, model=model("A"))
+            sae_p = get_paper_sae(p, s, which="A", progress=progress)
+            sets.append(UnitSet("A1paper", "A/1 paper2023", "A", "feature", idx_p, logits(model("A"), sae_p),
+                                src(idx_p, sae_p)))
         else:
             n = int(c.split("/")[1])
             fam = get_sae_family(p, s, which="A", progress=progress)
@@ -574,7 +584,7 @@ def build_atlas(preset=None, out: str | Path = "atlas", saes=(), store: Artifact
                 progress: bool = True, build_missing: bool = True) -> dict:
     """Write the atlas of a build into ``out``; builds every missing artifact it reads first.
 
-    Always A/1's features and model A's neurons; ``saes``: any of "topk", "B/1", "A/<size>" (a
+    Always A/1's features and model A's neurons; ``saes``: any of "topk", "paper2023", "B/1", "A/<size>" (a
     family member) or "family". ``build_missing=False`` builds nothing: the unit sets' indexes must
     be built, and an analysis that is not (A<->B, family, autointerp, steering catalog) is left
     out and named in the site. Returns a report: bytes, files, seconds per part.

@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,13 +29,13 @@ from tqdm.auto import tqdm
 from ..build.indexes import get_index, index_source, sae_identity
 from ..build.models import get_model, get_tokenizer, get_tokens, model_artifact_config
 from ..build.presets import resolve
-from ..build.saes import get_sae, sae_train_config, ultralow_cutoff, ultralow_mask
+from ..build.saes import get_paper_sae, get_sae, sae_artifact_config, ultralow_cutoff, ultralow_mask
 from ..core.activations import ActivationStream
 from ..core.device import device_name, on_device, pick_device
 from ..core.index import ActivationIndex, build_index
 from ..core.metrics import evaluate_sae
 from ..core.model import build_model, direction_logit_weights, model_config_of, model_folder
-from ..core.sae import SAEConfig, SparseAutoencoder
+from ..core.sae import SparseAutoencoder
 from ..core.train import train_sae
 from ..store.results import cached_result, frame_from_json, frame_to_json, input_id
 from .offline import OfflineBackend
@@ -386,11 +387,11 @@ def get_randomized_sae(preset=None, store=None, *, seed: int = 0, progress: bool
     p, s = resolve(preset, store)
     rmodel = randomized_model(model if model is not None else get_model(p, s, which="A", progress=progress), seed)
     model_cfg = model_artifact_config(p, "A")
-    cfg = SAEConfig(d_in=p.d_mlp, d_sae=p.sae_main, l1_coeff=p.l1_coeff, seed=seed,
-                    model_name=f"mono-1l-A-randomized{seed}-{p.name}")
     if not p.side_runs_full:   # the control only needs its features' examples: half A/1's activations
         train_overrides.setdefault("total_tokens", max(p.sae_batch, p.sae_tokens // 2))
-    tc = sae_train_config(p, "relu", seed=seed, **train_overrides)
+    # A/1's recipe and setting (preset.sae_recipe), so that the control differs from A/1 only in the model
+    cfg, tc, _, _ = sae_artifact_config(p, which="A", seed=seed, **train_overrides)
+    cfg = dataclasses.replace(cfg, model_name=f"mono-1l-A-randomized{seed}-{p.name}")
     sae_cfg = cfg.to_dict()
     sae_cfg.pop("input_scale")
     config = {"model": model_cfg, "randomize_seed": seed, "sae": sae_cfg, "train": tc.to_dict(),
@@ -433,8 +434,11 @@ def get_randomized_index(preset=None, store=None, *, seed: int = 0, progress: bo
     return index, rmodel, sae
 
 
-def preset_sources(preset=None, store=None, randomized: bool = True, progress: bool = True) -> dict:
-    """``{"feature": ..., "neuron": ..., "randomized": ...}`` sources over the index tokens."""
+def preset_sources(preset=None, store=None, randomized: bool = True, progress: bool = True,
+                   paper: bool = True) -> dict:
+    """``{"feature": ..., "neuron": ..., "randomized": ..., "feature_paper2023": ...}`` sources over the
+    index tokens: A/1's features, A's neurons, the randomized control and, where A/1's recipe is not the
+    paper's (``preset.sae_recipe``), the features of the paper's recipe at A/1's width and tokens."""
     p, s = resolve(preset, store)
     tok = get_tokenizer(p, s)
     model = get_model(p, s, which="A", progress=progress)
@@ -452,6 +456,11 @@ def preset_sources(preset=None, store=None, randomized: bool = True, progress: b
         # the randomized SAE's folder names model A's config and the shuffle seed
         out["randomized"] = IndexSource(rindex, "feature", corpus.vocab_strs, logit_weight_matrix(rmodel, rsae),
                                         rcorpus, label="randomized", logit_id=input_id(rsae))
+    if paper and p.sae_recipe != "paper2023":
+        psae = get_paper_sae(p, s, which="A", progress=progress)
+        pindex = get_index(p, which="A", store=s, progress=progress, sae=psae, model=model)
+        out["feature_paper2023"] = IndexSource(pindex, "feature", corpus.vocab_strs, logit_weight_matrix(model, psae),
+                                               corpus, label="feature_paper2023", logit_id=f"{mid}|{input_id(psae)}")
     return out
 
 
@@ -545,12 +554,13 @@ def cached_offline_scores(sources: dict, n_units: int | None = None, seed: int =
 
 
 def get_offline_scores(preset=None, store=None, *, sources: dict | None = None, progress: bool = True) -> dict:
-    """Offline autointerp scores of A/1's features, A's neurons, the randomized control and the
-    neurons at the features' density (``with_density_control``), every score of each unit.
+    """Offline autointerp scores of A/1's features, A's neurons, the randomized control, the
+    neurons at the features' density (``with_density_control``) and the paper's recipe's features
+    (where A/1 has another recipe), every score of each unit.
 
     The build stage and notebook 03 call this (``default_n_units`` units per kind, seed 0); pass
     ``sources`` from ``preset_sources`` if already loaded. Needs: tokenizer, model A, SAE A/1,
-    index A/1, SAE randomized, index randomized (built if missing).
+    index A/1, SAE randomized, index randomized, SAE and index A/1 paper2023 (built if missing).
     """
     p, s = resolve(preset, store)
     sources = sources if sources is not None else preset_sources(p, s, progress=progress)

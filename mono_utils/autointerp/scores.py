@@ -207,7 +207,8 @@ def median_ci(values, n_boot: int = 2000, seed: int = 0, level: float = 0.95) ->
 
 
 KIND_LABELS = {"feature": "features", "neuron": "neurons", "randomized": "randomized-transformer features",
-               "neuron_at_density": "neurons at the features' density"}
+               "neuron_at_density": "neurons at the features' density",
+               "feature_paper2023": "features of the paper's recipe (paper2023)"}
 
 
 def score_summary(results: dict, scores=tuple(SCORES), part: str = "all", n_boot: int = 2000,

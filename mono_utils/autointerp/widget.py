@@ -11,9 +11,11 @@ from .run import score_all, summarize
 from .scores import SCORES
 
 GROUPS = {"feature": "features", "neuron": "neurons", "randomized": "randomized-transformer features",
-          "neuron_at_density": "neurons at the features' density"}
+          "neuron_at_density": "neurons at the features' density",
+               "feature_paper2023": "features of the paper's recipe (paper2023)"}
 PAPER_LOGIT = {"feature": 0.74, "neuron": 0.53, "randomized": 0.50}
-COLOURS = {"feature": "#1f77b4", "neuron": "#d62728", "randomized": "#7f7f7f", "neuron_at_density": "#ff7f0e"}
+COLOURS = {"feature": "#1f77b4", "neuron": "#d62728", "randomized": "#7f7f7f", "neuron_at_density": "#ff7f0e",
+           "feature_paper2023": "#2ca02c"}
 
 
 def summary_table(results: dict):

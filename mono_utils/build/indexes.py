@@ -1,4 +1,5 @@
-"""The activation indexes as artifacts: ``get_index`` (a model and its SAE) and ``get_topk_index``.
+"""The activation indexes as artifacts: ``get_index`` (a model and its SAE, A/1 by default),
+``get_paper_index`` (A/1's width with the paper's recipe) and ``get_topk_index``.
 
 The index itself (what it stores, how it is computed and queried) is :mod:`mono_utils.core.index`.
 """
@@ -13,7 +14,7 @@ from ..core.index import INDEX_VERSION, ActivationIndex, build_index
 from ..core.model import model_folder
 from .models import get_model, get_tokens
 from .presets import resolve
-from .saes import get_sae, get_topk_sae, ultralow_cutoff, ultralow_mask
+from .saes import get_paper_sae, get_sae, get_topk_sae, ultralow_cutoff, ultralow_mask
 
 
 # ---------------------------------------------------------------- the artifact
@@ -45,8 +46,9 @@ def sae_identity(sae) -> str:
 
 
 def get_index(preset=None, store=None, *, which: str = "A", d_sae: int | None = None, progress: bool = True,
-              architecture: str = "relu", sae=None, model=None) -> ActivationIndex:
-    """The activation index of model ``which`` and its SAE (built once, then loaded)."""
+              architecture: str | None = None, sae=None, model=None) -> ActivationIndex:
+    """The activation index of model ``which`` and its SAE (built once, then loaded): by default
+    the preset's recipe (A/1, B/1, or the family member ``d_sae``); ``sae``: any other SAE."""
     p, s = resolve(preset, store)
     if model is None:
         model = get_model(p, s, which=which, progress=progress)
@@ -68,6 +70,14 @@ def get_index(preset=None, store=None, *, which: str = "A", d_sae: int | None = 
     idx.sae_folder = getattr(sae, "folder", None)   # None for an SAE from outside the store
     idx.use_sae_ultralow(ultralow_mask(sae), ultralow_cutoff(sae))
     return idx
+
+
+def get_paper_index(preset=None, store=None, *, which: str = "A", progress: bool = True,
+                    model=None) -> ActivationIndex:
+    """The activation index of model ``which`` and its SAE of the paper's recipe (``saes.get_paper_sae``);
+    the same artifact as ``get_index`` where the preset's recipe is the paper's."""
+    sae = get_paper_sae(preset, which=which, store=store, progress=progress)
+    return get_index(preset, which=which, store=store, progress=progress, sae=sae, model=model)
 
 
 def get_topk_index(preset=None, store=None, *, which: str = "A", progress: bool = True, model=None) -> ActivationIndex:

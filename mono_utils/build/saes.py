@@ -27,7 +27,7 @@ from .models import get_model, get_tokens, model_artifact_config
 from .presets import Preset, get_preset, resolve
 
 
-def sae_train_config(p: Preset, architecture: str = "relu", **overrides):
+def sae_train_config(p: Preset, **overrides):
     """Training hyper-parameters for a preset (``overrides`` replace any field)."""
     kw = dict(total_tokens=p.sae_tokens, batch_size=p.sae_batch, lr=p.sae_lr,
               checkpoint_every=max(10, p.sae_tokens // p.sae_batch // 20),
@@ -47,7 +47,7 @@ def sae_name(which: str, d_sae: int, architecture: str, p: Preset) -> str:
     return f"sae{which}-{d_sae}-{architecture}-{p.name}"
 
 
-def sae_artifact_config(p: Preset, *, which: str = "A", d_sae: int | None = None, architecture: str = "relu",
+def sae_artifact_config(p: Preset, *, which: str = "A", d_sae: int | None = None, architecture: str | None = None,
                         l1_coeff: float | None = None, k: int | None = None, cache: bool = False, seed: int = 0,
                         recipe: str | None = None, **train_overrides):
     """``(cfg, tc, config, name)``: the SAE config, training config, artifact config (hashed into the
@@ -55,7 +55,10 @@ def sae_artifact_config(p: Preset, *, which: str = "A", d_sae: int | None = None
 
     ``recipe`` (``core.sae.RECIPES``): ``paper2023`` is ``architecture="relu"`` (the same artifact),
     ``topk`` is ``architecture="topk"``; ``anthropic2024`` and ``batchtopk`` set the SAE fields and
-    training fields of their recipe (``train_overrides`` still win)."""
+    training fields of their recipe (``train_overrides`` still win). With neither ``recipe`` nor
+    ``architecture``, the preset's own: ``preset.sae_recipe`` (the recipe of A/1, B/1 and the family)."""
+    if recipe is None and architecture is None:
+        recipe = p.sae_recipe
     if recipe is not None:
         if recipe not in RECIPES:
             raise ValueError(f"unknown SAE recipe {recipe!r}: choose one of {tuple(RECIPES)}")
@@ -70,7 +73,7 @@ def sae_artifact_config(p: Preset, *, which: str = "A", d_sae: int | None = None
                     l1_coeff=l1_coeff if l1_coeff is not None else p.l1_coeff,
                     k=k if k is not None else p.topk_k, seed=seed, model_name=f"mono-1l-{which}-{p.name}",
                     **sae_fields)
-    tc = sae_train_config(p, architecture, seed=seed, **train_overrides)
+    tc = sae_train_config(p, seed=seed, **train_overrides)
     sae_cfg = cfg.to_dict()
     sae_cfg.pop("input_scale")
     config = {"model": model_cfg, "sae": sae_cfg, "train": tc.to_dict(), "stream": dict(STREAM_KW),
@@ -85,15 +88,17 @@ STREAM_KW = {"tokens_per_context": None, "block_size": 1 << 17, "skip_bos": True
 
 
 def get_sae(preset=None, store: ArtifactStore | None = None, *, which: str = "A", d_sae: int | None = None,
-            architecture: str = "relu", l1_coeff: float | None = None, progress: bool = True, live=None,
+            architecture: str | None = None, l1_coeff: float | None = None, progress: bool = True, live=None,
             k: int | None = None, cache: bool = False, seed: int = 0, recipe: str | None = None,
             **train_overrides):
     """The SAE on model ``which``'s MLP activations, trained (once) on the preset's train tokens.
 
     Defaults: ``d_sae = preset.sae_main`` (A/1), ``l1_coeff = preset.l1_coeff``,
-    ``k = preset.topk_k``. ``cache=True`` keeps the harvested activations on disk (fp16) for
-    the next SAE of the same model. ``live``: e.g. a ``core.train.LivePlot()`` shown in a notebook.
-    ``recipe``: one of ``core.sae.RECIPES`` (None: the ``architecture``'s own, paper2023 or topk).
+    ``k = preset.topk_k``, the recipe ``preset.sae_recipe`` (so ``get_sae(preset)`` is A/1).
+    ``recipe``: one of ``core.sae.RECIPES``; ``architecture`` (``"relu"`` or ``"topk"``) names
+    the paper's recipe or TopK the older way. ``cache=True`` keeps the harvested activations on
+    disk (fp16) for the next SAE of the same model. ``live``: e.g. a ``core.train.LivePlot()``
+    shown in a notebook.
     """
     p, s = resolve(preset, store)
     cfg, tc, config, name = sae_artifact_config(p, which=which, d_sae=d_sae, architecture=architecture,
@@ -133,9 +138,10 @@ def get_sae(preset=None, store: ArtifactStore | None = None, *, which: str = "A"
 
 
 def get_sae_family(preset=None, store: ArtifactStore | None = None, *, which: str = "A", sizes=None,
-                   architecture: str = "relu", l1_coeff: float | None = None, progress: bool = True,
+                   architecture: str | None = None, l1_coeff: float | None = None, progress: bool = True,
                    cache: bool = False, **kw) -> dict[int, SparseAutoencoder]:
-    """A/0, A/1, ...: one SAE per dictionary size (shared lambda); ``cache=True`` harvests once (fp16)."""
+    """A/0, A/1, ...: one SAE per dictionary size, all of A/1's recipe (``preset.sae_recipe``) and
+    setting (a shared lambda or k); ``cache=True`` harvests once (fp16)."""
     p = get_preset(preset)
     sizes = tuple(sizes) if sizes is not None else p.sae_sizes
     out = {}
@@ -165,6 +171,15 @@ def topk_tokens(p: Preset) -> int:
     reconstructs better than A/1 with 59 dead latents of 4,096; at lr 3.5e-4 the same budget
     left 68% dead (benchmarks/RESULTS.md)."""
     return p.sae_tokens if p.side_runs_full else max(p.sae_batch, p.sae_tokens // 4)
+
+
+def get_paper_sae(preset=None, store: ArtifactStore | None = None, *, which: str = "A", progress: bool = True,
+                  live=None, **kw) -> SparseAutoencoder:
+    """The paper's recipe (``paper2023``: ReLU + L1, resampling) at A/1's width and on A/1's tokens:
+    the dictionary every comparison with the paper is made with (notebook 01 trains it live,
+    notebooks 02 and 03 set it beside A/1). Where ``preset.sae_recipe`` is ``paper2023`` (the
+    ``paper`` preset) this is A/1 itself."""
+    return get_sae(preset, store, which=which, recipe="paper2023", progress=progress, live=live, **kw)
 
 
 def get_topk_sae(preset=None, store: ArtifactStore | None = None, *, which: str = "A", progress: bool = True,

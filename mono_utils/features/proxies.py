@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..build.indexes import get_index, get_topk_index
+from ..build.indexes import get_index, get_paper_index, get_topk_index
 from ..build.models import get_tokenizer
 from ..build.presets import resolve
 from ..core.index import ActivationIndex
@@ -373,21 +373,26 @@ def cached_proxy_table(index: ActivationIndex, tokenizer, store=None, *, min_tok
     return frame_from_json(meta["table"]), masks
 
 
+PROXY_DICTIONARIES = ("main", "paper2023", "topk")
+
+
 def get_proxy_table(preset=None, store=None, *, index: ActivationIndex | None = None, tokenizer=None,
-                    architecture: str = "relu", progress: bool = True):
+                    dictionary: str = "main", progress: bool = True):
     """``(table, masks)`` of model A's index, saved into the SAE's and the index's metrics.json.
 
-    ``architecture``: ``"relu"`` for A/1 (the paper's recipe), ``"topk"`` for notebook 01's TopK
-    SAE of the same width (``index.get_topk_index``). The build stages and notebook 02 call
-    this; pass the ``index`` and ``tokenizer`` already loaded to skip loading them again.
-    Needs: tokenizer, model A, the SAE and its index (built if missing).
+    ``dictionary``: ``"main"`` for A/1 (the preset's recipe, ``preset.sae_recipe``), ``"paper2023"``
+    for the paper's recipe at A/1's width and tokens (``indexes.get_paper_index``; A/1 itself on
+    ``paper``), ``"topk"`` for notebook 01's TopK SAE (``indexes.get_topk_index``). The build stages
+    and notebook 02 call this; pass the ``index`` and ``tokenizer`` already loaded to skip loading
+    them again. Needs: tokenizer, model A, the SAE and its index (built if missing).
     """
     p, s = resolve(preset, store)
-    if architecture not in ("relu", "topk"):
-        raise ValueError(f"unknown architecture {architecture!r}: choose 'relu' (A/1) or 'topk'")
+    if dictionary not in PROXY_DICTIONARIES:
+        raise ValueError(f"unknown dictionary {dictionary!r}: choose one of {PROXY_DICTIONARIES} "
+                         f"('main' is A/1, of the preset's recipe {p.sae_recipe!r})")
     if index is None:
-        index = get_index(p, which="A", store=s, progress=progress) if architecture == "relu" else \
-            get_topk_index(p, which="A", store=s, progress=progress)
+        index = {"main": get_index, "paper2023": get_paper_index,
+                 "topk": get_topk_index}[dictionary](p, which="A", store=s, progress=progress)
     if tokenizer is None:
         tokenizer = get_tokenizer(p, s)
     table, masks = cached_proxy_table(index, tokenizer, s, progress=progress)

@@ -428,7 +428,6 @@ def compare_models(model_a, model_b, sae_a, sae_b, tokens: np.ndarray, labels: d
 
 def _attribution_sim(acts_a, acts_b, lw_a, lw_b, match, tokens, live, chunk: int = 65536) -> np.ndarray:
     """Correlation over tokens of f_i * logit_weight_i[next token] between A features and their matches."""
-    n_ctx = tokens.shape[1]
     nxt = np.concatenate([tokens[:, 1:], np.zeros((len(tokens), 1), tokens.dtype)], 1).reshape(-1).astype(np.int64)
     keep = np.ones(tokens.shape, bool)
     keep[:, -1] = False

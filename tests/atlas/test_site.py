@@ -117,6 +117,7 @@ def test_token_table_is_the_mean_over_every_occurrence(smoke_a):
 def test_parse_sae_option(smoke_preset):
     p = smoke_preset
     assert site.parse_sae_option("TopK", p) == "topk"
+    assert site.parse_sae_option("paper2023", p) == site.parse_sae_option("A/1 paper2023", p) == "paper2023"
     assert site.parse_sae_option("b/1", p) == "B/1"
     assert site.parse_sae_option(f"A/{p.sae_main}", p) == "A/1"
     assert site.parse_sae_option(f"A/{p.sae_sizes[0]}", p) == f"A/{p.sae_sizes[0]}"

@@ -39,9 +39,33 @@ def test_paper_dry_has_the_papers_shapes_and_smaller_budgets():
     from mono_utils.build.presets import DRY_EVAL_SCALE, DRY_SCALE
     paper, dry = get_preset("paper"), get_preset("paper-dry")
     for f in ("vocab_size", "d_model", "n_heads", "d_mlp", "n_ctx", "sae_sizes", "sae_main", "topk_k",
-              "l1_coeff", "model_batch", "sae_schedule", "side_runs_full", "autointerp_units", "seeds"):
+              "l1_coeff", "model_batch", "sae_schedule", "sae_recipe", "side_runs_full", "autointerp_units", "seeds"):
         assert getattr(dry, f) == getattr(paper, f), f
     assert max(dry.sae_sizes) == 131072
     assert dry.sae_tokens < paper.sae_tokens // DRY_SCALE and dry.model_tokens <= paper.model_tokens // DRY_SCALE
     for f in ("eval_tokens", "density_tokens", "index_tokens", "universality_tokens"):
         assert getattr(dry, f) == getattr(paper, f) // DRY_EVAL_SCALE, f
+
+
+def test_sae_recipe_is_validated_and_names_the_choices():
+    with pytest.raises(ValueError, match="sae_recipe must be one of .*batchtopk"):
+        get_preset("smoke").replace(sae_recipe="gated")
+
+
+def test_a1_takes_the_presets_recipe_and_the_papers_stays_addressable():
+    """Issue 16: get_sae(preset) with no recipe is A/1 of preset.sae_recipe (BatchTopK on default,
+    at k = topk_k); the paper's recipe is the same artifact whether asked for by name or by
+    architecture, and on the paper preset it is A/1 itself."""
+    from mono_utils.build.saes import sae_artifact_config
+    from mono_utils.store.artifacts import config_hash
+    p = get_preset("default")
+    cfg, _, config, name = sae_artifact_config(p, which="A")
+    assert p.sae_recipe == "batchtopk" and cfg.recipe_name == "batchtopk" and cfg.k == p.topk_k
+    assert name == "saeA-4096-batchtopk-default"
+    paper = [config_hash(sae_artifact_config(p, which="A", **kw)[2]) for kw in
+             (dict(recipe="paper2023"), dict(architecture="relu"))]
+    assert paper[0] == paper[1] != config_hash(config)
+    pp = get_preset("paper")
+    assert pp.sae_recipe == "paper2023"
+    assert config_hash(sae_artifact_config(pp, which="A")[2]) == config_hash(
+        sae_artifact_config(pp, which="A", recipe="paper2023")[2])

@@ -34,12 +34,24 @@ HASHES_F2F4792 = {
 }
 
 
+# What changed in the presets since, on purpose (issue 16): default's k (the TopK side run's) was 24
+PRESETS_F2F4792 = {"default": {"topk_k": 24}}
+
+
+def _preset_then(name):
+    return get_preset(name).replace(**PRESETS_F2F4792.get(name, {}))
+
+
 def _kwargs(preset, which, what):
-    p = get_preset(preset)
-    if what is None:
-        return dict(which=which)
+    p = _preset_then(preset)
     if what == "topk":
         return dict(which=which, architecture="topk", total_tokens=topk_tokens(p))
+    return dict(_relu_kwargs(p, which, what), architecture="relu")   # A/1 was the paper's recipe then
+
+
+def _relu_kwargs(p, which, what):
+    if what is None:
+        return dict(which=which)
     if what in SWEEP_MULTIPLIERS:
         return dict(which=which, l1_coeff=p.l1_coeff * what, total_tokens=max(p.sae_batch, p.sae_tokens // 4))
     if what == "seed1":
@@ -57,7 +69,7 @@ def test_todays_artifacts_keep_their_config_hashes(key, monkeypatch):
     assert corpus_v4(get_preset("smoke"))["version"] == 4
     monkeypatch.setattr(models, "corpus_config", lambda p: dict(corpus_v4(p), version=3))
     preset, which, what = key
-    p = get_preset(preset)
+    p = _preset_then(preset)
     kw = _kwargs(preset, which, what)
     _, _, config, _ = sae_artifact_config(p, **kw)
     assert config_hash(config) == HASHES_F2F4792[key]

@@ -168,8 +168,8 @@ def test_best_unit_is_the_best_detector_not_the_best_correlated():
     assert m["proxies_feature_wins"] == "0/1" and m["proxies_feature_wins_by_metric"]["auroc"] == "0/1"
     wt = px.win_table({"one SAE": table, "another": table})
     assert list(wt.index) == ["one SAE", "another"] and list(wt.columns) == list(px.WIN_METRICS.values())
-    with pytest.raises(ValueError, match="unknown architecture"):
-        px.get_proxy_table("smoke", index=idx, tokenizer=None, architecture="gated")
+    with pytest.raises(ValueError, match="unknown dictionary 'gated'.*paper2023"):
+        px.get_proxy_table("smoke", index=idx, tokenizer=None, dictionary="gated")
     fig = pp.proxy_figure(idx, table, "s1", {"s1": y})
     assert any(sh.type == "line" for sh in fig.layout.shapes)   # the threshold is drawn
     assert list(table.specificity_at_feature_sensitivity) == [1.0, 1.0]

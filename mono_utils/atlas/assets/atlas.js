@@ -127,12 +127,14 @@
     if (key === 'B1') return 'B/1';
     if (key === 'BN') return 'B neurons';
     if (key === 'A1topk') return 'A/1 TopK';
+    if (key === 'A1paper') return 'A/1 paper2023';
     if (/^Af\d+$/.test(key)) return 'A family ' + int(key.slice(2));
     return key;
   }
   function setOption(key) {
     if (key === 'B1' || key === 'BN') return '--sae B/1';
     if (key === 'A1topk') return '--sae topk';
+    if (key === 'A1paper') return '--sae paper2023';
     if (/^Af\d+$/.test(key)) return '--sae A/' + key.slice(2);
     return '';
   }
