@@ -307,10 +307,15 @@ def _stored_metrics(name: str, sae, keys=()) -> dict:
 RECIPE_TABLE_KEYS = ("train_tokens", "l0", "loss_recovered", "loss_recovered_mean", "fvu", "dead", "ultralow")
 
 
-def recipe_table(runs: dict):
+def recipe_table(runs: dict, reference_cutoff: float | None = None):
     """One row per recipe of ``runs`` (``get_recipe_runs``), read from each SAE's metrics.json:
     training tokens, sparsity setting, L0, loss recovered (zero / mean ablation), FVU, dead, ultralow,
-    and the share of the dictionary that the two leave out of every analysis."""
+    and the share of the dictionary that the two leave out of every analysis.
+
+    "ultralow" is each SAE's own located cluster (``metrics.ultralow_threshold``: a low mode of the
+    density histogram whose encoders are nearly parallel, the paper's signature; 1e-5 where there is
+    none). ``reference_cutoff`` (e.g. the paper's recipe's located cutoff) adds the other reading:
+    the share dead or live below that one density for every row, cluster or not."""
     import pandas as pd  # lazy: pandas is heavy, and only notebook views need it (not the build's workers)
     rows = []
     for name, sae in runs.items():
@@ -323,6 +328,12 @@ def recipe_table(runs: dict):
                      "loss recovered (mean abl.)": m["loss_recovered_mean"], "FVU": m["fvu"],
                      "dead": int(m["dead"]), "ultralow": int(m["ultralow"]),
                      "dead + ultralow share": (int(m["dead"]) + int(m["ultralow"])) / d_sae})
+        if reference_cutoff is not None:
+            if not (Path(sae.folder) / "feature_density.safetensors").exists():
+                raise ValueError(f"recipe {name!r}: {sae.folder} has no feature_density.safetensors: an older "
+                                 f"build wrote it; delete that folder and build it again")
+            dens = feature_density(sae)
+            rows[-1][f"dead + below {reference_cutoff:.2g} share"] = float((dens < reference_cutoff).float().mean())
     return pd.DataFrame(rows).set_index("recipe")
 
 

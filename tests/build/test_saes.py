@@ -11,6 +11,7 @@ import pytest
 from mono_utils.build.saes import (
     ANTHROPIC2024_L1_SCALE,
     RECIPE_CURVES,
+    feature_density,
     get_recipe_runs,
     get_topk_sae,
     recipe_curves_figure,
@@ -88,6 +89,13 @@ def test_table_reads_each_recipes_stored_metrics(recipe_runs):
         assert row["setting"] == (f"k {s.cfg.k}" if "topk" in name else f"lambda {s.cfg.l1_coeff:.3g}")
     # the recipes differ, and the table shows it (not one SAE's figures four times)
     assert t["FVU"].nunique() == len(runs)
+    # the second reading of "wasted": dead or below one shared density, from each stored density
+    cut = 3e-3
+    t2 = recipe_table(runs, reference_cutoff=cut)
+    for name, s in runs.items():
+        dens = feature_density(s)
+        assert t2.loc[name, f"dead + below {cut:.2g} share"] == pytest.approx(float((dens < cut).float().mean()))
+        assert t2.loc[name, "dead + ultralow share"] == t.loc[name, "dead + ultralow share"]
 
 
 def test_density_figure_overlays_each_stored_histogram(recipe_runs):
