@@ -27,7 +27,7 @@ browser-deps:
 run: env
 	$(BIN)/python -m mono_utils build --preset $(PRESET) --jobs 2
 	$(BIN)/python -m mono_utils run-notebooks --preset $(PRESET)
-	$(BIN)/python -m mono_utils atlas --preset $(PRESET) --sae B/1 --out runs/$(PRESET)/atlas
+	$(BIN)/python -m mono_utils atlas --preset $(PRESET) --sae B/1 --sae paper2023 --out runs/$(PRESET)/atlas
 
 # The whole test suite: unit tests, every notebook on `smoke`, real-browser widget tests
 test: env browser-deps
