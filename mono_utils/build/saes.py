@@ -67,6 +67,10 @@ def sae_artifact_config(p: Preset, *, which: str = "A", d_sae: int | None = None
         train_overrides = {**RECIPES[recipe]["train"], **train_overrides}
     else:
         sae_fields = {}
+    if l1_coeff is not None and architecture in ("topk", "batchtopk"):
+        # A/1's recipe may be a k one (preset.sae_recipe): a lambda would be ignored, the SAE built is not the one asked for
+        raise ValueError(f"l1_coeff={l1_coeff!r} has no effect on a {architecture} SAE (k sets its sparsity): pass "
+                         f"recipe='paper2023' or 'anthropic2024' for an L1 SAE, or k=... for this one")
     d_sae = d_sae or p.sae_main
     model_cfg = model_artifact_config(p, which)
     cfg = SAEConfig(d_in=p.d_mlp, d_sae=d_sae, architecture=architecture,
@@ -242,15 +246,16 @@ SWEEP_MULTIPLIERS = (0.5, 2.0)
 
 def get_lambda_sweep(preset=None, store: ArtifactStore | None = None, *, which: str = "A",
                      multipliers=SWEEP_MULTIPLIERS, progress: bool = True) -> dict[float, SparseAutoencoder]:
-    """The small L0 vs loss-recovered sweep of notebook 01: lambda x each multiplier, a quarter of
-    the main run's tokens (the paper preset: all of them).
+    """The small L0 vs loss-recovered sweep of notebook 01: the paper's recipe at lambda x each
+    multiplier, a quarter of the main run's tokens (the paper preset: all of them).
 
     One definition shared by the notebook and ``python -m mono_utils build`` so both name the
     same artifacts.
     """
     p = get_preset(preset)
     tokens = p.sae_tokens if p.side_runs_full else max(p.sae_batch, p.sae_tokens // 4)
-    return {m: get_sae(p, store, which=which, l1_coeff=p.l1_coeff * m, progress=progress, total_tokens=tokens)
+    return {m: get_sae(p, store, which=which, recipe="paper2023", l1_coeff=p.l1_coeff * m, progress=progress,
+                       total_tokens=tokens)
             for m in multipliers}
 
 

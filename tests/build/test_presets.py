@@ -69,3 +69,17 @@ def test_a1_takes_the_presets_recipe_and_the_papers_stays_addressable():
     assert pp.sae_recipe == "paper2023"
     assert config_hash(sae_artifact_config(pp, which="A")[2]) == config_hash(
         sae_artifact_config(pp, which="A", recipe="paper2023")[2])
+
+
+def test_a_lambda_on_a_k_recipe_is_refused_and_the_sweep_stays_the_papers(monkeypatch):
+    """A lambda passed to an SAE of a k recipe would be ignored: the SAE built would not be the one
+    asked for (the lambda sweep once trained three identical BatchTopK SAEs that way)."""
+    from mono_utils.build import saes
+    p = get_preset("default")
+    with pytest.raises(ValueError, match="no effect on a batchtopk SAE.*recipe='paper2023'"):
+        saes.sae_artifact_config(p, which="A", l1_coeff=1e-3)
+    seen = []
+    monkeypatch.setattr(saes, "get_sae", lambda *a, **kw: seen.append(kw) or kw)
+    saes.get_lambda_sweep(p)
+    assert [kw["recipe"] for kw in seen] == ["paper2023"] * len(saes.SWEEP_MULTIPLIERS)
+    assert sorted(kw["l1_coeff"] for kw in seen) == sorted(p.l1_coeff * m for m in saes.SWEEP_MULTIPLIERS)
