@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -312,6 +313,16 @@ class ActivationIndex:
         if kind not in self.units:
             raise ValueError(f"this index holds no {kind}s (it has {', '.join(self.units)}); rebuild it with an SAE")
         return self.units[kind]
+
+    def release_pages(self) -> None:
+        """Hand the memory-mapped entries' pages back to the OS (they are re-read from the file,
+        usually the page cache, when next touched): a reader that walks several indexes in turn
+        (the atlas) then holds one index's pages at a time, not all of them."""
+        for us in self.units.values():
+            for arr in (us.pos, us.val):
+                mm = getattr(arr, "_mmap", None)
+                if mm is not None and hasattr(mmap, "MADV_DONTNEED"):
+                    mm.madvise(mmap.MADV_DONTNEED)
 
     def n_units(self, kind: str) -> int:
         return int(len(self._u(kind).count))
