@@ -1,4 +1,5 @@
-"""The suite's SAEs as artifacts: ``get_sae(preset)`` (A/1) and ``get_sae_family(preset)`` (A/0..),
+"""The suite's SAEs as artifacts: ``get_sae(preset)`` (A/1, of ``preset.sae_recipe``), ``get_paper_sae(preset)``
+(the paper's recipe at A/1's size) and ``get_sae_family(preset)`` (A/0..),
 and ``get_recipe_runs(preset)``: the four recipes of ``core.sae.RECIPES`` side by side (notebook 01),
 with the views that read them (``recipe_table``, ``recipe_density_figure``, ``recipe_curves_figure``).
 
@@ -171,9 +172,9 @@ def family_tokens(p: Preset, d_sae: int) -> int:
 
 def topk_tokens(p: Preset) -> int:
     """TopK trains on a quarter of the main run's tokens (not on ``paper``): it only serves the
-    side-by-side comparison, and the suite's time budget is tight. On default (lr 1e-3) it still
-    reconstructs better than A/1 with 59 dead latents of 4,096; at lr 3.5e-4 the same budget
-    left 68% dead (benchmarks/RESULTS.md)."""
+    side-by-side comparison of notebook 01 (and the recipes at matched tokens), and the suite's time
+    budget is tight. On default at k 18 that budget leaves 28% of its latents dead (at k 24, 0.8%;
+    README, "SAE recipes")."""
     return p.sae_tokens if p.side_runs_full else max(p.sae_batch, p.sae_tokens // 4)
 
 
