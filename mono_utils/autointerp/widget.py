@@ -8,11 +8,9 @@ import pandas as pd
 
 from .backends import get_backend
 from .run import score_all, summarize
-from .scores import SCORES
+from .scores import KIND_LABELS, SCORES
 
-GROUPS = {"feature": "features", "neuron": "neurons", "randomized": "randomized-transformer features",
-          "neuron_at_density": "neurons at the features' density",
-               "feature_paper2023": "features of the paper's recipe (paper2023)"}
+GROUPS = KIND_LABELS   # one name per kind of unit, shared with the score tables
 PAPER_LOGIT = {"feature": 0.74, "neuron": 0.53, "randomized": 0.50}
 COLOURS = {"feature": "#1f77b4", "neuron": "#d62728", "randomized": "#7f7f7f", "neuron_at_density": "#ff7f0e",
            "feature_paper2023": "#2ca02c"}

@@ -194,3 +194,16 @@ def test_interval_samples_equal_the_reference(mode):
             ex = sorted([(int(pos[j]) // n_ctx, int(pos[j]) % n_ctx, float(val[j])) for j in pick], key=lambda e: -e[2])
             want.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "n": int(len(members)), "examples": ex})
         assert idx.interval_samples("neuron", unit, 11, 3, seed=5, mode=mode) == want
+
+
+def test_release_pages_keeps_every_entry_readable(tiny_index):
+    """The atlas hands an index's memory-mapped pages back after writing it: the entries must read
+    the same afterwards (re-read from the file), and the arrays must really be memory-mapped."""
+    idx, _, _ = tiny_index
+    assert getattr(idx.units["feature"].pos, "_mmap", None) is not None, "entries are not memory-mapped"
+    before = {(k, u): tuple(np.array(a) for a in idx.unit_entries(k, u)) for k in ("feature", "neuron")
+              for u in range(idx.n_units(k))}
+    idx.release_pages()
+    for (k, u), arrays in before.items():
+        for a, b in zip(arrays, idx.unit_entries(k, u)):
+            np.testing.assert_array_equal(a, np.asarray(b))
