@@ -36,7 +36,7 @@ test: env browser-deps
 test-fast: env
 	$(BIN)/python -m pytest -q -m "not slow and not browser"
 
-# The paper preset's shapes end to end on a CPU (token budgets cut, mono_utils/build/presets.py): every stage in its own
+# The paper preset's shapes end to end on a CPU (token budgets cut, mono_utils/pipeline/presets.py): every stage in its own
 # process, timed, with its peak memory; a separate CI step, not part of `make test`
 paper-dry: env
 	$(BIN)/python benchmarks/paper_dry.py --artifacts data/artifacts-paper-dry

@@ -26,7 +26,7 @@ def main() -> int:
     from mono_utils.autointerp import run as R
     from mono_utils.autointerp.experiments import ceiling_table
     from mono_utils.store.artifacts import ArtifactStore
-    from mono_utils.build.presets import get_preset
+    from mono_utils.pipeline.presets import get_preset
     ap = argparse.ArgumentParser()
     ap.add_argument("--units", type=int, default=100)
     ap.add_argument("--preset", default="default")

@@ -21,7 +21,7 @@ import time
 
 from mono_utils.autointerp import run as R
 from mono_utils.autointerp.scores import SCORES, score_summary
-from mono_utils.build.presets import get_preset
+from mono_utils.pipeline.presets import get_preset
 from mono_utils.store.artifacts import ArtifactStore
 
 

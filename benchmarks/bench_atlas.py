@@ -28,7 +28,7 @@ def warm(preset, store, saes) -> None:
     """Build (not timed) whatever the atlas reads, so that the timed run only gathers and writes."""
     from mono_utils.atlas import site
     from mono_utils.autointerp.run import get_offline_scores
-    from mono_utils.build.saes import get_sae_family
+    from mono_utils.pipeline.saes import get_sae_family
     from mono_utils.splitting.family import get_family_analysis
     from mono_utils.steering.catalog import get_feature_catalog
     from mono_utils.universality.cache import get_comparison
@@ -79,7 +79,7 @@ def screenshot(out: Path, path: Path) -> dict:
 
 def main() -> int:
     from mono_utils.atlas import site
-    from mono_utils.build.presets import get_preset
+    from mono_utils.pipeline.presets import get_preset
     from mono_utils.store.artifacts import ArtifactStore
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="default")

@@ -35,9 +35,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from mono_utils.build.models import get_model, get_tokens  # noqa: E402
-from mono_utils.build.presets import resolve  # noqa: E402
-from mono_utils.build.saes import sae_artifact_config  # noqa: E402
+from mono_utils.pipeline.models import get_model, get_tokens  # noqa: E402
+from mono_utils.pipeline.presets import resolve  # noqa: E402
+from mono_utils.pipeline.saes import sae_artifact_config  # noqa: E402
 from mono_utils.core.activations import ActivationStream  # noqa: E402
 from mono_utils.core.metrics import evaluate_sae  # noqa: E402
 from mono_utils.core.sae import SparseAutoencoder  # noqa: E402

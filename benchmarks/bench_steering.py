@@ -43,7 +43,7 @@ def main():
     import torch
     torch.set_num_threads(a.threads)
     from mono_utils.core.model import ModelConfig, build_model
-    from mono_utils.build.presets import get_preset
+    from mono_utils.pipeline.presets import get_preset
     from mono_utils.core.sae import SAEConfig, SparseAutoencoder
     from mono_utils.steering.interventions import Intervention, generate
     from mono_utils.steering.catalog import feature_catalog
@@ -52,8 +52,8 @@ def main():
     p = get_preset("default")
     model = sae = tok = None
     if a.trained:
-        from mono_utils.build import models as pipeline
-        from mono_utils.build.saes import get_sae
+        from mono_utils.pipeline import models as pipeline
+        from mono_utils.pipeline.saes import get_sae
         model, tok = pipeline.get_model(p, which="A"), pipeline.get_tokenizer(p)
         sae = get_sae(p, which="A")
     if model is None:

@@ -24,9 +24,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mono_utils.autointerp.run import get_offline_scores, summarize  # noqa: E402
-from mono_utils.build.models import get_model, get_tokenizer, get_tokens  # noqa: E402
-from mono_utils.build.presets import get_preset  # noqa: E402
-from mono_utils.build.saes import feature_density, get_paper_sae, get_sae, sae_metrics  # noqa: E402
+from mono_utils.pipeline.models import get_model, get_tokenizer, get_tokens  # noqa: E402
+from mono_utils.pipeline.presets import get_preset  # noqa: E402
+from mono_utils.pipeline.saes import feature_density, get_paper_sae, get_sae, sae_metrics  # noqa: E402
 from mono_utils.features.proxies import get_proxy_table, win_counts  # noqa: E402
 from mono_utils.steering.catalog import demo_effects, get_feature_catalog  # noqa: E402
 from mono_utils.store.artifacts import ArtifactStore  # noqa: E402

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from mono_utils.store.artifacts import ArtifactStore, read_json
-from mono_utils.build.presets import get_preset
+from mono_utils.pipeline.presets import get_preset
 
 
 def digest(folder: Path) -> str:

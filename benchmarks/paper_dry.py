@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mono_utils.build.presets import get_preset  # noqa: E402
+from mono_utils.pipeline.presets import get_preset  # noqa: E402
 from mono_utils.stages import build_stages  # noqa: E402
 from mono_utils.store.artifacts import ArtifactStore  # noqa: E402
 

@@ -18,9 +18,9 @@ import numpy as np
 
 from mono_utils.atlas.site import NotBuilt, ReadOnlyStore
 from mono_utils.autointerp.run import get_offline_scores, summarize
-from mono_utils.build.models import get_model, model_metrics
-from mono_utils.build.presets import get_preset
-from mono_utils.build.saes import (get_lambda_sweep, get_paper_sae, get_recipe_runs, get_sae, get_sae_family,
+from mono_utils.pipeline.models import get_model, model_metrics
+from mono_utils.pipeline.presets import get_preset
+from mono_utils.pipeline.saes import (get_lambda_sweep, get_paper_sae, get_recipe_runs, get_sae, get_sae_family,
                                   get_topk_sae, sae_metrics)
 from mono_utils.features.proxies import get_proxy_table, win_counts
 from mono_utils.splitting.family import get_family_analysis

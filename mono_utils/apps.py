@@ -16,10 +16,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .build.indexes import get_index
-from .build.models import get_model, get_tokenizer, get_tokens
-from .build.presets import get_preset
-from .build.saes import get_sae
+from .pipeline.indexes import get_index
+from .pipeline.models import get_model, get_tokenizer, get_tokens
+from .pipeline.presets import get_preset
+from .pipeline.saes import get_sae
 from .features.rating import RatingSession
 from .features.widgets import RatingWidget, make_renderer
 from .steering.catalog import DEMO_PROMPT, feature_catalog

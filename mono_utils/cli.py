@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from .build.parallel import run_parallel
-from .build.presets import PRESETS, validate
+from .pipeline.parallel import run_parallel
+from .pipeline.presets import PRESETS, validate
 from .notebooks import execute_notebook, format_table, notebook_paths
 from .store.artifacts import ArtifactStore, repo_root
 from .store.bundle import export_bundle, import_bundle

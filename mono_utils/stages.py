@@ -1,15 +1,15 @@
 """The build's stage graph: every artifact the notebooks need, in order, with what each needs first.
 
 It names artifacts of every lesson, so it sits above them (with the CLI), while each recipe lives
-in its own package: ``build`` for the corpus, models, SAEs and indexes, each lesson for its
+in its own package: ``pipeline`` for the corpus, models, SAEs and indexes, each lesson for its
 analyses.
 """
 from __future__ import annotations
 
 from .autointerp.run import get_offline_scores, get_randomized_index, get_randomized_sae
-from .build.indexes import get_index, get_paper_index
-from .build.models import get_corpus_dir, get_model, get_tokenizer, get_tokens
-from .build.saes import get_lambda_sweep, get_paper_sae, get_recipe_runs, get_sae, get_sae_family, get_topk_sae
+from .pipeline.indexes import get_index, get_paper_index
+from .pipeline.models import get_corpus_dir, get_model, get_tokenizer, get_tokens
+from .pipeline.saes import get_lambda_sweep, get_paper_sae, get_recipe_runs, get_sae, get_sae_family, get_topk_sae
 from .features.proxies import get_proxy_table
 from .splitting.family import get_family_analysis, get_umap_layout
 from .steering.catalog import get_feature_catalog

@@ -22,25 +22,25 @@ def smoke_store(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def smoke_preset():
-    from mono_utils.build.presets import get_preset
+    from mono_utils.pipeline.presets import get_preset
     return get_preset("smoke")
 
 
 @pytest.fixture(scope="session")
 def smoke_tokens(smoke_preset, smoke_store):
-    from mono_utils.build import models as pipeline
+    from mono_utils.pipeline import models as pipeline
     return pipeline.get_tokens(smoke_preset, smoke_store)
 
 
 @pytest.fixture(scope="session")
 def smoke_tokenizer(smoke_preset, smoke_store):
-    from mono_utils.build import models as pipeline
+    from mono_utils.pipeline import models as pipeline
     return pipeline.get_tokenizer(smoke_preset, smoke_store)
 
 
 @pytest.fixture(scope="session")
 def smoke_model(smoke_preset, smoke_store):
-    from mono_utils.build import models as pipeline
+    from mono_utils.pipeline import models as pipeline
     return pipeline.get_model(smoke_preset, smoke_store, which="A", progress=False)
 
 

@@ -48,7 +48,7 @@ def test_errors_are_one_line(tmp_path, capsys, monkeypatch):
 
 
 def test_stage_dependencies_cover_every_stage_in_order():
-    from mono_utils.build.presets import get_preset
+    from mono_utils.pipeline.presets import get_preset
     from mono_utils.store.artifacts import ArtifactStore
     names = [n for n, _ in stages.build_stages(get_preset("smoke"), ArtifactStore("/nonexistent"))]
     assert set(names) == set(stages.STAGE_DEPS)

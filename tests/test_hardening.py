@@ -341,7 +341,7 @@ def test_h11_non_finite_logits_stop_both_steering_backends_alike(tmp_path):
 
 # ---------------------------------------------------------------- H12-H17: CLI, store, apps
 def test_h12_an_empty_mono_preset_means_the_default(monkeypatch):
-    from mono_utils.build.presets import get_preset
+    from mono_utils.pipeline.presets import get_preset
     from mono_utils.cli import make_parser
     monkeypatch.setenv("MONO_PRESET", "")
     assert make_parser().parse_args(["build"]).preset == "default"
@@ -410,7 +410,7 @@ def test_h14_killing_the_jobs_parent_stops_its_workers(tmp_path, sig):
 
 
 def test_h15_parallel_build_logs_go_beside_the_store(tmp_path, monkeypatch):
-    from mono_utils.build import parallel as build_parallel
+    from mono_utils.pipeline import parallel as build_parallel
     calls = []
 
     class FakeProc:

@@ -3,7 +3,7 @@
 Every module's imports of the package are parsed (``ast``), wherever they sit in the file, so a
 lazy import inside a function counts too. Layers, lowest first::
 
-    store  <  core  <  build  <  features (02) < autointerp (03) < universality (04)
+    store  <  core  <  pipeline  <  features (02) < autointerp (03) < universality (04)
            <  splitting (05) < steering (06)  <  top (cli, stages, apps, notebooks, ...)
 
 A lesson package may use the lessons before it (as the notebooks build on each other), never
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "mono_utils"
-LAYERS = ["store", "core", "build", "features", "autointerp", "universality", "splitting", "steering"]
+LAYERS = ["store", "core", "pipeline", "features", "autointerp", "universality", "splitting", "steering"]
 TOP = len(LAYERS)   # modules straight under mono_utils/ and packages not listed (atlas, lessons)
 
 
@@ -140,9 +140,9 @@ def _write(root: Path, files: dict[str, str]) -> Path:
     # a circle inside core, through a lazy import in a function
     ({"__init__.py": "", "core/__init__.py": "", "core/a.py": "from .b import x\n",
       "core/b.py": "def f():\n    from .a import y\n"}, "cycle"),
-    # core reaching up to build
-    ({"__init__.py": "", "core/__init__.py": "", "build/__init__.py": "", "core/a.py": "from ..build.m import g\n",
-      "build/m.py": "g = 1\n"}, "up"),
+    # core reaching up to pipeline
+    ({"__init__.py": "", "core/__init__.py": "", "pipeline/__init__.py": "", "core/a.py": "from ..pipeline.m import g\n",
+      "pipeline/m.py": "g = 1\n"}, "up"),
     # a lesson reaching a later lesson
     ({"__init__.py": "", "features/__init__.py": "", "steering/__init__.py": "",
       "features/d.py": "from ..steering import catalog\n", "steering/catalog.py": ""}, "up"),
@@ -179,12 +179,12 @@ def notebook_imports(path: Path) -> list[str]:
 
 @pytest.mark.parametrize("path", sorted((PKG.parent / "notebooks").glob("*.ipynb")), ids=lambda p: p.name)
 def test_notebooks_import_from_their_lesson_package(path):
-    """Notebook NN calls into its own lesson package (and the lessons before it) above store, core and build."""
+    """Notebook NN calls into its own lesson package (and the lessons before it) above store, core and pipeline."""
     lesson = NOTEBOOK_LESSON[path.name[:2]]
-    ceiling = LAYERS.index(lesson) if lesson else LAYERS.index("build")
+    ceiling = LAYERS.index(lesson) if lesson else LAYERS.index("pipeline")
     # mono_utils.lessons (the exercises' checks, notebook 03's game) serves every notebook's exercise cells
     bad = [m for m in notebook_imports(path) if layer_of(m) > ceiling and not m.startswith(EXERCISES)]
-    assert not bad, f"{path.name} imports {bad}: lesson {lesson or 'core/build'} may use only its package and lower ones"
+    assert not bad, f"{path.name} imports {bad}: lesson {lesson or 'core/pipeline'} may use only its package and lower ones"
     if lesson:
         assert any(m.split(".")[1] == lesson for m in notebook_imports(path) if m.count(".") >= 1), \
             f"{path.name} calls nothing in mono_utils/{lesson}/"

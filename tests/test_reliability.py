@@ -35,7 +35,7 @@ TABLE = REPO / "tests" / "RELIABILITY.md"
 
 # ---------------------------------------------------------------- helpers for the cases
 def _preset():
-    from mono_utils.build.presets import get_preset
+    from mono_utils.pipeline.presets import get_preset
     return get_preset("smoke")
 
 
@@ -312,14 +312,14 @@ def _llm_reply(tmp, provider, body: bytes, ctype="application/json", **kw):
 # id -> callable(tmp_path). The table's rows name the same ids.
 CASES = {
     # configs
-    "C01": lambda t: __import__("mono_utils.build.presets", fromlist=["x"]).get_preset("huge"),
+    "C01": lambda t: __import__("mono_utils.pipeline.presets", fromlist=["x"]).get_preset("huge"),
     "C02": lambda t: _preset().replace(n_heads=3),
     "C03": lambda t: _preset().replace(topk_k=10_000),
     "C04": lambda t: __import__("mono_utils.core.model", fromlist=["x"]).ModelConfig(d_vocab=0),
     "C05": lambda t: __import__("mono_utils.core.model", fromlist=["x"]).TrainConfig(tokens=0),
     "C06": lambda t: _sae_cfg(architecture="topk", k=8),
     "C07": lambda t: _sae_cfg(architecture="gated"),
-    "C08": lambda t: __import__("mono_utils.build.models", fromlist=["x"]).model_configs(_preset(), "C"),
+    "C08": lambda t: __import__("mono_utils.pipeline.models", fromlist=["x"]).model_configs(_preset(), "C"),
     "C09": _tokenizer_vocab,
     "C10": _cli_unknown_preset,
     # files

@@ -40,10 +40,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..autointerp.run import get_offline_scores
-from ..build.indexes import get_index, get_paper_index, get_topk_index
-from ..build.models import get_model, get_tokenizer
-from ..build.presets import Preset, resolve
-from ..build.saes import get_paper_sae, get_sae, get_sae_family, get_topk_sae
+from ..pipeline.indexes import get_index, get_paper_index, get_topk_index
+from ..pipeline.models import get_model, get_tokenizer
+from ..pipeline.presets import Preset, resolve
+from ..pipeline.saes import get_paper_sae, get_sae, get_sae_family, get_topk_sae
 from ..core.index import ActivationIndex
 from ..core.model import direction_logit_weights, model_config_of
 from ..features.dashboards import vocab_strings

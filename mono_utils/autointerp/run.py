@@ -26,10 +26,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..build.indexes import get_index, index_source, sae_identity
-from ..build.models import get_model, get_tokenizer, get_tokens, model_artifact_config
-from ..build.presets import resolve
-from ..build.saes import get_paper_sae, get_sae, sae_artifact_config, ultralow_cutoff, ultralow_mask
+from ..pipeline.indexes import get_index, index_source, sae_identity
+from ..pipeline.models import get_model, get_tokenizer, get_tokens, model_artifact_config
+from ..pipeline.presets import resolve
+from ..pipeline.saes import get_paper_sae, get_sae, sae_artifact_config, ultralow_cutoff, ultralow_mask
 from ..core.activations import ActivationStream
 from ..core.device import device_name, on_device, pick_device
 from ..core.index import ActivationIndex, build_index

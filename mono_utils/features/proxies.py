@@ -28,9 +28,9 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..build.indexes import get_index, get_paper_index, get_topk_index
-from ..build.models import get_tokenizer
-from ..build.presets import resolve
+from ..pipeline.indexes import get_index, get_paper_index, get_topk_index
+from ..pipeline.models import get_tokenizer
+from ..pipeline.presets import resolve
 from ..core.index import ActivationIndex
 from ..store.artifacts import ArtifactStore
 from ..store.results import cached_result, frame_from_json, frame_to_json, input_id

@@ -22,9 +22,9 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from ..build.models import get_model, get_tokenizer, get_tokens
-from ..build.presets import resolve
-from ..build.saes import get_sae_family, ultralow_mask
+from ..pipeline.models import get_model, get_tokenizer, get_tokens
+from ..pipeline.presets import resolve
+from ..pipeline.saes import get_sae_family, ultralow_mask
 from ..core.model import mlp_post, model_folder
 from ..features.dashboards import vocab_strings
 from ..store.results import cached_result, csr_from_arrays, csr_to_arrays, input_id

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..build.models import get_model, get_tokenizer, get_tokens
-from ..build.presets import resolve
-from ..build.saes import get_sae
+from ..pipeline.models import get_model, get_tokenizer, get_tokens
+from ..pipeline.presets import resolve
+from ..pipeline.saes import get_sae
 from ..core.model import mlp_post, model_folder
 from ..core.tokenizer import str_tokens
 from ..store.results import array_digest, cached_result, input_id

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from ..build.models import get_model, get_tokens
-from ..build.presets import resolve
-from ..build.saes import get_sae, ultralow_cutoff
+from ..pipeline.models import get_model, get_tokens
+from ..pipeline.presets import resolve
+from ..pipeline.saes import get_sae, ultralow_cutoff
 from ..core.model import model_folder
 from ..store.results import array_digest, cached_result, csr_from_arrays, csr_to_arrays, input_id
 from .compare import MatchResult, UniversalityResult, compare_models

@@ -11,9 +11,9 @@ import torch
 
 from mono_utils import cli
 from mono_utils.atlas import site
-from mono_utils.build.indexes import get_index
-from mono_utils.build.models import get_model, get_tokenizer, get_tokens
-from mono_utils.build.saes import get_sae
+from mono_utils.pipeline.indexes import get_index
+from mono_utils.pipeline.models import get_model, get_tokenizer, get_tokens
+from mono_utils.pipeline.saes import get_sae
 from mono_utils.core.model import direction_logit_weights, model_config_of
 from mono_utils.core.tokenizer import str_tokens
 from mono_utils.features.dashboards import dashboard_data, vocab_strings

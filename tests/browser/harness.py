@@ -458,8 +458,8 @@ class LabPage:
 def browser_artifacts(smoke_store, smoke_preset):
     """The smoke artifact store the kernels use, with the basics built up front (once)."""
     require_browser()
-    from mono_utils.build.models import get_model
-    from mono_utils.build.saes import get_sae
+    from mono_utils.pipeline.models import get_model
+    from mono_utils.pipeline.saes import get_sae
     for which in ("A", "B"):
         get_model(smoke_preset, smoke_store, which=which, progress=False)
     get_sae(smoke_preset, smoke_store, which="A")

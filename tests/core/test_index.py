@@ -3,7 +3,7 @@ import pytest
 import torch
 from _mono_standins import StandInSAE, random_tokens
 
-from mono_utils.build.saes import ultralow_cutoff, ultralow_mask
+from mono_utils.pipeline.saes import ultralow_cutoff, ultralow_mask
 from mono_utils.core.index import ActivationIndex, build_index, build_index_arrays
 from mono_utils.core.model import model_config_of
 
@@ -99,8 +99,8 @@ def test_dead_unknown_and_intervals(tiny_index):
 
 
 def test_get_index_artifact(smoke_preset, smoke_store):
-    from mono_utils.build import models as pipeline
-    from mono_utils.build.indexes import get_index
+    from mono_utils.pipeline import models as pipeline
+    from mono_utils.pipeline.indexes import get_index
     model = pipeline.get_model(smoke_preset, smoke_store, which="A", progress=False)
     sae = StandInSAE(smoke_preset.d_mlp, 64, seed=3)
     p = smoke_preset.replace(index_tokens=4096)

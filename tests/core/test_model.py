@@ -89,7 +89,7 @@ def test_unreachable_hub(monkeypatch):
 
 
 def test_smoke_model_artifact(smoke_model, smoke_tokens):
-    from mono_utils.build import models as pipeline
+    from mono_utils.pipeline import models as pipeline
     m = pipeline.model_metrics(smoke_model)
     assert m["val_loss"] < 6.0                               # uniform over 1024 tokens is 6.93
     assert set(m["val_loss_by_domain"]) == set(smoke_tokens.domain_names)

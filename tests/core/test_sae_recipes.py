@@ -8,9 +8,9 @@ import pytest
 import torch
 from _mono_standins import check_fast_gradients
 
-from mono_utils.build import models
-from mono_utils.build.presets import get_preset
-from mono_utils.build.saes import SWEEP_MULTIPLIERS, family_tokens, sae_artifact_config, topk_tokens
+from mono_utils.pipeline import models
+from mono_utils.pipeline.presets import get_preset
+from mono_utils.pipeline.saes import SWEEP_MULTIPLIERS, family_tokens, sae_artifact_config, topk_tokens
 from mono_utils.core.activations import TensorSource
 from mono_utils.core.sae import RECIPES, SAEConfig, SparseAutoencoder
 from mono_utils.core.sae_kernels import sae_grads

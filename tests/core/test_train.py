@@ -116,7 +116,7 @@ def test_bad_training_data():
 
 
 def test_get_sae_builds_an_artifact_on_smoke(smoke_preset, smoke_store):
-    from mono_utils.build.saes import feature_density, get_sae, sae_history, sae_metrics
+    from mono_utils.pipeline.saes import feature_density, get_sae, sae_history, sae_metrics
     from mono_utils.core.sae import SparseAutoencoder
     kw = dict(d_sae=256, total_tokens=40_960, store=smoke_store, progress=False)
     sae = get_sae(smoke_preset, which="A", **kw)

@@ -142,8 +142,8 @@ def test_family_analysis_and_umap_cached(smoke_preset, smoke_store, tmp_path, mo
 
     import pandas as pd
 
-    from mono_utils.build import models as pipeline
-    from mono_utils.build.saes import get_sae_family
+    from mono_utils.pipeline import models as pipeline
+    from mono_utils.pipeline.saes import get_sae_family
     from mono_utils.features.dashboards import vocab_strings
     from mono_utils.store.artifacts import ArtifactStore
     from mono_utils.universality import compare as U

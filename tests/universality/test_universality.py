@@ -253,8 +253,8 @@ def _assert_same_comparison(got, ref):
 
 
 def test_comparison_cached_in_the_store(smoke_preset, smoke_store, tmp_path, monkeypatch):
-    from mono_utils.build import models as pipeline
-    from mono_utils.build.saes import get_sae
+    from mono_utils.pipeline import models as pipeline
+    from mono_utils.pipeline.saes import get_sae
     from mono_utils.store.artifacts import ArtifactStore
     store = ArtifactStore(tmp_path)     # results here, the smoke models and SAEs from the shared store
     models = [pipeline.get_model(smoke_preset, smoke_store, which=w, progress=False) for w in "AB"]

@@ -1,6 +1,6 @@
 import pytest
 
-from mono_utils.build.presets import PRESETS, get_preset
+from mono_utils.pipeline.presets import PRESETS, get_preset
 
 
 def test_known_presets_validate():
@@ -36,7 +36,7 @@ def test_default_has_the_papers_shape():
 def test_paper_dry_has_the_papers_shapes_and_smaller_budgets():
     """Issue 21: the dry run differs from the paper preset only in its token budgets (and what
     they force: the SAE batch and lr), never in a shape or a policy."""
-    from mono_utils.build.presets import DRY_EVAL_SCALE, DRY_SCALE
+    from mono_utils.pipeline.presets import DRY_EVAL_SCALE, DRY_SCALE
     paper, dry = get_preset("paper"), get_preset("paper-dry")
     for f in ("vocab_size", "d_model", "n_heads", "d_mlp", "n_ctx", "sae_sizes", "sae_main", "topk_k",
               "l1_coeff", "model_batch", "sae_schedule", "sae_recipe", "side_runs_full", "autointerp_units", "seeds"):
@@ -56,7 +56,7 @@ def test_a1_takes_the_presets_recipe_and_the_papers_stays_addressable():
     """Issue 16: get_sae(preset) with no recipe is A/1 of preset.sae_recipe (BatchTopK on default,
     at k = topk_k); the paper's recipe is the same artifact whether asked for by name or by
     architecture, and on the paper preset it is A/1 itself."""
-    from mono_utils.build.saes import sae_artifact_config
+    from mono_utils.pipeline.saes import sae_artifact_config
     from mono_utils.store.artifacts import config_hash
     p = get_preset("default")
     cfg, _, config, name = sae_artifact_config(p, which="A")
@@ -74,7 +74,7 @@ def test_a1_takes_the_presets_recipe_and_the_papers_stays_addressable():
 def test_a_lambda_on_a_k_recipe_is_refused_and_the_sweep_stays_the_papers(monkeypatch):
     """A lambda passed to an SAE of a k recipe would be ignored: the SAE built would not be the one
     asked for (the lambda sweep once trained three identical BatchTopK SAEs that way)."""
-    from mono_utils.build import saes
+    from mono_utils.pipeline import saes
     p = get_preset("default")
     with pytest.raises(ValueError, match="no effect on a batchtopk SAE.*recipe='paper2023'"):
         saes.sae_artifact_config(p, which="A", l1_coeff=1e-3)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mono_utils.build.saes import (
+from mono_utils.pipeline.saes import (
     ANTHROPIC2024_L1_SCALE,
     RECIPE_CURVES,
     feature_density,
