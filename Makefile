@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PRESET ?= default
 
-.PHONY: env run build notebooks test test-fast paper-dry browser-deps lab clean-runs
+.PHONY: env run results build notebooks test test-fast paper-dry browser-deps lab clean-runs
 
 $(BIN)/.installed: requirements.txt pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,10 +24,18 @@ browser-deps:
 
 # Build everything on the preset, execute every notebook top to bottom (timings table at the end),
 # then write the feature atlas: a static site that opens offline (runs/<preset>/atlas/index.html)
+# Each step is timed into runs/<preset>/make-run.json (wall time, peak memory, exit status, commit, machine),
+# which `make results` reads into docs/results.md with everything the build measured
+RECORD = $(BIN)/python -m mono_utils timed --record runs/$(PRESET)/make-run.json
 run: env
-	$(BIN)/python -m mono_utils build --preset $(PRESET) --jobs 2
-	$(BIN)/python -m mono_utils run-notebooks --preset $(PRESET)
-	$(BIN)/python -m mono_utils atlas --preset $(PRESET) --sae B/1 --sae paper2023 --out runs/$(PRESET)/atlas
+	@mkdir -p runs/$(PRESET)
+	$(RECORD) --step build --log runs/$(PRESET)/build.log -- $(BIN)/python -m mono_utils build --preset $(PRESET) --jobs 2
+	$(RECORD) --step notebooks -- $(BIN)/python -m mono_utils run-notebooks --preset $(PRESET)
+	$(RECORD) --step atlas -- $(BIN)/python -m mono_utils atlas --preset $(PRESET) --sae B/1 --sae paper2023 --out runs/$(PRESET)/atlas
+
+# docs/results.md from what `make run` built and recorded (every figure the README and the lessons quote)
+results: env
+	$(BIN)/python -m mono_utils report --preset $(PRESET)
 
 # The whole test suite: unit tests, every notebook on `smoke`, real-browser widget tests
 test: env browser-deps
