@@ -16,8 +16,9 @@ few-shot demonstrations in ``mono_utils/prompts/``. Every call goes through
 * fails at once, clearly, on other 4xx replies (a bad key, an unknown model).
 
 A reply that cannot be parsed (bytes that are not UTF-8, JSON of the wrong shape, an HTML
-page with status 200, a reply longer than ``MAX_REPLY_CHARS``, text without the expected
-answer) raises :class:`~mono_utils.autointerp.ParseFailure` naming the endpoint, which the
+page with status 200, a reply longer than ``MAX_REPLY_CHARS``, a reply body over
+``MAX_REPLY_BYTES`` (counted as it arrives: an endless stream is cut off there, not read until the
+timeout), text without the expected answer) raises :class:`~mono_utils.autointerp.ParseFailure` naming the endpoint, which the
 runner counts as a failed unit; such a reply is never cached, so the next run asks again.
 API keys are read from the environment only.
 """
@@ -49,6 +50,9 @@ PROVIDERS = {
 MODEL_ENV = "MONO_AUTOINTERP_MODEL"
 RETRY_STATUS = {408, 409, 429}
 MAX_REPLY_CHARS = 100_000   # a reply longer than this is a failure (and not cached)
+# The HTTP body is counted as it arrives and the read stops here: 100 000 characters JSON-escaped
+# (\uXXXX: 6 bytes each) plus the envelope fit well inside; an endless stream stops here.
+MAX_REPLY_BYTES = 2 * 2**20
 
 
 class MissingKeyError(ValueError):
@@ -65,6 +69,55 @@ class BackendUnavailableError(ConnectionError):
 
 class _WholeCallTimeout(Exception):
     """A call took longer than the backend's timeout in all (however fast each read was)."""
+
+
+class _ReplyTooLarge(Exception):
+    """The reply's body passed ``MAX_REPLY_BYTES`` while it was being read (the read was stopped)."""
+
+
+def _capped_stream(stream, limit: int):
+    """``stream`` (an httpx2 byte stream) that raises :class:`_ReplyTooLarge` once ``limit`` bytes came."""
+    import httpx2  # lazy: only LLM runs need it (both SDKs read replies through it)
+
+    class Capped(httpx2.SyncByteStream):
+        def __iter__(self):
+            n = 0
+            for chunk in stream:
+                n += len(chunk)
+                if n > limit:
+                    raise _ReplyTooLarge(f"the reply passed {limit} bytes (the cap on a reply's size) and was "
+                                         f"cut off there")
+                yield chunk
+
+        def close(self):
+            stream.close()
+    return Capped()
+
+
+def _cap_reply(response) -> None:
+    """An httpx response hook (run before the body is read): bound the bytes a reply may hold."""
+    enc = response.headers.get("content-encoding", "identity").strip().lower()
+    if enc not in ("", "identity"):   # a compressed body could inflate past any cap on the bytes read
+        raise _ReplyTooLarge(f"the reply is compressed ({enc}) although an uncompressed one was asked for")
+    size = response.headers.get("content-length")
+    if size is not None and size.strip().isdigit() and int(size) > MAX_REPLY_BYTES:
+        raise _ReplyTooLarge(f"the reply announces {int(size)} bytes, over the {MAX_REPLY_BYTES}-byte cap on a reply")
+    response.stream = _capped_stream(response.stream, MAX_REPLY_BYTES)
+
+
+def _ask_uncompressed(request) -> None:
+    """An httpx request hook: ask for an uncompressed reply, so that the bytes counted are the bytes held."""
+    request.headers["accept-encoding"] = "identity"
+
+
+def _too_large(e: BaseException | None) -> _ReplyTooLarge | None:
+    """The :class:`_ReplyTooLarge` behind ``e`` (the SDKs wrap it as a connection error), if any."""
+    seen = 0
+    while e is not None and seen < 20:
+        if isinstance(e, _ReplyTooLarge):
+            return e
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return None
 
 
 # ---------------------------------------------------------------- prompts
@@ -245,8 +298,9 @@ class LLMBackend:
         else:
             import openai as sdk
             cls = sdk.OpenAI
+        hooks = {"request": [_ask_uncompressed], "response": [_cap_reply]}   # bytes read are bounded
         return cls(api_key=key, base_url=self.base_url, max_retries=0, timeout=self.timeout,
-                   http_client=sdk.DefaultHttpxClient(verify=self._ssl))
+                   http_client=sdk.DefaultHttpxClient(verify=self._ssl, event_hooks=hooks))
 
     def client(self):
         """A shared SDK client (each call of :meth:`complete` uses its own, so that it can be cut off)."""
@@ -276,7 +330,7 @@ class LLMBackend:
             try:
                 box["ok"] = self._request(system, messages, max_tokens, c)
             except BaseException as e:  # noqa: BLE001 - handed to the caller
-                box["err"] = e
+                box["err"] = _too_large(e) or e
         t = threading.Thread(target=run, name="mono-llm-call", daemon=True)
         t.start()
         t.join(self.timeout)
@@ -286,9 +340,10 @@ class LLMBackend:
             raise _WholeCallTimeout(f"no complete reply within {self.timeout:g}s")
         with contextlib.suppress(Exception):
             c.close()
-        if "err" in box:
-            raise box["err"]
-        return box["ok"]
+        err = box.pop("err", None)
+        if err is not None:
+            raise err
+        return box.pop("ok")
 
     def _request(self, system, messages, max_tokens, client=None) -> tuple[str, dict]:
         c = client if client is not None else self.client()
@@ -351,6 +406,10 @@ class LLMBackend:
                 raise
             except _WholeCallTimeout as e:
                 last, retry_after = str(e), None
+            except _ReplyTooLarge as e:
+                self._count(parse_failures=1)
+                raise ParseFailure(f"{self._where()}: {e}: counted as a failed unit, not cached (a reply "
+                                   f"is at most {MAX_REPLY_CHARS} characters)") from None
             except status_errors as e:
                 code = e.status_code
                 if code not in RETRY_STATUS and code < 500:
