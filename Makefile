@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PRESET ?= default
 
-.PHONY: env run results build notebooks test test-fast paper-dry browser-deps lab clean-runs
+.PHONY: env run results build notebooks test test-fast paper-dry browser-deps atlas-js lab clean-runs
 
 $(BIN)/.installed: requirements.txt pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -22,12 +22,24 @@ browser-deps:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; }
 
+# The live atlas's browser libraries (onnxruntime-web, @huggingface/tokenizers), pinned by its
+# package-lock.json; mono_utils/atlas/live.py copies them into every atlas it writes
+ATLAS_JS := mono_utils/atlas/js
+atlas-js: $(ATLAS_JS)/node_modules/.installed
+
+$(ATLAS_JS)/node_modules/.installed: $(ATLAS_JS)/package.json $(ATLAS_JS)/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nodejs npm; }
+	cd $(ATLAS_JS) && npm ci --ignore-scripts --no-audit --no-fund
+	touch $@
+
 # Build everything on the preset, execute every notebook top to bottom (timings table at the end),
 # then write the feature atlas: a static site that opens offline (runs/<preset>/atlas/index.html)
 # Each step is timed into runs/<preset>/make-run.json (wall time, peak memory, exit status, commit, machine),
 # which `make results` reads into docs/results.md with everything the build measured
-RECORD = $(BIN)/python -m mono_utils timed --record runs/$(PRESET)/make-run.json
-run: env
+RECORD = $(BIN)/python -m mono_utils.runrecord --record runs/$(PRESET)/make-run.json
+run: env atlas-js
 	@mkdir -p runs/$(PRESET)
 	$(RECORD) --step build --log runs/$(PRESET)/build.log -- $(BIN)/python -m mono_utils build --preset $(PRESET) --jobs 2
 	$(RECORD) --step notebooks -- $(BIN)/python -m mono_utils run-notebooks --preset $(PRESET)
@@ -38,7 +50,7 @@ results: env
 	$(BIN)/python -m mono_utils report --preset $(PRESET)
 
 # The whole test suite: unit tests, every notebook on `smoke`, real-browser widget tests
-test: env browser-deps
+test: env browser-deps atlas-js
 	$(BIN)/python -m pytest -q --durations=15
 
 test-fast: env
@@ -51,6 +63,22 @@ paper-dry: env
 
 lab: env
 	$(BIN)/jupyter lab notebooks/
+
+# The student's door: write the exercises (the notebooks with stubs for the solutions) into exercises/ and
+# open JupyterLab there. A student's edited exercise is never replaced: then Lab opens on what is there.
+exercises: env
+	$(BIN)/python -m mono_utils lessons --out exercises || echo "(kept the exercises above as they are)"
+	$(BIN)/jupyter lab exercises/
+
+# The class server (docs/class-server.md): JupyterHub's proxy from npm into classroom/node_modules, and the
+# hub's test (root, Unix accounts, three students at once; a CI step of its own, see .ci/run)
+hub-proxy: classroom/node_modules/.bin/configurable-http-proxy
+classroom/node_modules/.bin/configurable-http-proxy: classroom/package.json classroom/package-lock.json
+	cd classroom && npm ci --no-audit --no-fund
+	touch $@
+
+class-test: env hub-proxy
+	MONO_REQUIRE_HUB=1 $(BIN)/python -m pytest -q -s tests/test_classroom.py
 
 clean-runs:
 	rm -rf runs/

@@ -8,7 +8,7 @@ moves a number shows up as a failing test rather than as a stale sentence.
 It reads what ``make run`` left behind, and builds nothing: the artifacts (through a read-only store:
 a missing one names the stage to build), ``runs/<preset>/make-run.json`` (each step of ``make run``:
 wall time, peak memory of its largest process, exit status, commit; written by ``python -m
-mono_utils timed``), ``runs/<preset>/build.log`` (the build's per-stage table),
+mono_utils.runrecord``), ``runs/<preset>/build.log`` (the build's per-stage table),
 ``runs/<preset>/timings.md`` (each notebook's wall time and peak memory) and the atlas folder.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What ``make run`` did, step by step: wall time, peak memory, exit status, commit and machine.
 
-``python -m mono_utils timed --record runs/<preset>/make-run.json --step build -- <command>`` runs a
+``python -m mono_utils.runrecord --record runs/<preset>/make-run.json --step build -- <command>`` runs a
 command, echoes (and keeps) its output and adds the step to the record; ``mono_utils.report`` reads it
 into ``docs/results.md``. Kept apart from the report so that timing a step loads neither torch nor the
 lessons (it only runs and waits).
@@ -84,3 +84,20 @@ def run_timed(record: Path, step: str, cmd: list[str], log: Path | None = None) 
     with atomic_output(record) as tmp:
         Path(tmp).write_text(json.dumps(data, indent=1), encoding="utf-8")
     return rc
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    ap = argparse.ArgumentParser(prog="python -m mono_utils.runrecord",
+                                 description="run a command and record its wall time and peak memory (make run uses it)")
+    ap.add_argument("--record", required=True, help="JSON file of steps (e.g. runs/default/make-run.json)")
+    ap.add_argument("--step", required=True, help="the step's name; `build` starts a new record")
+    ap.add_argument("--log", default=None, help="also keep the command's output in this file")
+    ap.add_argument("cmd", nargs=argparse.REMAINDER, help="-- then the command")
+    a = ap.parse_args(argv)
+    cmd = a.cmd[1:] if a.cmd[:1] == ["--"] else a.cmd
+    return run_timed(Path(a.record), a.step, cmd, log=Path(a.log) if a.log else None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
