@@ -143,8 +143,12 @@ def _static_parts(model_id: str, snap: dict, seen: set | None = None) -> list[di
     rec, parts = snap[model_id], []
     meta = {"mono_static_fallback": True}
     if "figure" in rec:
+        title = ((rec["figure"].get("layout") or {}).get("title") or {})
+        title = title.get("text") if isinstance(title, dict) else title
         parts.append({"output_type": "display_data", "metadata": meta,
-                      "data": {PLOTLY_MIME: rec["figure"], "text/plain": [f"<{rec['name']}: its final figure>"]}})
+                      "data": {PLOTLY_MIME: rec["figure"],
+                               "text/plain": [f"plotly figure{': ' + str(title) if title else ''} "
+                                              f"(the widget's final state)"]}})
     if rec.get("html"):
         parts.append({"output_type": "display_data", "metadata": meta,
                       "data": {"text/html": [rec["html"]], "text/plain": [f"<{rec['name']}>"]}})
@@ -219,11 +223,48 @@ def prune_widget_state(nb) -> int:
     return len(drop)
 
 
+def add_figure_html(nb) -> int:
+    """Give every plotly output a ``text/html`` twin that draws it outside Jupyter (nbconvert, GitHub's
+    viewer shows the JSON as nothing); returns how many were given one. Jupyter still draws the JSON:
+    its plotly renderer ranks above HTML. The twin loads ``plotly.min.js`` from beside the page (see
+    ``core.plots.figure_html``); ``python -m mono_utils.html_export`` inlines it once per page."""
+    from .core.plots import figure_html  # lazy: plotly costs the CLI 0.7 s at start (see cli.py)
+    done = 0
+    for ci, cell in enumerate(nb.cells):
+        for oi, o in enumerate(cell.get("outputs", []) if cell.get("cell_type") == "code" else []):
+            data = o.get("data", {})
+            if PLOTLY_MIME in data and "text/html" not in data:
+                data["text/html"] = [figure_html(data[PLOTLY_MIME], div_id=f"mono-plotly-c{ci}-o{oi}")]
+                done += 1
+    return done
+
+
+def shrink_widget_state(nb, max_model_bytes: int = 200_000) -> list[str]:
+    """Drop saved widget models bigger than ``max_model_bytes`` and every reference to them; returns the
+    dropped model names. A FigureWidget's model carries plotly.js (~5 MB of ``_esm``) and its static copy
+    follows it in the outputs; without its model, a container's saved view shows the rest."""
+    key = "application/vnd.jupyter.widget-state+json"
+    state = nb.get("metadata", {}).get("widgets", {}).get(key, {}).get("state")
+    if not state:
+        return []
+    big = {m for m, rec in state.items() if len(json.dumps(rec)) > max_model_bytes}
+    dropped = [state.pop(m).get("model_name", "?") for m in sorted(big)]
+    refs = {f"IPY_MODEL_{m}" for m in big}
+    for rec in state.values():
+        for k, v in list(rec.get("state", {}).items()):
+            if isinstance(v, list) and any(x in refs for x in v if isinstance(x, str)):
+                rec["state"][k] = [x for x in v if not (isinstance(x, str) and x in refs)]
+            elif isinstance(v, str) and v in refs:
+                rec["state"][k] = None
+    return dropped
+
+
 def _run_here(path: str, out: str, timeout: str) -> int:
     """Child-process entry: execute with nbclient, save the executed copy (even on error) with a static
     fallback for every widget output."""
     import nbformat  # lazy: only to run notebooks
     from nbclient import NotebookClient  # lazy: only to run notebooks
+    from .core.plots import copy_plotly_js  # lazy: as in add_figure_html
     from nbclient.exceptions import CellExecutionError  # lazy: only to run notebooks
     nb = nbformat.read(path, as_version=4)
     t0 = time.time()
@@ -252,7 +293,10 @@ def _run_here(path: str, out: str, timeout: str) -> int:
             add_static_fallbacks(nb, _snapshot(client, len(nb.cells)))
             client.set_widgets_metadata()
             prune_widget_state(nb)
+            shrink_widget_state(nb)
     finally:
+        add_figure_html(nb)
+        copy_plotly_js(Path(out).parent)   # what the figures' HTML loads when the copy is converted beside it
         nbformat.write(nb, out)
     return code
 

@@ -18,7 +18,7 @@ import torch
 from ..core.index import ActivationIndex, _check_kind
 from ..core.model import HOOK_MLP_POST, W_U, W_out, lm_loss
 
-_VOCAB_CACHE: dict[int, list[str]] = {}
+_VOCAB_CACHE: dict = {}
 
 
 # ---------------------------------------------------------------- token strings
@@ -28,6 +28,49 @@ def vocab_strings(tokenizer, d_vocab: int | None = None) -> list[str]:
     n = d_vocab or len(tokenizer)
     if key not in _VOCAB_CACHE or len(_VOCAB_CACHE[key]) < n:
         _VOCAB_CACHE[key] = [tokenizer.decode([i], clean_up_tokenization_spaces=False) for i in range(n)]
+    return _VOCAB_CACHE[key]
+
+
+def decode_run(pieces: list[bytes]) -> list[str]:
+    """A run of tokens' bytes as each token's text, the way the atlas shows them (``decodeRun`` in
+    atlas/assets/atlas.js): byte-level BPE splits a Hebrew, Arabic or Greek letter across tokens, so the
+    run is decoded together, each character goes to the token that holds its first byte, and a byte
+    that starts no whole character shows as its hex code, ``‹d7›``, never as "�"."""
+    data = b"".join(pieces)
+    owner = [k for k, p in enumerate(pieces) for _ in p]
+    out = [""] * len(pieces)
+    i = 0
+    while i < len(data):
+        b0 = data[i]
+        n = 1 if b0 < 0x80 else 2 if b0 >> 5 == 6 else 3 if b0 >> 4 == 14 else 4 if b0 >> 3 == 30 else 0
+        try:
+            if not n or i + n > len(data):
+                raise UnicodeDecodeError("utf-8", data, i, i + 1, "no whole character starts here")
+            out[owner[i]] += data[i:i + n].decode("utf-8")
+            i += n
+        except UnicodeDecodeError:
+            out[owner[i]] += f"‹{b0:02x}›"
+            i += 1
+    return out
+
+
+def readable_tokens(tokenizer, ids) -> list[str]:
+    """The tokens ``ids`` (a run of text) as :func:`decode_run` shows them; special tokens by name."""
+    from .proxies import token_bytes  # lazy: proxies imports the pipeline (pandas, the artifact store)
+    ids = [int(i) for i in ids]
+    table, vocab = token_bytes(tokenizer), vocab_strings(tokenizer)
+    pieces = [table[i] if i < len(table) else b"" for i in ids]
+    return [text if piece else (vocab[i] if i < len(vocab) else f"<{i}>")
+            for i, piece, text in zip(ids, pieces, decode_run(pieces))]
+
+
+def readable_vocab(tokenizer, d_vocab: int | None = None) -> list[str]:
+    """Every token id alone as :func:`decode_run` shows it (cached per tokenizer): whole characters as
+    text, a split byte as ``‹d7›``. For display only: cache keys and searches use ``vocab_strings``."""
+    key = ("readable", id(tokenizer))
+    n = d_vocab or len(tokenizer)
+    if key not in _VOCAB_CACHE or len(_VOCAB_CACHE[key]) < n:
+        _VOCAB_CACHE[key] = [readable_tokens(tokenizer, [i])[0] for i in range(n)]
     return _VOCAB_CACHE[key]
 
 
@@ -116,11 +159,11 @@ def ablation_effects(model, tokens, kind: str, unit: int, sae=None) -> np.ndarra
 
 # ---------------------------------------------------------------- data
 def _context(index: ActivationIndex, acts_row: np.ndarray, eff_row: np.ndarray | None, row: int, pos: int,
-             vocab: list[str], before: int, after: int) -> dict:
+             tokenizer, before: int, after: int) -> dict:
     lo, hi = max(0, pos - before), min(index.n_ctx, pos + after + 1)
     ids = index.tokens[row, lo:hi].astype(int)
     return {"row": int(row), "pos": int(pos), "act": float(acts_row[pos]), "start": int(lo),
-            "tokens": [vocab[i] if i < len(vocab) else f"<{i}>" for i in ids],
+            "tokens": readable_tokens(tokenizer, ids),   # a letter split across tokens shows whole
             "acts": [float(a) for a in acts_row[lo:hi]],
             "effects": None if eff_row is None else [float(e) for e in eff_row[lo:hi]]}
 
@@ -138,7 +181,7 @@ def dashboard_data(index: ActivationIndex, kind: str, unit: int, model, tokenize
     unit = index.check_unit(kind, unit)
     if kind == "feature" and sae is None:
         raise ValueError("a feature's dashboard needs its SAE: pass sae=...")
-    vocab = vocab_strings(tokenizer)
+    vocab = readable_vocab(tokenizer)
     dens = float(index.density(kind)[unit])
     vals = index.nonzero_acts(kind, unit)
     data = {"kind": kind, "unit": unit, "n_units": index.n_units(kind), "density": dens,
@@ -168,7 +211,7 @@ def dashboard_data(index: ActivationIndex, kind: str, unit: int, model, tokenize
             effects = dict(zip(rows, eff))
     shown = [np.abs(e) for e in effects.values()]
     data["effect_threshold"] = max(min_effect, rel_effect * float(max(a.max() for a in shown))) if shown else 0.0
-    ctx = lambda r, p: _context(index, acts[r], effects.get(r), r, p, vocab, before, after)  # noqa: E731
+    ctx = lambda r, p: _context(index, acts[r], effects.get(r), r, p, tokenizer, before, after)  # noqa: E731
     data["top"] = [ctx(r, p) for r, p, _ in top]
     data["intervals"] = [{"lo": it["lo"], "hi": it["hi"], "n": it["n"], "examples": [ctx(r, p) for r, p, _ in it["examples"]]}
                          for it in intervals]

@@ -15,8 +15,50 @@ import torch
 from ..core.index import ActivationIndex, _check_kind
 from ..core.model import mlp_post, model_config_of
 from ..core.tokenizer import EOT, encode
-from .dashboards import _threads, dashboard_data, render_dashboard, show_token, vocab_strings
+from .dashboards import _threads, dashboard_data, readable_tokens, render_dashboard, show_token
 from .rating import RUBRIC, rubric_total
+
+
+# ---------------------------------------------------------------- search results that read as tables
+class UnitRows(list):
+    """A search's rows (a list of dicts, as before) that print and display as a table with rounded
+    numbers, not a dump of dicts with 16-digit floats."""
+
+    def frame(self):
+        import pandas as pd  # lazy: only to show a table
+        return pd.DataFrame(list(self))
+
+    def __repr__(self) -> str:
+        if not self:
+            return "(no units)"
+        return "\n" + self.frame().to_string(index=False, float_format=lambda x: f"{x:.3g}")
+
+    __str__ = __repr__
+
+    def _repr_html_(self) -> str:
+        if not self:
+            return "<i>(no units)</i>"
+        return self.frame().to_html(index=False, float_format=lambda x: f"{x:.3g}", border=0)
+
+
+class ActiveUnits(dict):
+    """``active_units_in_text``'s result (a dict, as before) that displays as one row per token."""
+
+    def frame(self):
+        import pandas as pd  # lazy: only to show a table
+        return pd.DataFrame({"token": [show_token(t) for t in self["tokens"]],
+                             "most active units (unit: activation)": [
+                                 ", ".join(f"{u}: {a:.2f}" for u, a in row) or "-" for row in self["units"]]})
+
+    def __repr__(self) -> str:
+        notes = "".join(f"\nnote: {n}" for n in self.get("notes", []))
+        return self.frame().to_string(index=False) + notes
+
+    __str__ = __repr__
+
+    def _repr_html_(self) -> str:
+        notes = "".join(f"<p><i>note: {html.escape(n)}</i></p>" for n in self.get("notes", []))
+        return self.frame().to_html(index=False, border=0) + notes
 
 
 # ---------------------------------------------------------------- searches (no widgets)
@@ -46,14 +88,14 @@ def units_for_token(index: ActivationIndex, model, sae, tokenizer, token: str, k
     if not token:
         raise ValueError("the token to search is empty: type a token such as ' def' (mind the leading space)")
     ids = encode(tokenizer, token)
-    vocab = vocab_strings(tokenizer)
     if len(ids) != 1:
-        parts = ", ".join(repr(vocab[i]) for i in ids) or "nothing"
+        parts = ", ".join(repr(readable_tokens(tokenizer, [i])[0]) for i in ids) or "nothing"
         raise ValueError(f"{token!r} is {len(ids)} tokens ({parts}), not one: search for one of those tokens")
     t = ids[0]
     where = np.flatnonzero(index.tokens.reshape(-1) == t)
     if len(where) == 0:
-        raise ValueError(f"token {vocab[t]!r} never appears in the indexed text: try another token")
+        raise ValueError(f"token {readable_tokens(tokenizer, [t])[0]!r} never appears in the indexed text: "
+                         f"try another token")
     rng = np.random.default_rng(seed)
     if len(where) > max_occurrences:
         where = np.sort(rng.choice(where, max_occurrences, replace=False))
@@ -62,8 +104,8 @@ def units_for_token(index: ActivationIndex, model, sae, tokenizer, token: str, k
     acts = _unit_acts_on(model, sae, index.tokens[urows], kind)[torch.as_tensor(inv), torch.as_tensor(pos)]
     mean, frac = acts.mean(0).numpy(), (acts > 0).float().mean(0).numpy()
     top = np.argsort(-mean, kind="stable")[:k]
-    return [{"unit": int(u), "mean_act": float(mean[u]), "fires": float(frac[u]), "occurrences": int(len(where))}
-            for u in top if mean[u] > 0]
+    return UnitRows({"unit": int(u), "mean_act": float(mean[u]), "fires": float(frac[u]),
+                     "occurrences": int(len(where))} for u in top if mean[u] > 0)
 
 
 def units_for_domain(index: ActivationIndex, kind: str, label: str, k: int = 10, min_count: int = 5) -> list[dict]:
@@ -79,8 +121,8 @@ def units_for_domain(index: ActivationIndex, kind: str, label: str, k: int = 10,
     ok = u.count >= min_count
     score = np.where(ok, share + 1e-9 * counts, -1)
     top = np.argsort(-score, kind="stable")[:k]
-    return [{"unit": int(i), "share": float(share[i]), "count": int(counts[i]), "total": int(u.count[i])}
-            for i in top if score[i] > 0]
+    return UnitRows({"unit": int(i), "share": float(share[i]), "count": int(counts[i]), "total": int(u.count[i])}
+                    for i in top if score[i] > 0)
 
 
 def active_units_in_text(model, sae, tokenizer, text: str, kind: str = "feature", k: int = 5,
@@ -98,9 +140,10 @@ def active_units_in_text(model, sae, tokenizer, text: str, kind: str = "feature"
     if len(ids) > n_ctx - 1:
         notes.append(f"text is {len(ids)} tokens; only the first {n_ctx - 1} fit the context")
         ids = ids[: n_ctx - 1]
-    vocab = vocab_strings(tokenizer)
-    if "\ufffd" in "".join(vocab[i] for i in ids) and "\ufffd" not in text:
-        notes.append("some characters were split into raw bytes (shown as \ufffd): they are rare or unseen in the corpus")
+    shown = readable_tokens(tokenizer, ids)   # a split character shows whole, on the token with its first byte
+    if any("\u2039" in readable_tokens(tokenizer, [i])[0] for i in ids):
+        notes.append("some characters were split into raw bytes across tokens (each shown on the token that "
+                     "holds its first byte): they are rare or unseen in the corpus")
     if index is not None:
         seen = np.isin(ids, np.unique(index.tokens))
         if not seen.all():
@@ -113,7 +156,7 @@ def active_units_in_text(model, sae, tokenizer, text: str, kind: str = "feature"
         a = acts[p]
         top = torch.argsort(a, descending=True)[:k]
         out.append([(int(u), float(a[u])) for u in top if a[u] > 0])
-    return {"tokens": [vocab[i] for i in ids], "units": out, "notes": notes}
+    return ActiveUnits(tokens=shown, units=out, notes=notes)
 
 
 # ---------------------------------------------------------------- the browser
