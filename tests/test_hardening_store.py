@@ -92,3 +92,86 @@ def test_h20_an_endless_llm_reply_is_cut_off_at_a_byte_cap(tmp_path):
     assert took < 15.0, f"the call took {took:.1f}s: the reply was read until the timeout (30 s)"
     assert mem.grew_mb < 8 * backends.MAX_REPLY_BYTES / 2**20, f"memory grew {mem.grew_mb:.0f} MB for a capped reply"
     assert not list((tmp_path / "cache").rglob("*.json"))
+
+
+# ---------------------------------------------------------------- H21: a PAX header bomb in a bundle
+def _pax_bomb(path: Path, header_mb: int) -> Path:
+    """A gzip bundle whose bundle.json member carries a ``header_mb`` MB PAX header (a few hundred KB packed)."""
+    index = json.dumps({"format": "mono-bundle", "version": 1, "artifacts": [], "files": {}}).encode()
+    info = tarfile.TarInfo("bundle.json")
+    info.size = len(index)
+    info.pax_headers = {"comment": "z" * (header_mb << 20)}
+    with tarfile.open(path, "w:gz", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(info, io.BytesIO(index))
+    del info
+    return path
+
+
+def test_h21_a_pax_header_bomb_is_refused_before_tarfile_reads_it(tmp_path):
+    """BAD 3 (memory): tarfile reads a PAX header whole; the raw headers are now scanned first, capped."""
+    bomb = _pax_bomb(tmp_path / "bomb.tar.gz", 64)
+    assert bomb.stat().st_size < 2**20, "the crafted bundle should be small on disk"
+    dst = ArtifactStore(tmp_path / "dst")
+    with PeakRSS() as mem, pytest.raises(BundleError, match="extended tar header of 67108"):
+        import_bundle(bomb, dst, verbose=False)
+    # before the fix: this bundle passed every check and tarfile held the header about 4 times over
+    assert mem.grew_mb < 24, f"importing a {bomb.stat().st_size >> 10} KB bundle grew memory by {mem.grew_mb:.0f} MB"
+    assert not (tmp_path / "dst").exists() or not [p for p in (tmp_path / "dst").rglob("*") if p.is_file()]
+    # a real bundle (PAX format, with its small headers) still imports
+    store = ArtifactStore(tmp_path / "src")
+    store.get_or_build("x", "a" * 120, {"v": 1}, lambda t: (t / "data.json").write_text("{}") and None, verbose=False)
+    assert len(import_bundle(export_bundle(tmp_path / "ok.tar.gz", store, verbose=False), dst, verbose=False)) == 1
+
+
+# ---------------------------------------------------------------- H22: one artifact's files under another's name
+def _two_models(tmp: Path) -> tuple[ArtifactStore, Path, Path]:
+    store = ArtifactStore(tmp / "store")
+    a = store.get_or_build("model", "modelA-smoke", {"which": "A"},
+                           lambda t: (t / "weights.json").write_text('{"model": "A"}') and None, verbose=False)
+    b = store.get_or_build("model", "modelB-smoke", {"which": "B"},
+                           lambda t: (t / "weights.json").write_text('{"model": "B"}') and None, verbose=False)
+    return store, a, b
+
+
+def _swap_b_into_a(a: Path, b: Path) -> None:
+    shutil.rmtree(a)
+    shutil.copytree(b, a)
+
+
+def test_h22_another_artifacts_files_under_a_folder_name_are_damage(tmp_path, capsys):
+    """BAD 4 (wrong results): the folder name is content-addressed; config.json must match it, on load and import."""
+    store, a, b = _two_models(tmp_path)
+    export_bundle(tmp_path / "good.tar", store, verbose=False)
+    _swap_b_into_a(a, b)
+    # on load: damaged, named, and the build rebuilds A (it used to hand model B out as A)
+    problems = verify_folder(a)
+    assert problems and "describes model/modelB-smoke, not model/modelA-smoke" in problems[0], problems
+    assert [e["ok"] for e in store.entries() if e["name"] == a.name] == [False]
+    with pytest.raises(ArtifactError, match="holds another artifact's files"):
+        store.load_checked(a)
+    again = store.get_or_build("model", "modelA-smoke", {"which": "A"},
+                               lambda t: (t / "weights.json").write_text('{"model": "A"}') and None, verbose=False)
+    assert json.loads((again / "weights.json").read_text()) == {"model": "A"}
+    # on import: a bundle holding B's files under A's folder (its index consistent) is refused, store unchanged
+    _swap_b_into_a(a, b)
+    shutil.rmtree(b)
+    with tarfile.open(tmp_path / "good.tar") as tin:
+        members = {m.name: tin.extractfile(m).read() for m in tin.getmembers()}
+    swapped = {n: members[n.replace("modelA-smoke", "modelB-smoke").replace(a.name.split("-")[-1], b.name.split("-")[-1])]
+               for n in members if a.name in n}
+    index = {"format": "mono-bundle", "version": 1, "artifacts": [], "files": {
+        n: {"size": len(d), "sha256": hashlib.sha256(d).hexdigest()} for n, d in swapped.items()}}
+    with tarfile.open(tmp_path / "swapped.tar", "w") as tout:
+        for name, data in [("bundle.json", json.dumps(index).encode())] + sorted(swapped.items()):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tout.addfile(info, io.BytesIO(data))
+    dst = ArtifactStore(tmp_path / "dst")
+    with pytest.raises(BundleError, match="describes model/modelB-smoke, not model/modelA-smoke"):
+        import_bundle(tmp_path / "swapped.tar", dst, verbose=False)
+    assert not [p for p in (tmp_path / "dst").rglob("*") if p.is_file()]
+    # the same config under a wrong hash suffix is refused too (the suffix is the config's hash)
+    c = store.get_or_build("model", "modelC-smoke", {"which": "C"}, lambda t: None, verbose=False)
+    other = store.root / "model" / ("modelC-smoke-" + "0" * 12)
+    shutil.copytree(c, other)
+    assert "not to its folder's suffix 000000000000" in " ".join(verify_folder(other))

@@ -5,6 +5,11 @@ It is built in a temporary sibling folder and renamed into place only when compl
 ``MANIFEST.json`` of every file's size and sha256; loading checks the manifest, so a partial
 or tampered artifact is never silently used. A lock file serialises two processes that build
 the same artifact (the second one waits, then reuses the first one's result).
+
+The folder's name is content-addressed: ``<name>-<confighash>``. Its ``config.json`` must name the
+folder's kind and name, and the config it was built from (recorded in ``MANIFEST.json`` as
+``artifact``) must hash to the folder's suffix; a folder holding another artifact's files (model
+B's under model A's name) is damage, found on load and on import (:func:`identity_problems`).
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -25,6 +31,12 @@ UNHASHED = {MANIFEST, "metrics.json"}  # metrics may be extended after the build
 # Folders of the store that hold caches, not artifacts: never listed, exported or imported.
 CACHE_KINDS = ("autointerp-cache", "activations")
 LOCAL_FOLDERS = CACHE_KINDS + ("build-logs",)   # ... and the logs of build --jobs N
+
+
+# Keys a build adds to (or rewrites in) config.json after get_or_build wrote it: SparseAutoencoder.save
+# and the transcoder's save merge their own description in (the "sae" key gains the learned input_scale).
+BUILD_REWRITTEN_KEYS = ("format", "sae", "transcoder", "weights_sha256")
+_ARTIFACT_FOLDER = re.compile(r"^(.+)-([0-9a-f]{12})$")   # <name>-<config hash>, as ArtifactStore.path names it
 
 
 class ArtifactError(RuntimeError):
@@ -70,7 +82,12 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        # mkstemp makes the file 0600; a file written for others (a student notebook, a bundle, a page)
+        # gets the mode open() would give it: 0666 less the umask
+        os.fchmod(fd, 0o666 & ~current_umask())
+    finally:
+        os.close(fd)
     try:
         yield Path(tmp)
         with open(tmp, "rb+") as f:
@@ -80,6 +97,22 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+_UMASK_LOCK = __import__("threading").Lock()
+
+
+def current_umask() -> int:
+    """The process's umask (read from /proc where it can be, else by setting and restoring it under a lock)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    with _UMASK_LOCK:     # os.umask can only be read by setting it: restore it at once
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -160,7 +193,9 @@ def file_lock(path: Path, timeout: float = 3600.0) -> Iterator[None]:
 
 
 # ---------------------------------------------------------------- the store
-def write_manifest(folder: Path) -> dict:
+def write_manifest(folder: Path, artifact: dict | None = None) -> dict:
+    """Record every file's size and sha256 (and, for a store artifact, the kind, name and config it was
+    built from: ``artifact``) in ``MANIFEST.json``."""
     files = {}
     for p in sorted(folder.rglob("*")):
         rel = p.relative_to(folder).as_posix()
@@ -168,6 +203,8 @@ def write_manifest(folder: Path) -> dict:
             st = p.stat()
             files[rel] = {"size": st.st_size, "sha256": sha256_file(p), "mtime_ns": st.st_mtime_ns}
     manifest = {"files": files, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if artifact is not None:
+        manifest["artifact"] = artifact
     atomic_write_json(folder / MANIFEST, manifest)
     return manifest
 
@@ -175,14 +212,16 @@ def write_manifest(folder: Path) -> dict:
 QUICK_VERIFY_BYTES = 64 << 20
 
 
-def verify_folder(folder: Path, deep: bool = False) -> list[str]:
+def verify_folder(folder: Path, deep: bool = False, kind: str | None = None) -> list[str]:
     """Problems with an artifact folder (empty list: it is complete and intact).
 
     Every file's size is checked and its sha256 recomputed, except that files over 64 MB
     whose modification time is unchanged since the build skip the hash (a 1 GB index would
     otherwise cost seconds on every load); ``deep=True`` hashes everything. A MANIFEST that is
     malformed, lists nothing, or leaves out a file of the folder, and a symbolic link anywhere in
-    the folder, are damage too (the build rebuilds such a folder; export leaves it out).
+    the folder, are damage too (the build rebuilds such a folder; export leaves it out). So is a
+    store artifact folder (``<name>-<12 hex>``) whose config does not match its name
+    (:func:`identity_problems`; ``kind`` is the folder's kind, by default its parent folder's name).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -218,7 +257,62 @@ def verify_folder(folder: Path, deep: bool = False) -> list[str]:
             continue
         elif sha256_file(p) != meta["sha256"]:
             problems.append(f"{rel} does not match its recorded sha256 (modified or corrupted)")
+    if not problems:
+        problems = identity_problems(folder, manifest, kind)
     return problems
+
+
+def _artifact_record(kind: str, name: str, config: dict) -> dict:
+    """What MANIFEST.json records of the artifact a folder holds: its kind, name and config (the config
+    as config.json holds it, left out if that JSON form no longer hashes to the folder's suffix)."""
+    as_json = json.loads(json.dumps(config, default=_json_default))
+    return {"kind": kind, "name": name, **({"config": as_json} if config_hash(as_json) == config_hash(config) else {})}
+
+
+def identity_problems(folder: Path, manifest: dict | None = None, kind: str | None = None) -> list[str]:
+    """Why a store artifact folder ``<kind>/<name>-<hash>`` does not hold that artifact (empty: it does).
+
+    Its ``config.json`` must name the kind and the name; the config it was built from must hash to
+    the folder's suffix (the one recorded in ``MANIFEST.json``, or, for artifacts built before it was
+    recorded, ``config.json`` itself when no build rewrote it). A folder not named like a store
+    artifact (an SAE saved elsewhere) has no identity to check.
+    """
+    folder = Path(folder)
+    m = _ARTIFACT_FOLDER.match(folder.name)
+    if not m:
+        return []
+    name, suffix = m.groups()
+    kind = kind if kind is not None else folder.parent.name
+    try:
+        cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return [f"its config.json is missing or unreadable (a store artifact {kind}/{folder.name} always has one)"]
+    fix = "the folder holds another artifact's files (renamed or mixed up): delete it and rebuild or re-import it"
+    if not isinstance(cfg, dict) or cfg.get("kind") != kind or cfg.get("name") != name:
+        got = f"{cfg.get('kind')}/{cfg.get('name')}" if isinstance(cfg, dict) else type(cfg).__name__
+        return [f"its config.json describes {got}, not {kind}/{name}: {fix}"]
+    built = (manifest or {}).get("artifact") if isinstance(manifest, dict) else None
+    if isinstance(built, dict):
+        config = built.get("config")
+        if (built.get("kind"), built.get("name")) != (kind, name):
+            return [f"its {MANIFEST} records the artifact {built.get('kind')}/{built.get('name')}: {fix}"]
+        if not isinstance(config, dict):
+            return []   # a config that JSON does not hold exactly (recorded without it): name and kind match
+        if config_hash(config) != suffix:
+            return [f"the config it was built from hashes to {config_hash(config)}, not to its folder's "
+                    f"suffix {suffix}: {fix}"]
+        changed = sorted(k for k in set(config) | set(cfg) - {"kind", "name"}
+                         if k not in BUILD_REWRITTEN_KEYS and cfg.get(k) != config.get(k))
+        if changed:
+            return [f"its config.json differs from the config it was built from in {changed[:3]}: {fix}"]
+        return []
+    rest = {k: v for k, v in cfg.items() if k not in ("kind", "name")}
+    rewritten = [k for k in BUILD_REWRITTEN_KEYS if k in rest]
+    if rewritten:
+        return []   # built before the config was recorded, and the build rewrote part of it: name and kind match
+    if config_hash(rest) != suffix:
+        return [f"its config.json hashes to {config_hash(rest)}, not to its folder's suffix {suffix}: {fix}"]
+    return []
 
 
 def _manifest_problem(files) -> str | None:
@@ -290,7 +384,7 @@ class ArtifactStore:
                     atomic_write_json(tmp / "metrics.json", metrics)
                 elif not (tmp / "metrics.json").exists():
                     atomic_write_json(tmp / "metrics.json", {})
-                write_manifest(tmp)
+                write_manifest(tmp, _artifact_record(kind, name, config))
                 aside = None
                 if final.exists():
                     aside = final.parent / f".old-{final.name}-{os.getpid()}"

@@ -13,16 +13,24 @@ Import is defensive: nothing is unpickled (files are only copied; ``.npy`` heade
 for object arrays and only data formats are accepted); links, devices, absolute paths and
 ``..`` are refused; every file must be listed with the right size and sha256, and every listed
 file must be present; each artifact folder must then pass its own ``MANIFEST.json`` check and
-hold the ``config.json`` naming its kind. Members under a cache folder are refused, and so is a
-bundle that would not fit on the disk or lists over ``MAX_EXPANSION`` times its size (a gzip bomb).
+hold the ``config.json`` naming its kind and name, built from the config that hashes to its folder's
+suffix (model B's files under model A's folder are refused). Members under a cache folder are refused,
+and so is a bundle that would not fit on the disk or lists over ``MAX_EXPANSION`` times its size (a
+gzip bomb). Before ``tarfile`` reads anything, every raw 512-byte header is scanned through a capped
+stream: an extended header (PAX, GNU long name) over ``MAX_EXTENDED_HEADER`` bytes, a chain of them,
+or more than ``MAX_EXPANSION`` times the file's size unpacked are refused (``tarfile`` reads an
+extended header whole into memory: a 400 MB PAX header in a 0.4 MB bundle took 1.5 GB).
 Everything is unpacked into hidden staging folders first and renamed into place only when the
 whole bundle has verified, so a tampered, truncated or partial bundle changes nothing.
 """
 from __future__ import annotations
 
+import bz2
 import contextlib
+import gzip
 import hashlib
 import io
+import lzma
 import json
 import os
 import re
@@ -47,6 +55,9 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,200}$")
 _ARTIFACT_FOLDER = re.compile(r"^.+-[0-9a-f]{12}$")   # <name>-<config hash>, as ArtifactStore.path names it
 FREE_SPACE_MARGIN = 64 * 2**20   # an import leaves at least this much of the disk free
 MAX_EXPANSION = 200              # real bundles unpack to a few times their size; a gzip bomb to 1000x
+MAX_EXTENDED_HEADER = 1 << 20    # a PAX / GNU long-name header of a real bundle is a few hundred bytes
+MAX_EXTENDED_CHAIN = 4           # ... and a member has at most a global and a local one
+MAX_INDEX_BYTES = 64 * 2**20     # bundle.json of a store of 100 000 files is about 15 MB
 _CHUNK = 1 << 20
 
 
@@ -178,10 +189,10 @@ def _read_index(tar: tarfile.TarFile, first: tarfile.TarInfo | None) -> dict:
     if first is None or first.name != INDEX or not first.isfile():
         raise BundleError(f"not a mono_utils bundle: its first entry should be {INDEX} "
                           f"(made by python -m mono_utils export)")
-    if first.size > 64 * 2**20:
+    if first.size > MAX_INDEX_BYTES:
         raise BundleError(f"{INDEX} is implausibly large ({first.size} bytes): refused")
     try:
-        index = json.loads(tar.extractfile(first).read().decode("utf-8"))
+        index = json.loads(tar.extractfile(first).read(MAX_INDEX_BYTES).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BundleError(f"{INDEX} is not valid JSON ({e}): the bundle is damaged") from e
     except RecursionError:
@@ -264,9 +275,64 @@ class _Stage:
                 d.parent.rmdir()  # only if the kind folder is empty (nothing imported there)
 
 
+_OPENERS = {b"\x1f\x8b": gzip.open, b"BZh": bz2.open, b"\xfd7zXZ\x00": lzma.open}
+
+
+def _scan_raw_headers(path: Path) -> None:
+    """Read the bundle's raw 512-byte tar headers (decompressed, never more than a block at a time) and
+    refuse what tarfile would read whole into memory: an oversized or chained extended header, or more
+    unpacked bytes than ``MAX_EXPANSION`` times the file. Anything else odd (not a tar, truncated) is
+    left for tarfile to report."""
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    opener = next((o for m, o in _OPENERS.items() if magic.startswith(m)), open)
+    budget = MAX_EXPANSION * path.stat().st_size + _CHUNK
+    try:
+        with opener(path, "rb") as f:
+            chain, total = 0, 0
+            while True:
+                block = f.read(512)
+                total += len(block)
+                if len(block) < 512 or block == bytes(512):
+                    return
+                try:
+                    size = tarfile.nti(block[124:136])
+                except (tarfile.HeaderError, ValueError):
+                    return                      # not a tar header: tarfile says what is wrong
+                if size < 0:
+                    return
+                if block[156:157] in (b"x", b"g", b"L", b"K"):     # PAX / GNU long-name extended headers
+                    chain += 1
+                    if size > MAX_EXTENDED_HEADER or chain > MAX_EXTENDED_CHAIN:
+                        raise BundleError(
+                            f"{path} holds an extended tar header of {size} bytes"
+                            + (f" (the {chain}th in a row)" if chain > MAX_EXTENDED_CHAIN else "")
+                            + f" (a bundle's are under {MAX_EXTENDED_HEADER} bytes, one or two per file): refused "
+                              f"before reading it (it would be held whole in memory); get a fresh copy from "
+                              f"whoever exported it (python -m mono_utils export)")
+                else:
+                    chain = 0
+                skip = -(-size // 512) * 512
+                total += skip
+                if total > budget:
+                    raise BundleError(f"{path} unpacks to more than {budget / 2**20:.0f} MB (over {MAX_EXPANSION} "
+                                      f"times its size: a decompression bomb?): refused; get a fresh copy from "
+                                      f"whoever exported it")
+                while skip:                     # read (and drop) the member's data a chunk at a time
+                    got = len(f.read(min(skip, _CHUNK)))
+                    if not got:
+                        return
+                    skip -= got
+    except BundleError:
+        raise
+    except (OSError, EOFError, zlib.error, lzma.LZMAError, ValueError):
+        return                                  # truncated or not compressed as it claims: tarfile reports it
+
+
 def _unpack_verified(path: Path, stage: "_Stage") -> set[tuple[str, str]]:
     seen: set[str] = set()
     folders: set[tuple[str, str]] = set()
+    _scan_raw_headers(path)
     try:
         tar = tarfile.open(path, "r:*")
     except (tarfile.TarError, EOFError, OSError) as e:
@@ -323,7 +389,7 @@ def _unpack_verified(path: Path, stage: "_Stage") -> set[tuple[str, str]]:
         raise BundleError(f"the bundle is partial: {len(missing)} listed file(s) are missing "
                           f"(e.g. {missing[0]}); copy it again or re-export it")
     for kind, folder in sorted(folders):
-        problems = verify_folder(stage / kind / folder)
+        problems = verify_folder(stage / kind / folder, kind=kind)
         if not problems:
             problems = _config_problems(stage / kind / folder, kind)
         if problems:
