@@ -10,6 +10,7 @@ from .autointerp.run import get_offline_scores, get_randomized_index, get_random
 from .pipeline.indexes import get_index, get_paper_index
 from .pipeline.models import get_corpus_dir, get_model, get_tokenizer, get_tokens
 from .pipeline.saes import get_lambda_sweep, get_paper_sae, get_recipe_runs, get_sae, get_sae_family, get_topk_sae
+from .pipeline.transcoders import get_transcoder
 from .features.proxies import get_proxy_table
 from .splitting.family import get_family_analysis, get_umap_layout
 from .steering.catalog import get_feature_catalog
@@ -38,6 +39,8 @@ def build_stages(preset, store):
         # notebook 01's four recipes on the TopK run's tokens; its topk entry is that very artifact
         ("SAE recipes", lambda: get_recipe_runs(preset, store, which="A")),
         ("SAE A lambda sweep", lambda: get_lambda_sweep(preset, which="A", store=store)),
+        # notebook 07: model A's MLP as a transcoder (A/1's width and recipe), for attribution graphs
+        ("transcoder A", lambda: get_transcoder(preset, store, which="A")),
         ("index A/1", lambda: get_index(preset, which="A", store=store)),
         ("index B/1", lambda: get_index(preset, which="B", store=store)),
         ("index randomized", lambda: get_randomized_index(preset, store=store)),
@@ -60,6 +63,8 @@ STAGE_DEPS = {
     "model A": ("tokens",), "model B": ("tokens",),
     "SAE A/1": ("model A",), "SAE B/1": ("model B",), "SAE A/1 TopK": ("model A",), "SAE A/1 paper2023": ("model A",),
     "SAE A lambda sweep": ("model A",), "SAE family A": ("SAE A/1",),
+    # after A/1: its metrics give A/1's FVU of the MLP output, and A/1's ablation baselines are reused
+    "transcoder A": ("SAE A/1",),
     # after the stages whose artifacts it reuses: the TopK run always, the paper2023 run where side runs
     # train on all of sae_tokens (paper); side by side, --jobs 2 would wait on their locks
     "SAE recipes": ("model A", "SAE A/1 paper2023", "SAE A/1 TopK"),
