@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..autointerp.protocol import weighted_pearson, weighted_spearman
+from ..autointerp.protocol import weighted_pearson, weighted_rank, weighted_spearman
 from ..core.metrics import fvu as reference_fvu
 from ..core.metrics import loss_recovered as reference_loss_recovered
 from ..core.model import HOOK_MLP_POST, ModelConfig, build_model, mlp_post
@@ -38,7 +38,15 @@ class ExerciseFailed(AssertionError):
 
 
 class _Wrong(Exception):
-    """Raised inside a check with the message the student sees."""
+    """Raised inside a check: ``what`` is off (always shown) and ``fix``, the reference formula or
+    the way to it (left out in graded use, :func:`set_graded`)."""
+
+    def __init__(self, what: str, fix: str = ""):
+        super().__init__(what)
+        self.what, self.fix = what, fix
+
+    def __str__(self) -> str:
+        return self.what if (graded() or not self.fix) else f"{self.what}: {self.fix}"
 
 
 @dataclass
@@ -126,6 +134,150 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+# ---------------------------------------------------------------- graded use, known mistakes, verdicts
+GRADED_ENV = "MONO_LESSONS_GRADED"
+_graded_override: bool | None = None
+
+
+def set_graded(on: bool | None = True) -> None:
+    """Graded use: a failed check says what is off, never the reference formula that fixes it.
+
+    The graded student notebooks (``python -m mono_utils lessons --graded``) call this first;
+    ``MONO_LESSONS_GRADED=1`` does the same for a whole session.
+    """
+    global _graded_override
+    _graded_override = None if on is None else bool(on)   # None: follow MONO_LESSONS_GRADED again
+
+
+def graded() -> bool:
+    if _graded_override is not None:
+        return _graded_override
+    return os.environ.get(GRADED_ENV, "").lower() in {"1", "true", "yes"}
+
+
+def _scalar_same(a: float, b: float, rel: float = 2e-5, tiny: float = 1e-7) -> bool:
+    """Equal up to float32 rounding of the student's code (the references are float64)."""
+    a, b = float(a), float(b)
+    return bool(np.isfinite(a) and np.isfinite(b) and abs(a - b) <= max(tiny, rel * max(abs(a), abs(b))))
+
+
+def _known_mistake(got, mistakes, same) -> None:
+    """Raise the message of the first known mistake whose output ``got`` equals.
+
+    ``mistakes``: (what is off, how to fix it, the output that mistake gives) triples, most
+    specific first; ``same(got, output)`` compares. Nothing is raised when none matches.
+    """
+    for what, fix, value in mistakes:
+        try:
+            hit = same(got, value)
+        except (RuntimeError, ValueError, TypeError):   # a mistake's output of another shape
+            hit = False
+        if hit:
+            raise _Wrong(what, fix)
+
+
+def _ratio_mistake(got: float, want: float, n: int, d: int) -> str | None:
+    """A scalar off by a factor built from the data's sizes: a mean on one side and a sum on the other."""
+    if not (np.isfinite(got) and want):
+        return None
+    factors = {(n - 1) / n: "n-1 variance", n / (n - 1): "n-1 variance",
+               n: f"{n} (the number of tokens)", 1 / n: f"1/{n} (the number of tokens)",
+               d: f"{d} (the number of dimensions)", 1 / d: f"1/{d} (the number of dimensions)",
+               n * d: f"{n * d} (the number of elements)", 1 / (n * d): f"1/{n * d} (the number of elements)"}
+    for f, name in factors.items():
+        if _scalar_same(got, want * f):
+            return name
+    return None
+
+
+class Verdict(CheckResult):
+    """The verdict of an apply cell: the student's function on the real data against the reference."""
+
+    def __repr__(self) -> str:
+        mark = "✔ it matches the reference" if self.ok else "✘ it does not match the reference"
+        return f"Exercise {self.exercise} on the real data: {mark}. {self.message}"
+
+    def _repr_html_(self) -> str:
+        colour, bg, cls = (("#1b7f3b", "#e9f7ee", "mono-check-ok") if self.ok else
+                           ("#b3261e", "#fdecea", "mono-check-fail"))
+        mark = "✔ it matches the reference" if self.ok else "✘ it does not match the reference"
+        return (f"<div class='mono-check mono-verdict {cls}' style='border-left:4px solid {colour};"
+                f"background:{bg};padding:6px 10px;margin:4px 0;font-family:sans-serif'><b style='color:{colour}'>"
+                f"Exercise {html.escape(self.exercise)} on the real data: {mark}.</b> "
+                f"{html.escape(self.message)}</div>")
+
+
+def _to_array(x):
+    if torch.is_tensor(x):
+        x = x.detach().cpu()
+        return x.numpy() if not x.is_complex() else x.resolve_conj().numpy()
+    return np.asarray(x)
+
+
+def _compare(yours, reference, tol: float) -> tuple[bool, str]:
+    """(same?, what differs or how close) for numbers, arrays, tensors and tuples of them."""
+    if isinstance(reference, (tuple, list)) and not isinstance(yours, (tuple, list)):
+        return False, f"expected {len(reference)} things, got one {type(yours).__name__}"
+    if isinstance(reference, (tuple, list)):
+        if len(yours) != len(reference):
+            return False, f"expected {len(reference)} things, got {len(yours)}"
+        parts = [_compare(y, r, tol) for y, r in zip(yours, reference)]
+        bad = [f"item {i + 1}: {msg}" for i, (ok, msg) in enumerate(parts) if not ok]
+        return (not bad), ("; ".join(bad) if bad else "; ".join(m for _, m in parts))
+    if yours is None:
+        return False, "your function returned None"
+    try:
+        y, r = _to_array(yours), _to_array(reference)
+    except (TypeError, ValueError) as e:
+        return False, f"could not read your result as numbers ({e})"
+    if y.dtype == object or np.iscomplexobj(y):
+        return False, f"your result holds {'complex numbers' if np.iscomplexobj(y) else 'Python objects'}, not real numbers"
+    if y.size == 1 and r.size == 1:
+        y, r = y.reshape(()), r.reshape(())
+    if y.shape != r.shape:
+        return False, f"shape {y.shape}, the reference's {r.shape}"
+    y, r = y.astype(np.float64), r.astype(np.float64)
+    if np.isnan(y).any() and not np.isnan(r).any():
+        return False, f"{int(np.isnan(y).sum())} NaN value(s) where the reference has numbers"
+    if np.issubdtype(_to_array(reference).dtype, np.integer):
+        wrong = np.flatnonzero(y.ravel() != r.ravel())
+        if len(wrong):
+            i = int(wrong[0])
+            return False, (f"{len(wrong):,} of {r.size:,} entries differ (first: entry {i}, yours {y.ravel()[i]:g}, "
+                           f"the reference's {r.ravel()[i]:g})")
+        return True, f"all {r.size:,} entries equal" if r.size > 1 else f"{r.item():g} on both sides"
+    both = np.isnan(y) & np.isnan(r)
+    diff = float(np.abs(np.where(both, 0, y - r)).max()) if r.size else 0.0
+    allowed = tol * max(1.0, float(np.abs(np.where(np.isnan(r), 0, r)).max()) if r.size else 1.0)
+    if not diff <= allowed:
+        where = "" if r.ndim == 0 else f" (at entry {int(np.nanargmax(np.abs(y - r).ravel()))})"
+        shown = f"yours {y.item():.4g}, the reference's {r.item():.4g}, " if r.ndim == 0 else ""
+        return False, f"{shown}largest difference {diff:.2g}{where}, allowed {allowed:.1g}"
+    return True, f"largest difference {diff:.1g}, allowed {allowed:.1g}"
+
+
+def verdict(exercise: str, yours, reference, *, what: str = "your result", tol: float = 1e-4,
+            mistakes: dict | None = None) -> Verdict:
+    """An apply cell's last line: does the student's result on the real data match the reference?
+
+    ``reference`` comes from the package (or the notebook's own tables); ``mistakes`` maps a
+    known mistake's description to the output it gives on the same data, so a wrong result is
+    told its likely cause, not only its distance. With ``MONO_LESSONS_STRICT=1`` a mismatch raises.
+    """
+    ok, detail = _compare(yours, reference, tol)
+    if ok:
+        result = Verdict(exercise, True, f"{what} matches the reference ({detail}).")
+    else:
+        cause = next((why for why, value in (mistakes or {}).items() if _compare(yours, value, tol)[0]), None)
+        said = (f"It equals what a known mistake gives: {cause}." if cause else
+                "Run the check above: it names the mistake when it knows it; a check can pass while real data "
+                "still shows a difference (a dtype, a device, an in-place edit).")
+        result = Verdict(exercise, False, f"{what}: {detail}. {said}")
+    if not result.ok and _strict():
+        raise ExerciseFailed(exercise, result.message)
+    return result
+
+
 # ---------------------------------------------------------------- notebook 00
 @functools.lru_cache(maxsize=1)
 def _tiny_model():
@@ -142,32 +294,37 @@ def check_mlp_activations(fn) -> CheckResult:
         out = _call(fn, model, tokens)
         if isinstance(out, tuple):
             raise _Wrong(f"you returned a tuple of {len(out)} things (the (logits, cache) pair of "
-                         f"run_with_cache?): return only the activations, cache['{HOOK_MLP_POST}']")
+                         f"run_with_cache?)", f"return only the activations, cache['{HOOK_MLP_POST}']")
         if type(out).__name__ == "ActivationCache" or isinstance(out, dict):
-            raise _Wrong(f"you returned the whole cache: index it with the hook name, "
-                         f"cache['{HOOK_MLP_POST}']")
+            raise _Wrong("you returned the whole cache", f"index it with the hook name, cache['{HOOK_MLP_POST}']")
         out = _as_tensor(out, "the activations")
         d_vocab, d_model, d_mlp = 48, 16, 40
         if out.ndim == 3 and out.shape[-1] == d_vocab:
-            raise _Wrong(f"the last dimension is {d_vocab} = the vocabulary: these are the logits. "
-                         f"Take the MLP's activations from the cache, '{HOOK_MLP_POST}'")
+            raise _Wrong(f"the last dimension is {d_vocab} = the vocabulary: these are the logits",
+                         f"take the MLP's activations from the cache, '{HOOK_MLP_POST}'")
         if out.ndim == 3 and out.shape[-1] == d_model:
             raise _Wrong(f"the last dimension is {d_model} = d_model: that is the residual stream or the MLP's "
-                         f"output. The neurons live at '{HOOK_MLP_POST}' (width d_mlp = {d_mlp})")
+                         f"output, not its neurons (width d_mlp = {d_mlp})", f"read '{HOOK_MLP_POST}'")
         if out.ndim == 2 and out.shape == (3 * 9, d_mlp):
-            raise _Wrong("you flattened batch and positions: keep the shape [batch, pos, d_mlp]")
+            raise _Wrong("you flattened batch and positions", "keep the shape [batch, pos, d_mlp]")
+        if out.ndim == 2 and out.shape == (3, d_mlp):
+            raise _Wrong("you kept one position per context (shape [batch, d_mlp])",
+                         "keep every position, [batch, pos, d_mlp]")
+        if out.ndim == 3 and tuple(out.shape) == (3, d_mlp, 9):
+            raise _Wrong("the dimensions are in the wrong order ([batch, d_mlp, pos])",
+                         "return the cache's tensor as it is, [batch, pos, d_mlp]")
         _shape(out, want.shape, "the activations", "[batch, pos, d_mlp]")
         _, cache = model.run_with_cache(tokens, names_filter="blocks.0.mlp.hook_pre")
         if _close(out, cache["blocks.0.mlp.hook_pre"]):
-            raise _Wrong("these are the pre-activations (hook_pre: before the ReLU, with negative values); "
+            raise _Wrong("these are the pre-activations (hook_pre: before the ReLU, with negative values)",
                          f"the neurons' activations are after it, '{HOOK_MLP_POST}'")
         if (out < 0).any():
-            raise _Wrong("some values are negative, but the MLP's ReLU outputs are >= 0: "
+            raise _Wrong("some values are negative, but the MLP's ReLU outputs are >= 0",
                          f"read '{HOOK_MLP_POST}'")
         if not _close(out, want):
             diff = float((out.double() - want.double()).abs().max())
-            raise _Wrong(f"right shape, wrong values (off by up to {diff:.3g}): run the model given as "
-                         f"argument on the tokens given, unchanged")
+            raise _Wrong(f"right shape, wrong values (off by up to {diff:.3g})",
+                         "run the model given as argument on the tokens given, unchanged")
         return f"shape {tuple(out.shape)} = [batch, pos, d_mlp], the same values as the MLP's output."
     return _run("00.1", fn, test)
 
@@ -195,8 +352,9 @@ def check_top_neuron_for_token(fn) -> CheckResult:
         means = acts[mask].mean(0)
         want = int(means.argmax())
         out = _call(fn, acts.clone(), tokens.clone(), 3)
-        if (torch.is_tensor(out) or isinstance(out, np.ndarray)) and np.size(out) != 1:
-            raise _Wrong(f"return one neuron index (an int), not an array of shape {tuple(np.shape(out))}")
+        if (out.numel() if torch.is_tensor(out) else np.size(out) if isinstance(out, np.ndarray) else 1) != 1:
+            raise _Wrong(f"you returned an array of shape {tuple(out.shape)}",
+                         "return one neuron index (an int): the argmax over neurons")
         try:
             got = int(out)
         except (TypeError, ValueError):
@@ -208,14 +366,25 @@ def check_top_neuron_for_token(fn) -> CheckResult:
             raise _Wrong(f"{got} is not a neuron index (0..{acts.shape[-1] - 1}): did you take the argmax "
                          f"over positions instead of over the last (neuron) dimension?")
         if got == 5:
-            raise _Wrong("neuron 5 fires most over all tokens, but not on token 3: keep only the positions "
-                         "where tokens == token_id")
+            raise _Wrong("neuron 5 fires most over all tokens, but not on token 3",
+                         "keep only the positions where tokens == token_id")
         if got == 17:
-            raise _Wrong("neuron 17 has one big spike on one occurrence of the token but is low on the others: "
+            raise _Wrong("neuron 17 has one big spike on one occurrence of the token but is low on the others",
                          "average over the token's occurrences (mean), not the maximum")
+        if got == int(means.argmin()):
+            raise _Wrong(f"neuron {got} has the LOWEST mean activation on token 3", "take the argmax, not the argmin")
+        if got == int(acts[mask].mean(1).argmax()):
+            raise _Wrong(f"{got} is the index of one of the token's occurrences (an argmax over positions), not "
+                         f"of a neuron", "average over the occurrences (dim 0), then take the argmax over neurons")
+        if got == int(acts.mean(-1).flatten().argmax()):
+            raise _Wrong(f"{got} is the index of a position (an argmax over positions), not of a neuron",
+                         "keep the token's positions, average them (dim 0), then take the argmax over neurons")
+        if got in (want - 1, want + 1):
+            raise _Wrong(f"neuron {got} is one away from the answer: an off-by-one",
+                         "argmax already gives a 0-based index; return it unchanged")
         raise _Wrong(f"neuron {got} has mean activation {means[got]:.2f} on token 3, neuron {want} has "
-                     f"{means[want]:.2f}: average each neuron over the positions where tokens == token_id, "
-                     f"then take the argmax over neurons")
+                     f"{means[want]:.2f}", "average each neuron over the positions where tokens == token_id, "
+                     "then take the argmax over neurons")
     return _run("00.2", fn, test)
 
 
@@ -243,21 +412,31 @@ def check_sae_forward(fn) -> CheckResult:
             raise _Wrong("return two things, (f, x_hat): the feature activations and the reconstruction")
         f, x_hat = _as_tensor(out[0], "f"), _as_tensor(out[1], "x_hat")
         if tuple(f.shape) == tuple(x.shape) and tuple(x_hat.shape) == tuple(f_want.shape):
-            raise _Wrong("you returned (x_hat, f): the order is (f, x_hat)")
+            raise _Wrong("you returned (x_hat, f)", "the order is (f, x_hat)")
         _shape(f, f_want.shape, "f", "[batch, d_sae]: one activation per feature (x @ W_enc has this shape)")
+        rule = "f = ReLU((x - b_dec) @ W_enc + b_enc)"
+        _known_mistake(f, [
+            ("f has negative values: the ReLU is missing", rule, pre),
+            ("forgot to subtract b_dec before encoding", rule, torch.relu(x @ W_enc + b_enc)),
+            ("added b_dec before encoding where it is subtracted", rule, torch.relu((x + b_dec) @ W_enc + b_enc)),
+            ("forgot the encoder bias b_enc", rule, torch.relu((x - b_dec) @ W_enc)),
+            ("you added b_enc after the ReLU (f can then be negative)", rule, torch.relu((x - b_dec) @ W_enc) + b_enc),
+            ("you subtracted b_enc", rule, torch.relu((x - b_dec) @ W_enc - b_enc)),
+        ], _close)
         if (f < 0).any():
-            raise _Wrong("f has negative values: apply the ReLU to the encoder's pre-activations")
-        if _close(f, torch.relu(x @ W_enc + b_enc)):
-            raise _Wrong("forgot to subtract b_dec before encoding: f = ReLU((x - b_dec) @ W_enc + b_enc)")
-        if _close(f, torch.relu((x - b_dec) @ W_enc)):
-            raise _Wrong("forgot the encoder bias b_enc: f = ReLU((x - b_dec) @ W_enc + b_enc)")
+            raise _Wrong("f has negative values", "apply the ReLU last: " + rule)
         if not _close(f, f_want):
-            raise _Wrong("f has the right shape but wrong values: f = ReLU((x - b_dec) @ W_enc + b_enc)")
+            raise _Wrong("f has the right shape but wrong values, and none of the mistakes this check knows", rule)
         _shape(x_hat, x.shape, "x_hat", "[batch, d_in], the shape of x")
-        if _close(x_hat, f_want @ W_dec):
-            raise _Wrong("forgot to add b_dec back: x_hat = f @ W_dec + b_dec")
+        rule = "x_hat = f @ W_dec + b_dec"
+        _known_mistake(x_hat, [
+            ("forgot to add b_dec back to the reconstruction", rule, f_want @ W_dec),
+            ("subtracted b_dec from the reconstruction where it is added", rule, f_want @ W_dec - b_dec),
+            ("decoded with the encoder's transpose (W_enc.T, tied weights)", rule, f_want @ W_enc.T + b_dec),
+            ("decoded the pre-activations, before the ReLU", rule, pre @ W_dec + b_dec),
+        ], _close)
         if not _close(x_hat, xhat_want):
-            raise _Wrong("x_hat has the right shape but wrong values: x_hat = f @ W_dec + b_dec")
+            raise _Wrong("x_hat has the right shape but wrong values, and none of the mistakes this check knows", rule)
         return f"f {tuple(f.shape)} >= 0 and x_hat {tuple(x_hat.shape)} match the paper's equations."
     return _run("01.1a", fn, test)
 
@@ -273,27 +452,26 @@ def check_sae_loss(fn) -> CheckResult:
         err = (x - x_hat).pow(2)
         want = err.mean() + lam * f.sum(-1).mean()
         got = _as_float(_call(fn, x, x_hat, f, lam), "the loss")
-        if abs(got - float(want)) <= 1e-4 * max(1.0, abs(float(want))):
+        if _scalar_same(got, want, rel=1e-5):
             return f"loss {got:.4f}: MSE {float(err.mean()):.4f} + lambda x L1 {lam * float(f.sum(-1).mean()):.4f}."
         l1 = f.sum(-1).mean()
-        variants = {
-            "the MSE is summed over the whole batch: take the mean over elements, (x - x_hat).pow(2).mean()":
-                err.sum() + lam * l1,
-            "the MSE is summed over the d_in dimensions: the paper's recipe (and ours) takes the mean over "
-            "all elements, (x - x_hat).pow(2).mean()": err.sum(-1).mean() + lam * l1,
-            "the L1 term is a mean over features: sum over features, then mean over the batch, "
-            "f.sum(-1).mean()": err.mean() + lam * f.mean(),
-            "the L1 term is summed over the batch too: sum over features, then mean over the batch, "
-            "f.sum(-1).mean()": err.mean() + lam * f.sum(),
-            "the L1 penalty is missing: add l1_coeff * f.sum(-1).mean()": err.mean(),
-            "the L1 penalty is not multiplied by l1_coeff": err.mean() + l1,
-            "the error is not squared: (x - x_hat).pow(2)": (x - x_hat).abs().mean() + lam * l1,
-        }
-        for why, v in variants.items():
-            if abs(got - float(v)) <= 1e-4 * max(1.0, abs(float(v))):
-                raise _Wrong(why)
-        raise _Wrong(f"got {got:.4f}, expected {float(want):.4f}: loss = (x - x_hat).pow(2).mean() "
-                     f"+ l1_coeff * f.sum(-1).mean()")
+        rule = "loss = (x - x_hat).pow(2).mean() + l1_coeff * f.sum(-1).mean()"
+        _known_mistake(got, [
+            ("the MSE is summed over the whole batch", rule, err.sum() + lam * l1),
+            ("the MSE is summed over the d_in dimensions (the paper's recipe, and ours, takes the mean over "
+             "all elements)", rule, err.sum(-1).mean() + lam * l1),
+            ("the L1 term is a mean over features", rule, err.mean() + lam * f.mean()),
+            ("the L1 term is summed over the batch too", rule, err.mean() + lam * f.sum()),
+            ("the L1 penalty is missing", rule, err.mean()),
+            ("the L1 penalty is not multiplied by l1_coeff", rule, err.mean() + l1),
+            ("l1_coeff multiplies the MSE instead of the L1 term", rule, lam * err.mean() + l1),
+            ("the L1 penalty is subtracted: a penalty is added", rule, err.mean() - lam * l1),
+            ("the error is not squared", rule, (x - x_hat).abs().mean() + lam * l1),
+            ("you took the square root of the MSE (an RMSE)", rule, err.mean().sqrt() + lam * l1),
+            ("the penalty squares f (an L2 penalty): the paper's is L1, the sum of |f|", rule,
+             err.mean() + lam * f.pow(2).sum(-1).mean()),
+        ], _scalar_same)
+        raise _Wrong(f"got {got:.4f}, expected {float(want):.4f}, and none of the mistakes this check knows", rule)
     return _run("01.1b", fn, test)
 
 
@@ -309,18 +487,28 @@ def check_project_decoder_grad(fn) -> CheckResult:
         if not torch.equal(W_dec, W_before):
             raise _Wrong("your function changed W_dec: only the gradient may change")
         _shape(out, grad.shape, "the projected gradient", "[d_sae, d_in], the shape of W_dec")
-        if _close(out, grad):
-            raise _Wrong("the gradient came back unchanged: remove from each row its component along "
-                         "that row of W_dec")
-        if _close(out, par):
-            raise _Wrong("you returned the parallel component itself: subtract it from the gradient")
+        rule = "grad - (grad * W_dec).sum(1, keepdim=True) * W_dec"
+        _known_mistake(out, [
+            ("the gradient came back unchanged: nothing was removed", rule, grad),
+            ("you returned the parallel component itself: it is to be subtracted from the gradient", rule, par),
+            ("a sign error: you ADDED the component along each row, which doubles it instead of removing it",
+             rule, grad + par),
+            ("the result still points along the dictionary rows: you took the dot products down the COLUMNS "
+             "(dim 0) where each row of the gradient goes with its own row of W_dec (dim 1)",
+             rule, grad - (grad * W_dec).sum(0, keepdim=True) * W_dec),
+            ("you removed from each row its components along ALL the dictionary's rows: each row loses only "
+             "its component along its OWN row", rule, grad - (grad @ W_dec.T) @ W_dec),
+            ("you rescaled the projected rows to unit norm: the projection keeps their length", rule,
+             want / want.norm(dim=1, keepdim=True)),
+            ("you projected W_dec on the gradient, not the gradient on W_dec", rule,
+             W_dec - (grad * W_dec).sum(1, keepdim=True) * grad),
+        ], _close)
         along = (out * W_dec).sum(1).abs().max()
         if along > 1e-4:
             raise _Wrong(f"the result still points along the dictionary rows (largest dot product with its "
-                         f"row {float(along):.3f}, should be 0): project each ROW, (g * W).sum(1, keepdim=True) * W")
+                         f"row {float(along):.3f}, should be 0)", f"project each ROW: {rule}")
         if not _close(out, want):
-            raise _Wrong("orthogonal to the rows, but not the projection of this gradient: "
-                         "grad - (grad * W_dec).sum(1, keepdim=True) * W_dec")
+            raise _Wrong("orthogonal to the rows, but not the projection of this gradient", rule)
         return ("every row of the gradient is now orthogonal to its dictionary row, so a small step "
                 "keeps the decoder norms at 1 (to first order; the trainer renormalises after each step).")
     return _run("01.2", fn, test)
@@ -330,30 +518,49 @@ def check_fvu(fn) -> CheckResult:
     """01.3a: ``fn(x, x_hat)`` -> fraction of variance unexplained, about the mean."""
     def test(fn):
         g = _gen(6)
-        x = 5.0 + torch.randn(200, 8, generator=g) * torch.linspace(0.2, 3.0, 8)
-        x_hat = x + 0.4 * torch.randn(200, 8, generator=g)
+        n, d = 60, 8
+        x = 5.0 + torch.randn(n, d, generator=g) * torch.linspace(0.2, 3.0, d)
+        # a shrunk, biased reconstruction (as an L1 SAE's): x_hat's mean is not x's, so every centring differs
+        x_hat = x.mean(0) + 0.8 * (x - x.mean(0)) + 0.3 * torch.randn(n, d, generator=g) + 0.25
+        x64, xh64 = x.double(), x_hat.double()
         want = reference_fvu(x, x_hat)
         got = _as_float(_call(fn, x.clone(), x_hat.clone()), "FVU")
-        if abs(got - want) <= 1e-4:
+        if np.isnan(got):
+            raise _Wrong("you returned nan", "divide the summed squared error by the summed squared deviation "
+                         "of x from its mean, (x - x.mean(0)).pow(2).sum()")
+        if _scalar_same(got, want):
             about_zero = float((x - x_hat).pow(2).sum() / x.pow(2).sum())
             return f"FVU {got:.4f} (about zero it would read {about_zero:.4f}: flattering, and wrong)."
-        e = (x - x_hat).pow(2)
-        variants = {
-            "you divided by the energy about zero, x.pow(2).sum(): divide by the variance about the mean, "
-            "(x - x.mean(0)).pow(2).sum(). Activations have a large mean, so this flatters the SAE":
-                e.sum() / x.pow(2).sum(),
-            "you returned the fraction of variance EXPLAINED (1 - FVU)": 1 - want,
-            "you averaged one FVU per dimension: divide the total squared error by the total variance":
-                float((e.sum(0) / (x - x.mean(0)).pow(2).sum(0)).mean()),
-            "you subtracted the mean over dimensions (per token): subtract the mean over tokens, x.mean(0)":
-                e.sum() / (x - x.mean(1, keepdim=True)).pow(2).sum(),
-            "you subtracted one global mean: use one mean per dimension, x.mean(0)":
-                e.sum() / (x - x.mean()).pow(2).sum(),
-        }
-        for why, v in variants.items():
-            if abs(got - float(v)) <= 1e-4:
-                raise _Wrong(why)
-        raise _Wrong(f"got {got:.4f}, expected {want:.4f}: (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum()")
+        e = (x64 - xh64).pow(2)
+        var = (x64 - x64.mean(0)).pow(2).sum()
+        rule = "(x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum()"
+        _known_mistake(got, [
+            ("you divided by the energy about zero (the sum of x squared), not the variance about the mean: "
+             "activations have a large mean, so this flatters the SAE", rule, e.sum() / x64.pow(2).sum()),
+            ("you returned the fraction of variance EXPLAINED (1 - FVU)", rule, 1 - want),
+            ("you centred x on the reconstruction's mean (x_hat's) where the variance is x's about its "
+             "OWN mean",
+             rule, e.sum() / (x64 - xh64.mean(0)).pow(2).sum()),
+            ("you divided by the variance of the reconstruction x_hat: divide by the variance of x", rule,
+             e.sum() / (xh64 - xh64.mean(0)).pow(2).sum()),
+            ("you averaged one FVU per dimension: the total squared error goes over the total variance", rule,
+             (e.sum(0) / (x64 - x64.mean(0)).pow(2).sum(0)).mean()),
+            ("you subtracted the mean over dimensions (per token) where the mean is over tokens, one per "
+             "dimension", rule,
+             e.sum() / (x64 - x64.mean(1, keepdim=True)).pow(2).sum()),
+            ("you subtracted one global mean where there is one mean per dimension", rule,
+             e.sum() / (x64 - x64.mean()).pow(2).sum()),
+            ("you divided by torch's x.var() (one global mean, and an n-1 denominator): one mean per dimension, "
+             "and the same normalisation above and below the line", rule, e.mean() / x64.var()),
+            ("the variance is the n-1 (unbiased) one, e.g. torch's x.var(0), against a mean squared error over "
+             "n: use the same normalisation above and below the line", rule, want * (n - 1) / n),
+            ("you took a square root (a ratio of norms): FVU is a ratio of squared errors", rule, want ** 0.5),
+        ], _scalar_same)
+        factor = _ratio_mistake(got, want, n, d)
+        if factor:
+            raise _Wrong(f"your FVU is off by a factor {factor}: a mean on one side of the division and a sum "
+                         f"on the other", rule)
+        raise _Wrong(f"got {got:.4f}, expected {want:.4f}, and none of the mistakes this check knows", rule)
     return _run("01.3a", fn, test)
 
 
@@ -361,17 +568,26 @@ def check_loss_recovered(fn) -> CheckResult:
     """01.3b: ``fn(ce_clean, ce_sae, ce_ablated)`` -> the share of the ablation's loss the SAE recovers."""
     def test(fn):
         cases = [(3.0, 3.2, 5.0), (2.5, 2.5, 4.0), (3.8, 4.6, 4.6), (3.0, 3.5, 7.0)]
+        rule = "(ce_ablated - ce_sae) / (ce_ablated - ce_clean)"
         for c in cases:
+            clean, sae_ce, ablated = c
             want = reference_loss_recovered(*c)
             got = _as_float(_call(fn, *c), "loss recovered")
-            if abs(got - want) > 1e-6:
-                if abs(got - (1 - want)) < 1e-6:
-                    raise _Wrong(f"for {c} you returned {got:.3f}, the share LOST; loss recovered is "
-                                 f"(ce_ablated - ce_sae) / (ce_ablated - ce_clean) = {want:.3f}")
-                if abs(got - 100 * want) < 1e-4:
-                    raise _Wrong("return a fraction (0.9), not a percentage (90)")
-                raise _Wrong(f"for ce_clean, ce_sae, ce_ablated = {c} you returned {got:.3f}, expected "
-                             f"{want:.3f}: 1 when the SAE is as good as the real MLP, 0 when as bad as the ablation")
+            if _scalar_same(got, want, rel=1e-6, tiny=1e-9):
+                continue
+            _known_mistake(got, [
+                (f"for {c} you returned {got:.3f}, the share LOST", rule, 1 - want),
+                ("you returned a percentage (90), the exercise asks a fraction (0.9)", rule, 100 * want),
+                (f"for {c} you returned {got:.3f}: a sign error (the share lost, negated)", rule, want - 1),
+                (f"for {c} you returned {got:.3f}: the ratio is upside down", rule,
+                 (ablated - clean) / (ablated - sae_ce) if ablated != sae_ce else float("inf")),
+                (f"for {c} you returned {got:.3f}: the denominator is the whole ablated loss, not the gap that "
+                 f"ablation opens", rule, (ablated - sae_ce) / ablated),
+                (f"for {c} you returned {got:.3f}: a ratio of the losses themselves, not of their gaps", rule,
+                 clean / sae_ce),
+            ], functools.partial(_scalar_same, rel=1e-6, tiny=1e-9))
+            raise _Wrong(f"for ce_clean, ce_sae, ce_ablated = {c} you returned {got:.3f}, expected {want:.3f} "
+                         f"(1 when the SAE is as good as the real MLP, 0 when as bad as the ablation)", rule)
         return "1 = as good as the real MLP, 0 = as bad as deleting it."
     return _run("01.3b", fn, test)
 
@@ -386,36 +602,155 @@ def check_specificity_sensitivity(fn) -> CheckResult:
         acts = torch.where(context, torch.rand(n, generator=g) * 2, torch.zeros(n))
         acts[~context] += (torch.rand(n, generator=g)[~context] < 0.1) * 0.4     # some false alarms
         acts[context & (torch.rand(n, generator=g) < 0.3)] = 0.0                  # some misses
+        rule = ("specificity = P(context | on) = (on & context).sum() / on.sum(), sensitivity = P(on | context) "
+                "= (on & context).sum() / context.sum(), with on = acts > threshold")
+
+        def rates(on):
+            both = int((on & context).sum())
+            return both / max(1, int(on.sum())), both / max(1, int(context.sum()))
+
         for t in (0.0, 0.5, 10.0):
             on = acts > t
             both = int((on & context).sum())
-            want = (both / max(1, int(on.sum())), both / max(1, int(context.sum())))
-            out = _call(fn, acts.clone(), context.clone(), t)
+            want = rates(on)
+            try:
+                out = _call(fn, acts.clone(), context.clone(), t)
+            except _Wrong as w:
+                if "ZeroDivisionError" in str(w) or "division by zero" in str(w):
+                    raise _Wrong(f"at threshold {t} (above every activation, so the unit is never on) your "
+                                 f"function divided by zero", "return 0.0 for the specificity: divide by "
+                                 "max(1, number of tokens on)") from None
+                raise
             if not isinstance(out, (tuple, list)) or len(out) != 2:
                 raise _Wrong("return two numbers, (specificity, sensitivity)")
             got = (_as_float(out[0], "specificity"), _as_float(out[1], "sensitivity"))
-            if t == 10.0 and any(np.isnan(got)):
-                raise _Wrong("when the unit is never on (threshold above every activation) return 0.0 for "
-                             "specificity (no evidence), not nan: divide by max(1, number of tokens on)")
+            if any(np.isnan(got)):
+                raise _Wrong(f"at threshold {t} you returned nan" + (" (the unit is never on there)" if t == 10.0 else ""),
+                             "when the unit is never on return 0.0 for specificity (no evidence), not nan: "
+                             "divide by max(1, number of tokens on)")
             if np.allclose(got, want, atol=1e-6):
                 continue
-            if np.allclose(got, want[::-1], atol=1e-6):
-                raise _Wrong("specificity and sensitivity are swapped: specificity = P(context | unit on), "
-                             "sensitivity = P(unit on | context)")
+            same = lambda a, b: np.allclose(a, b, atol=1e-6)
+            _known_mistake(got, [
+                ("specificity and sensitivity are swapped", rule, want[::-1]),
+                (f"at threshold {t} you returned counts, not fractions", rule,
+                 (both, both) if both > 1 else (np.nan, np.nan)),
+                ("you counted the unit as on when acts >= threshold: at threshold 0 every token is then 'on'; "
+                 "the paper's 'on' is strictly above", rule, rates(acts >= t) if t == 0.0 else (np.nan, np.nan)),
+                (f"at threshold {t} you got the values of threshold 0: the threshold is ignored", rule,
+                 rates(acts > 0) if t else (np.nan, np.nan)),
+                ("you divided by the number of all tokens where specificity divides by the tokens where the unit "
+                 "is on and sensitivity by the tokens where the context is present", rule, (both / n, both / n)),
+                ("that 'specificity' is the medical one, P(off | no context) (the true negative rate); the paper's "
+                 "is P(context | on), how often the context is there when the unit fires", rule,
+                 (int((~on & ~context).sum()) / max(1, int((~context).sum())), want[1])),
+            ], same)
             if any(v > 1 for v in got):
-                raise _Wrong(f"at threshold {t} you returned {got}: these are counts, divide them to get fractions")
-            ge = acts >= t
-            b2 = int((ge & context).sum())
-            if t == 0.0 and np.allclose(got, (b2 / max(1, int(ge.sum())), b2 / max(1, int(context.sum()))), atol=1e-6):
-                raise _Wrong("you counted the unit as on when acts >= threshold: at threshold 0 every token is "
-                             "then 'on'. The paper's 'on' is strictly above: acts > threshold")
-            if np.isclose(got[0], both / n) or np.isclose(got[1], both / n):
-                raise _Wrong("you divided by the number of all tokens: specificity divides by the tokens where "
-                             "the unit is on, sensitivity by the tokens where the context is present")
+                raise _Wrong(f"at threshold {t} you returned {got}: a value above 1 is no fraction", rule)
             raise _Wrong(f"at threshold {t}: got (specificity, sensitivity) = ({got[0]:.3f}, {got[1]:.3f}), "
-                         f"expected ({want[0]:.3f}, {want[1]:.3f})")
+                         f"expected ({want[0]:.3f}, {want[1]:.3f}), and none of the mistakes this check knows", rule)
         return "specificity P(context | on) and sensitivity P(on | context) at three thresholds, including one above every activation."
     return _run("02.1", fn, test)
+
+
+def _domain_data():
+    """Tokens with one context and features that tempt each known mistake (see check_best_feature_for_context)."""
+    g = np.random.default_rng(12)
+    n = 1000
+    context = np.zeros(n, bool)
+    context[g.choice(n, 200, replace=False)] = True
+    ctx, off = np.flatnonzero(context), np.flatnonzero(~context)
+    acts = np.zeros((n, 7), np.float32)
+
+    def fire(col, on_ctx, on_off, scale=1.0):
+        pos = np.r_[g.choice(ctx, on_ctx, replace=False), g.choice(off, on_off, replace=False)]
+        acts[pos, col] = scale * g.uniform(0.2, 1.0, len(pos))
+    fire(0, 20, 0)              # perfectly specific, covers 10%: below the bar
+    fire(1, 200, 500, 6.0)      # catches every context token, but fires on most others too; the largest values
+    fire(2, 150, 12)            # THE answer: covers 75% (>= 0.6) at specificity 0.926
+    fire(3, 190, 40)            # best F1 and higher coverage, specificity 0.826
+    fire(4, 110, 4)             # specificity 0.965, covers 55%: just below the bar
+    fire(5, 0, 300)             # fires only off the context
+    acts[:, 6] = g.uniform(0.0, 0.05, n) * (g.random(n) < 0.5)   # faint and everywhere
+    return acts, context
+
+
+def check_best_feature_for_context(fn) -> CheckResult:
+    """02.3: ``fn(acts [tokens, F], context [tokens], min_sensitivity)`` -> (feature, specificity, sensitivity)."""
+    def test(fn):
+        acts, context = _domain_data()
+        bar = 0.6
+        on = acts > 0
+        both = (on & context[:, None]).sum(0)
+        spec, sens = both / np.maximum(1, on.sum(0)), both / max(1, context.sum())
+        ok = sens >= bar
+        want = int(np.flatnonzero(ok)[np.argmax(spec[ok])])
+        rule = ("for every feature, on = acts > 0; keep the features whose sensitivity P(on | context) is at least "
+                "min_sensitivity; of those return the one with the highest specificity P(context | on)")
+        out = _call(fn, acts.copy(), context.copy(), bar)
+        if not isinstance(out, (tuple, list)) or len(out) != 3:
+            raise _Wrong("return three things, (feature, specificity, sensitivity)")
+        try:
+            got = int(out[0])
+        except (TypeError, ValueError):
+            raise _Wrong(f"the feature should be an index (an int), got {type(out[0]).__name__}") from None
+        got_spec, got_sens = _as_float(out[1], "specificity"), _as_float(out[2], "sensitivity")
+        why = {
+            0: "feature 0 is perfectly specific but catches only 10% of the context: keep only the features "
+               "whose sensitivity reaches the bar before you compare specificities",
+            4: "feature 4 is very specific but catches 55% of the context, below the bar of 60%: keep only the "
+               "features whose sensitivity reaches the bar",
+            1: "feature 1 catches all of the context (and has the largest activations), but fires on most other "
+               "tokens too: among the features above the bar, take the most SPECIFIC, not the most sensitive "
+               "or the most active",
+            3: "feature 3 covers more (and has the best F1), but it is less specific than another feature above "
+               "the bar: the bar applies to the sensitivity, and among the features that reach it take the most "
+               "specific",
+            5: "feature 5 fires only where the context is absent: specificity is P(context | on), not P(on | "
+               "no context)",
+            6: "feature 6 fires faintly everywhere: 'on' is acts > 0, and the features are the columns",
+        }
+        if got != want and _scalar_same(got_spec, context.mean()) and _scalar_same(got_sens, 1.0):
+            raise _Wrong("every feature looks on at every token (specificity = the context's share, sensitivity 1): "
+                         "'on' is strictly above zero, acts > 0", rule)
+        if got != want:
+            if got in why:
+                raise _Wrong(why[got].split(":")[0], why[got].split(":", 1)[1].strip())
+            if not 0 <= got < acts.shape[1]:
+                raise _Wrong(f"{got} is not a feature index (0..{acts.shape[1] - 1}): the features are the columns "
+                             f"(axis 1), the tokens the rows", rule)
+            raise _Wrong(f"feature {got} is not the answer, and none of the mistakes this check knows", rule)
+        if not (_scalar_same(got_spec, spec[want]) and _scalar_same(got_sens, sens[want])):
+            if _scalar_same(got_spec, sens[want]) and _scalar_same(got_sens, spec[want]):
+                raise _Wrong("the right feature, but its specificity and sensitivity are swapped",
+                             "return (feature, specificity, sensitivity)")
+            raise _Wrong(f"the right feature, but its scores are ({got_spec:.3f}, {got_sens:.3f}) where they are "
+                         f"({spec[want]:.3f}, {sens[want]:.3f})", rule)
+        none = _call(fn, acts.copy(), context.copy(), 1.01)
+        try:
+            none_i = int(none[0])
+        except (TypeError, ValueError, IndexError):
+            none_i = None
+        if none_i != -1:
+            raise _Wrong(f"with a bar no feature reaches (1.01) you returned {none!r}",
+                         "return (-1, 0.0, 0.0) when no feature covers enough of the context")
+        return (f"feature {want}: specificity {spec[want]:.3f} at coverage {sens[want]:.2f} >= {bar}; neither the "
+                f"perfectly specific rare feature (0) nor the ones that fire everywhere (1) or have the best F1 (3) "
+                f"fooled you.")
+    return _run("02.3", fn, test)
+
+
+def reference_best_feature(acts, context, min_sensitivity: float) -> tuple[int, float, float]:
+    """02.3's answer, for the apply cell's verdict: the most specific feature among those that cover the bar."""
+    acts, context = _to_array(acts), _to_array(context).astype(bool)
+    on = acts > 0
+    both = (on & context[:, None]).sum(0)
+    spec, sens = both / np.maximum(1, on.sum(0)), both / max(1, int(context.sum()))
+    ok = np.flatnonzero(sens >= min_sensitivity)
+    if not len(ok):
+        return -1, 0.0, 0.0
+    best = int(ok[np.argmax(spec[ok])])
+    return best, float(spec[best]), float(sens[best])
 
 
 # ---------------------------------------------------------------- notebook 03
@@ -431,23 +766,53 @@ def check_simulation_score(fn) -> CheckResult:
             "a constant prediction": (true, np.full(60, 3.0), np.ones(60)),
             "predictions with ties (0-9 integers)": (true, np.round(np.clip(true * 3, 0, 9)), g.uniform(0.5, 2, 60)),
         }
+        rule = ("rank both sides with weighted_rank(x, weights), then the weighted Pearson correlation of the ranks "
+                "(weighted means, covariance and variances, weights normalised to sum 1); 0.0 when a side's "
+                "weighted variance is ~0")
+
+        def pearson(x, y, w):           # weighted Pearson without the constant-side guard
+            w = np.asarray(w, float) / np.sum(w)
+            dx, dy = x - w @ x, y - w @ y
+            return float(w @ (dx * dy) / np.sqrt((w @ (dx * dx)) * (w @ (dy * dy))))
+
+        def ordinal(x):                  # ranks 0..n-1, ties broken by position
+            return np.argsort(np.argsort(x, kind="stable"), kind="stable").astype(float)
+
         for what, (t, p, w) in cases.items():
             want = weighted_spearman(t, p, w)
             got = _as_float(_call(fn, t.copy(), p.copy(), w.copy()), "the score")
             if np.isnan(got):
-                raise _Wrong(f"{what}: you returned nan; a constant prediction carries no information "
-                             f"and must score 0.0 (check for zero variance before dividing)")
+                raise _Wrong(f"{what}: you returned nan; a constant prediction carries no information and must "
+                             f"score 0.0", "check for zero variance before dividing")
             if abs(got - want) <= 1e-6:
                 continue
             if np.ptp(p) == 0:
                 raise _Wrong(f"{what}: you returned {got:.4f}; a constant prediction carries no information and "
-                             f"must score 0.0: when a side's weighted variance is ~0 (up to rounding), return 0.0")
-            if abs(got - weighted_spearman(t, p)) <= 1e-6:
-                raise _Wrong(f"{what}: you ignored the weights. Rank in cumulative-weight space "
-                             f"(weighted_rank(x, w)) and take a weighted Pearson of the ranks")
-            if abs(got - weighted_pearson(t, p, w)) <= 1e-6 or abs(got - weighted_pearson(t, p)) <= 1e-6:
-                raise _Wrong(f"{what}: you correlated the values, not their ranks: Spearman is Pearson of ranks")
-            raise _Wrong(f"{what}: got {got:.4f}, expected {want:.4f}")
+                             f"must score 0.0", "when a side's weighted variance is ~0 (up to rounding), return 0.0")
+            rt, rp = weighted_rank(t, w), weighted_rank(p, w)
+            ut, up = weighted_rank(t, np.ones_like(w)), weighted_rank(p, np.ones_like(w))
+            same = lambda a, b: abs(a - b) <= 1e-6
+            _known_mistake(got, [
+                (f"{what}: you ignored the weights", rule, weighted_spearman(t, p)),
+                (f"{what}: you ranked with the weights but took an UNWEIGHTED Pearson of the ranks: the means, "
+                 f"covariance and variances must be weighted too", rule, pearson(rt, rp, np.ones_like(w))),
+                (f"{what}: you took unweighted ranks (rankdata / argsort) with weighted moments: rank in "
+                 f"cumulative-weight space", rule, pearson(ut, up, w)),
+                (f"{what}: your ranks break ties by position (argsort of argsort): tied values must share the "
+                 f"middle rank of their block", rule, pearson(ordinal(t), ordinal(p), w)),
+                (f"{what}: your ranks break ties by position (argsort of argsort), and ignore the weights", rule,
+                 pearson(ordinal(t), ordinal(p), np.ones_like(w))),
+                (f"{what}: you correlated the values, not their ranks (Spearman is the Pearson of ranks)", rule,
+                 weighted_pearson(t, p, w)),
+                (f"{what}: you correlated the values, not their ranks, and ignored the weights", rule,
+                 weighted_pearson(t, p)),
+                (f"{what}: you returned the weighted covariance of the ranks, not their correlation (divide by "
+                 f"both standard deviations)", rule,
+                 float((w / w.sum()) @ ((rt - (w / w.sum()) @ rt) * (rp - (w / w.sum()) @ rp)))),
+            ], same)
+            if abs(got) > 1 + 1e-9:
+                raise _Wrong(f"{what}: got {got:.4f}, a correlation beyond [-1, 1]: the normalisation is off", rule)
+            raise _Wrong(f"{what}: got {got:.4f}, expected {want:.4f}, and none of the mistakes this check knows", rule)
         return "weighted ranks, weighted Pearson, a constant prediction scores 0."
     return _run("03.1", fn, test)
 
@@ -476,30 +841,67 @@ def check_max_activation_correlation(fn) -> CheckResult:
     """04.1: ``fn(acts_a [n, A], acts_b [n, B])`` -> (best correlation [A], index of the best B unit [A])."""
     def test(fn):
         a, b = _universality_data()
+        n = a.shape[0]
         corr = _corr_matrix(a, b)
         want_v, want_i = corr.max(1), corr.argmax(1)
         out = _call(fn, a.copy(), b.copy())
         if not isinstance(out, (tuple, list)) or len(out) != 2:
             raise _Wrong("return two arrays, (best_corr, best_index), one entry per unit of A")
-        v = np.asarray(out[0].detach() if torch.is_tensor(out[0]) else out[0], np.float64).ravel()
-        i = np.asarray(out[1].detach() if torch.is_tensor(out[1]) else out[1]).ravel()
+        try:
+            v = np.asarray(out[0].detach() if torch.is_tensor(out[0]) else out[0], np.float64).ravel()
+            i = np.asarray(out[1].detach() if torch.is_tensor(out[1]) else out[1]).ravel()
+        except (TypeError, ValueError) as e:
+            raise _Wrong(f"could not read your (best_corr, best_index) as arrays of numbers ({e})") from None
+        rule = ("centre each column (subtract its mean over tokens), divide it by its norm, take A^T B, then the "
+                "max and argmax over B (axis 1)")
         if len(v) == b.shape[1] or len(i) == b.shape[1]:
             raise _Wrong(f"you returned {b.shape[1]} values, one per unit of B: match each unit of A "
-                         f"({a.shape[1]} of them), i.e. take the max over B's axis")
+                         f"({a.shape[1]} of them)", "take the max over B's axis")
         if len(v) != a.shape[1] or len(i) != a.shape[1]:
             raise _Wrong(f"return {a.shape[1]} values and {a.shape[1]} indices (one per unit of A), got "
                          f"{len(v)} and {len(i)}")
+        if np.isnan(v).any():
+            raise _Wrong(f"{int(np.isnan(v).sum())} of your best correlations are nan (a division by a zero norm?)",
+                         "clip each norm away from zero, e.g. .clip(1e-12)")
+        if np.allclose(i, want_v, atol=1e-5) and np.array_equal(v.astype(np.int64), want_i):
+            raise _Wrong("you returned (best_index, best_corr)", "the order is (best_corr, best_index)")
+        ac, bc = a - a.mean(0), b - b.mean(0)
+        na, nb = np.linalg.norm(ac, axis=0), np.linalg.norm(bc, axis=0)
         cos = _corr_matrix(a, b, centre=False)
-        if np.allclose(v, cos.max(1), atol=1e-5) and not np.allclose(v, want_v, atol=1e-5):
-            raise _Wrong("these are cosine similarities: subtract each unit's mean activation first "
-                         "(Pearson correlation); an always-on unit of B otherwise looks similar to everything")
-        if np.allclose(v, want_v, atol=1e-5) and not np.array_equal(i, want_i):
-            raise _Wrong("the correlations are right but the indices do not point at B's best unit: argmax over B")
+        same = lambda x, y: np.allclose(x, y, atol=1e-5)
+        _known_mistake(v, [
+            ("these are cosine similarities (no centring): an always-on unit of B then looks similar to "
+             "everything; subtract each unit's mean activation first (Pearson correlation)", rule, cos.max(1)),
+            ("you took the largest |correlation|: the paper matches by the largest correlation", rule,
+             np.abs(corr).max(1)),
+            ("these are covariances, not correlations: divide by both units' norms (standard deviations)", rule,
+             (ac.T @ bc / n).max(1)),
+            ("these are dot products of the centred activations: divide by both units' norms", rule,
+             (ac.T @ bc).max(1)),
+            ("only A's units are normalised: divide B's centred columns by their norms too", rule,
+             ((ac / na).T @ bc).max(1)),
+            ("only B's units are normalised: divide A's centred columns by their norms too", rule,
+             (ac.T @ (bc / nb)).max(1)),
+            ("a covariance with n-1 over standard deviations with n (cov against std): correlations above 1; "
+             "use the same normalisation on both", rule, (corr * n / (n - 1)).max(1)),
+            ("you normalised the rows (axis=1, tokens) instead of the columns (units)", rule,
+             ((ac / np.linalg.norm(ac, axis=1, keepdims=True).clip(1e-12)).T
+              @ (bc / np.linalg.norm(bc, axis=1, keepdims=True).clip(1e-12))).max(1)),
+            ("you centred each token (the mean over units, axis=1) instead of each unit (over tokens, axis=0)", rule,
+             _corr_matrix(a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True), centre=False).max(1)),
+        ], same)
+        if (v > 1 + 1e-6).any():
+            raise _Wrong(f"{int((v > 1 + 1e-6).sum())} of your correlations are above 1 (largest {v.max():.3f}), "
+                         f"which a correlation cannot be: the normalisation is off", rule)
         if not np.allclose(v, want_v, atol=1e-5):
-            if np.allclose(v, np.abs(corr).max(1), atol=1e-5):
-                raise _Wrong("you took the largest |correlation|: the paper matches by the largest correlation")
             raise _Wrong(f"the best correlations differ from Pearson's (first unit: got {v[0]:.3f}, expected "
-                         f"{want_v[0]:.3f}): centre each column, divide by its norm, take A^T B, max over B")
+                         f"{want_v[0]:.3f}), and none of the mistakes this check knows", rule)
+        if not np.array_equal(i, want_i):
+            if np.array_equal(i, want_i + 1):
+                raise _Wrong("the correlations are right but every index is one too high (1-based?)",
+                             "argmax gives 0-based indices: return them unchanged")
+            raise _Wrong("the correlations are right but the indices do not point at B's best unit",
+                         "argmax over B (axis 1) of the same correlation matrix")
         return (f"median best correlation {np.median(v):.2f}; the 8 planted twins found "
                 f"({int((v > 0.8).sum())} units above 0.8).")
     return _run("04.1", fn, test)
@@ -507,17 +909,26 @@ def check_max_activation_correlation(fn) -> CheckResult:
 
 # ---------------------------------------------------------------- notebook 05
 def _family_data():
+    """Activations of a small [n, 6] and a large [n, 17] dictionary, built so that every known mistake
+    gives other links than the cosine: children of different scales (some with small norms), small
+    features of different norms, orphans, and a column that fires almost everywhere."""
     g = np.random.default_rng(10)
     n, S = 500, 6
-    small = np.maximum(g.normal(0.5, 1, (n, S)), 0) * (g.random((n, S)) < 0.25)
+    density = np.array([0.25, 0.25, 0.25, 0.25, 0.25, 0.7])        # feature 5 fires on most tokens
+    scale = np.array([1.0, 3.0, 0.3, 1.0, 2.0, 0.5])               # and the features' norms differ
+    small = np.maximum(g.normal(0.5, 1, (n, S)), 0) * (g.random((n, S)) < density) * scale
     cols = []
-    for s in range(S):                                   # each parent splits into two children
+    child_scale = [1.0, 0.02, 1.0, 5.0, 0.02, 1.0, 1.0, 0.5, 1.0, 0.02]
+    for s in range(S - 1):                               # each parent splits into two children
         split = g.random(n) < 0.5
-        for part in (split, ~split):
-            cols.append(small[:, s] * part * g.uniform(0.8, 1.2) + 0.05 * g.random(n) * (small[:, s] > 0))
-    for _ in range(3):                                   # orphans: a new feature of the larger SAE
+        for k, part in enumerate((split, ~split)):
+            c = small[:, s] * part * g.uniform(0.8, 1.2) + 0.05 * scale[s] * g.random(n) * (small[:, s] > 0)
+            cols.append(c * child_scale[2 * s + k])
+    for _ in range(3):                                   # orphans: new features of the larger SAE
         cols.append(np.maximum(g.normal(0, 1, n), 0) * (g.random(n) < 0.2))
-    cols.append(small[:, 0] + 3.0 * (g.random(n) < 0.9))  # fires almost everywhere: only its cosine is high
+    cols.append(0.04 * (1.0 + 0.05 * g.random(n)))       # on everywhere, faintly: cosine with 5 high, Pearson ~0
+    cols.append(small[:, 1] * 0.2 + small[:, 2] * 1.5)   # two parents: raw dot products prefer the larger norm
+    cols.append(small[:, 5] * (g.random(n) < 0.5))       # a child of the dense feature
     large = np.stack(cols, 1)
     return small, large
 
@@ -526,33 +937,59 @@ def check_link_parents(fn) -> CheckResult:
     """05.1: ``fn(acts_small [n, S], acts_large [n, L], threshold)`` -> parent index per large feature, -1 if none."""
     def test(fn):
         small, large = _family_data()
+        S, L = small.shape[1], large.shape[1]
         cos = _corr_matrix(small, large, centre=False)          # [S, L]
         best, arg = cos.max(0), cos.argmax(0)
         want = np.where(best > 0.4, arg, -1)
         out = _call(fn, small.copy(), large.copy(), 0.4)
-        got = np.asarray(out.detach() if torch.is_tensor(out) else out).ravel()
-        if len(got) == small.shape[1]:
-            raise _Wrong(f"you returned {small.shape[1]} entries, one per feature of the smaller SAE: "
-                         f"give each feature of the LARGER SAE ({large.shape[1]}) its parent")
-        if len(got) != large.shape[1]:
-            raise _Wrong(f"return {large.shape[1]} parent indices, one per feature of the larger SAE; got {len(got)}")
+        try:
+            raw = np.asarray(out.detach() if torch.is_tensor(out) else out)
+        except (TypeError, ValueError) as e:
+            raise _Wrong(f"could not read your parents as an array ({e})") from None
+        got = raw.ravel()
+        if got.dtype == object or any(x is None for x in got.tolist()):
+            raise _Wrong("your parents hold None (or other objects)", "mark a feature without a parent with -1")
+        if got.dtype.kind == "f" and np.isnan(got).any():
+            raise _Wrong("your parents hold nan", "mark a feature without a parent with -1 (an integer array)")
+        if len(got) == S:
+            raise _Wrong(f"you returned {S} entries, one per feature of the smaller SAE: give each feature of the "
+                         f"LARGER SAE ({L}) its parent", "the argmax over the smaller SAE's axis (axis 0 of small.T @ large)")
+        if len(got) != L:
+            raise _Wrong(f"return {L} parent indices, one per feature of the larger SAE; got {len(got)}")
         got = got.astype(np.int64)
         if np.array_equal(got, want):
             return (f"{int((got >= 0).sum())} of {len(got)} features linked; the {int((got < 0).sum())} "
-                    f"orphans (best cosine <= 0.4) get -1.")
-        if np.array_equal(got, arg):
-            raise _Wrong("every feature got a parent: the ones whose best cosine is <= threshold (0.4) "
-                         "have none, return -1 for them")
-        dot = small.T @ large
-        if np.array_equal(got, dot.argmax(0)) or np.array_equal(got, np.where(dot.max(0) > 0.4, dot.argmax(0), -1)):
-            raise _Wrong("you compared raw dot products: divide by both activation vectors' norms (cosine)")
+                    f"orphans (best cosine <= 0.4) get -1, and the feature that fires everywhere got its parent "
+                    f"by cosine (Pearson would have left it an orphan).")
+        rule = ("divide every column of both matrices by its norm, cos = small_n.T @ large_n [S, L]; the parent "
+                "is the argmax over S where the max is above threshold, else -1")
+        sn, ln = small / np.linalg.norm(small, axis=0), large / np.linalg.norm(large, axis=0)
         corr = _corr_matrix(small, large)
-        if np.array_equal(got, np.where(corr.max(0) > 0.4, corr.argmax(0), -1)):
-            raise _Wrong("you used Pearson correlation (centred); the paper links by the cosine of the raw, "
-                         "non-negative activation vectors")
+        linked = lambda m: np.where(m.max(0) > 0.4, m.argmax(0), -1)
+        _known_mistake(got, [
+            ("every feature got a parent: the ones whose best cosine is not above the threshold (0.4) have none",
+             "return -1 for them", arg),
+            ("you used Pearson correlation (centred activations); the paper links by the cosine of the raw, "
+             "non-negative activation vectors: a feature that fires almost everywhere has a Pearson near 0 with "
+             "its parent but a high cosine", rule, linked(corr)),
+            ("you used Pearson correlation (centred activations), and gave every feature a parent", rule,
+             corr.argmax(0)),
+            ("you normalised only the smaller SAE's activations: the larger one's norms then scale its "
+             "similarities, so a faint feature falls below the threshold", rule, linked(sn.T @ large)),
+            ("you compared raw dot products: divide by both activation vectors' norms (cosine)", rule,
+             linked(small.T @ large)),
+            ("your similarities are not divided by the smaller SAE's norms (raw dot products, or only the larger "
+             "SAE normalised): the smaller features' norms then pick the parent and everything passes the "
+             "threshold", rule, linked(small.T @ ln)),
+            ("you marked the features without a parent with 0, a valid index", "use -1", np.where(best > 0.4, arg, 0)),
+            ("your parent indices are one too high (1-based?)", "argmax gives 0-based indices",
+             np.where(best > 0.4, arg + 1, -1)),
+            ("you kept the features whose best cosine is BELOW the threshold", rule, np.where(best <= 0.4, arg, -1)),
+        ], np.array_equal)
         bad = int(np.flatnonzero(got != want)[0])
         raise _Wrong(f"large feature {bad}: you gave parent {got[bad]}, expected {want[bad]} (its cosines with "
-                     f"the small features: {np.round(cos[:, bad], 2).tolist()})")
+                     f"the small features: {np.round(cos[:, bad], 2).tolist()}), and none of the mistakes this "
+                     f"check knows", rule)
     return _run("05.1", fn, test)
 
 
@@ -579,39 +1016,59 @@ def check_clamp_hook(fn) -> CheckResult:
         f2 = f.clone()
         f2[..., feat] = value
         want = x + sae.decode(f2) - sae.decode(f)
+        rule = ("f = sae.encode(acts); f_clamped = f with [..., feature] = value; return acts + "
+                "sae.decode(f_clamped) - sae.decode(f)")
         hook = _call(fn, sae, feat, value)
         if not callable(hook):
             raise _Wrong(f"return a hook function (def hook(acts, hook): ...), got {type(hook).__name__}")
         out = _call(hook, x.clone(), None)
         if out is None:
-            raise _Wrong("the hook returns None: return the edited activations (TransformerLens uses the "
+            raise _Wrong("the hook returns None", "return the edited activations (TransformerLens uses the "
                          "returned tensor)")
         out = _as_tensor(out, "the hook's output")
         _shape(out, x.shape, "the hook's output", "[batch, pos, d_mlp], the shape of its input")
-        if _close(out, x):
-            raise _Wrong("the activations came back unchanged: set the feature to `value` and apply the change")
-        if _close(out, sae.decode(f2)):
-            raise _Wrong("forgot the error term: you replaced the activations by the SAE's reconstruction, "
-                         "which also throws away everything the SAE does not reconstruct. Keep it: "
-                         "x + decode(f_clamped) - decode(f)")
-        if _close(out, x + value * sae.W_dec_raw[feat]):
-            raise _Wrong("you added value x the decoder direction (that is 'add' steering): clamp sets the "
-                         "feature's activation TO value, so add (value - f[..., feature]) x the direction")
-        if _close(out, x + (value - f[..., feat:feat + 1]) * sae.W_dec[feat]):
-            raise _Wrong("you used sae.W_dec, which lives in the SAE's scaled space: use sae.decode(...) or "
-                         "sae.W_dec_raw (the input scale is undone there)")
+        f_mul = f.clone()
+        f_mul[..., feat] *= value
+        x_set = x.clone()
+        x_set[..., feat] = value
+        last = x.clone()
+        last[:, -1] = want[:, -1]
+        mistakes = [
+            ("the activations came back unchanged (if you set the feature in f itself, f_clamped and f are the "
+             "same tensor: clone it first)", rule, x),
+            ("a sign error: you subtracted the clamped reconstruction and added the original one", rule,
+             x - sae.decode(f2) + sae.decode(f)),
+            ("forgot the error term: you replaced the activations by the SAE's reconstruction, which also throws "
+             "away everything the SAE does not reconstruct", rule, sae.decode(f2)),
+            ("you added value x the decoder direction (that is 'add' steering): clamp sets the feature's "
+             "activation TO value, so add (value - f[..., feature]) x the direction", rule,
+             x + value * sae.W_dec_raw[feat]),
+            ("you used sae.W_dec, which lives in the SAE's scaled space (the input scale is undone in "
+             "sae.W_dec_raw and in the SAE's decoder)", rule, x + (value - f[..., feat:feat + 1]) * sae.W_dec[feat]),
+            ("you multiplied the feature by value: clamp SETS it to value", rule,
+             x + sae.decode(f_mul) - sae.decode(f)),
+            ("you set MLP neuron `feature` of the activations to value: the feature lives in the SAE's "
+             "dictionary, so encode first", rule, x_set),
+            ("only the last position is edited: clamp every position", rule, last),
+        ]
         for other in (feat - 1, feat + 1):
             g2 = f.clone()
             g2[..., other] = value
-            if _close(out, x + sae.decode(g2) - sae.decode(f)):
-                raise _Wrong(f"you clamped feature {other}, not feature {feat}")
+            mistakes.append((f"you clamped feature {other}, not feature {feat} (an off-by-one)", rule,
+                             x + sae.decode(g2) - sae.decode(f)))
+        _known_mistake(out, mistakes, _close)
         if not _close(out, want):
-            raise _Wrong("right shape, wrong values: f = sae.encode(acts); f_clamped = f with "
-                         "[..., feature] = value; return acts + sae.decode(f_clamped) - sae.decode(f)")
+            diff = float((out.double() - want.double()).abs().max())
+            raise _Wrong(f"right shape, wrong values (off by up to {diff:.3g}), and none of the mistakes this "
+                         f"check knows", rule)
         hook2 = _call(fn, sae, feat, value, keep_error=False)
         out2 = _as_tensor(_call(hook2, x.clone(), None), "the hook's output")
+        if _close(out2, want):
+            raise _Wrong("with keep_error=False you still kept the error term", "return the plain replacement "
+                         "sae.decode(f_clamped)")
         if not _close(out2, sae.decode(f2)):
-            raise _Wrong("with keep_error=False return the plain replacement sae.decode(f_clamped)")
+            raise _Wrong("with keep_error=False the hook does not return the plain replacement",
+                         "return sae.decode(f_clamped)")
         return ("the edit keeps the SAE's error term (what the SAE does not reconstruct, which the plain "
                 "replacement throws away), and keep_error=False gives the replacement.")
     return _run("06.1", fn, test)
