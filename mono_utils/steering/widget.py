@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from ..core.tokenizer import str_tokens
+from ..features.dashboards import readable_tokens, readable_vocab
 from .catalog import DEMO_PROMPT, FeatureCatalog
 from .interventions import MAX_STEER, MODES, FastLM, Intervention, generate, next_token_shift, one_thread
 
@@ -34,7 +34,7 @@ def next_token_figure(first_logits, tokenizer, k: int = 12, title: str = "next-t
     import torch  # lazy: torch is heavy
     p = torch.softmax(first_logits.float(), -1)
     top = p.topk(max(1, min(k, p.numel())))
-    names = [repr(t) for t in str_tokens(tokenizer, top.indices.tolist())]
+    names = [repr(readable_tokens(tokenizer, [i])[0]) for i in top.indices.tolist()]   # a split byte as ‹d7›, not �
     fig = go.Figure(go.Bar(x=names, y=top.values.tolist()))
     fig.update_layout(title=title, xaxis_title="next token", yaxis_title="probability", height=300,
                       margin=dict(t=50, b=40))
@@ -304,12 +304,16 @@ class SteeringWidget:
         vmax = float(self.catalog.max_act[first]) if first is not None else 1.0
         state = ", ".join(f"#{iv.feature} {iv.mode} {iv.value:.2f}" for iv in ivs) or "no intervention"
         col = lambda g: None if g.feature_acts is None else g.feature_acts[:, 0]  # noqa: E731
-        self.baseline_html.value = render_tokens(base.str_tokens, col(base), n_prompt, vmax,
+        # as the atlas shows text: a Hebrew or Arabic letter split across tokens shows whole, not as �
+        shown = lambda g: readable_tokens(self.tokenizer, list(g.prompt_ids) + list(g.new_ids))  # noqa: E731
+        self.baseline_html.value = render_tokens(shown(base), col(base), n_prompt, vmax,
                                                  "baseline (no intervention)")
         self.steered_html.value = (f"<span class='mono-steer-state' style='font-weight:600'>steered: "
                                    f"{html.escape(state)}</span>"
-                                   + render_tokens(steer.str_tokens, col(steer), n_prompt, vmax))
-        rows = shift["up"] + shift["down"][::-1]
+                                   + render_tokens(shown(steer), col(steer), n_prompt, vmax))
+        vocab = readable_vocab(self.tokenizer)
+        rows = [{**r, "token": vocab[r["id"]] if 0 <= r["id"] < len(vocab) else r["token"]}
+                for r in shift["up"] + shift["down"][::-1]]
         parts = [[r for r in rows if r["delta"] >= 0], [r for r in rows if r["delta"] < 0]]
         updates = [dict(x=[r["delta"] for r in part], y=[f"{r['token']!r} " for r in part],
                         hovertext=[f"{r['p_base']:.3f} → {r['p_steered']:.3f}" for r in part]) for part in parts]

@@ -113,7 +113,7 @@ def test_add_remove_features_and_render_time(widget, parts):
 
 
 def test_next_token_figure_shows_the_most_likely_tokens(parts):
-    from mono_utils.core.tokenizer import str_tokens
+    from mono_utils.features.dashboards import readable_tokens
     from mono_utils.steering.interventions import generate
     from mono_utils.steering.widget import next_token_figure
     lm, tok, sae, _ = parts
@@ -122,5 +122,7 @@ def test_next_token_figure_shows_the_most_likely_tokens(parts):
     bar = fig.data[0]
     p = torch.softmax(logits.float(), -1)
     assert list(bar.y) == pytest.approx(p.topk(5).values.tolist())
-    assert list(bar.x) == [repr(t) for t in str_tokens(tok, p.topk(5).indices.tolist())]
+    # each token as the atlas shows it: a byte that starts no whole character as ‹xx›, never �
+    assert list(bar.x) == [repr(readable_tokens(tok, [i])[0]) for i in p.topk(5).indices.tolist()]
+    assert not any("\ufffd" in x for x in bar.x)
     assert all(a >= b for a, b in zip(bar.y, bar.y[1:]))
