@@ -97,6 +97,7 @@ def cmd_run_notebooks(args) -> int:
         paths = [p for p in paths if any(o in p.name for o in args.only)]
     if not paths:
         raise ValueError("no notebooks matched: check --only")
+    _guard_executed_copies(out_dir, paths, args.force)
     env = dict(os.environ)
     if args.artifacts:
         env["MONO_ARTIFACTS"] = str(Path(args.artifacts).resolve())
@@ -132,9 +133,20 @@ def cmd_app(args) -> int:
     return launch_app(args.name, port=args.port, ip=args.ip, env=env) or 0
 
 
+def _guard_executed_copies(out_dir: Path, paths: list[Path], force: bool) -> None:
+    """run-notebooks writes executed solutions: never over the notebooks themselves, nor a student's without --force."""
+    from .lessons.student import check_out_folder, guard_writes   # lazy: only when notebooks are run
+    check_out_folder(out_dir)
+    if out_dir.resolve() == (repo_root() / "notebooks").resolve() or out_dir.resolve() in {p.parent.resolve() for p in paths}:
+        raise ValueError(f"--out {out_dir} is the notebooks' own folder: the executed copies (with outputs) would replace "
+                         f"the committed notebooks. Choose another folder, e.g. runs/")
+    for b in guard_writes({out_dir / p.name: None for p in paths}, writes="solution", force=force):
+        print(f"kept a copy of {b.name} in {b.parent}")
+
+
 def cmd_lessons(args) -> int:
     from .lessons.student import write_student_versions
-    written = write_student_versions(args.out, args.notebooks)
+    written = write_student_versions(args.out, args.notebooks, force=args.force)
     for path, n in written:
         print(f"wrote {path} ({n} checked exercise{'s' if n != 1 else ''})")
     print(f"{len(written)} student notebooks in {args.out}: solutions replaced by stubs, folded below each check")
@@ -179,6 +191,9 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--only", nargs="*", help="only notebooks whose file name contains one of these")
     r.add_argument("--out", default=None, help="folder for executed copies (default runs/<preset>)")
     r.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
+    r.add_argument("--force", action="store_true",
+                   help="replace notebooks already in --out that are not earlier executed copies (a student's: each is "
+                        "first copied to <out>/backups/)")
     r.set_defaults(fn=cmd_run_notebooks)
     e = sub.add_parser("export", help="write every built artifact into one bundle file")
     e.add_argument("path")
@@ -189,6 +204,9 @@ def make_parser() -> argparse.ArgumentParser:
     le = sub.add_parser("lessons", help="write the student versions of the notebooks (exercises as stubs)")
     le.add_argument("--out", default="exercises", help="folder for the student notebooks (default exercises/)")
     le.add_argument("--notebooks", default=None, help="folder of the source notebooks (default notebooks/)")
+    le.add_argument("--force", action="store_true",
+                    help="replace student notebooks already in --out that differ (a student's answers: each is first "
+                         "copied to <out>/backups/); a solution notebook is never replaced")
     le.set_defaults(fn=cmd_lessons)
     a = sub.add_parser("app", help="serve the steering or rating widget as a Voila app")
     a.add_argument("name", choices=["steering", "rating"])

@@ -175,3 +175,74 @@ def test_h22_another_artifacts_files_under_a_folder_name_are_damage(tmp_path, ca
     other = store.root / "model" / ("modelC-smoke-" + "0" * 12)
     shutil.copytree(c, other)
     assert "not to its folder's suffix 000000000000" in " ".join(verify_folder(other))
+
+
+# ---------------------------------------------------------------- H23: a student's notebooks are never overwritten
+def _cli(argv) -> tuple[int, str]:
+    import contextlib
+
+    from mono_utils.cli import main
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        rc = main(argv)
+    return rc, err.getvalue()
+
+
+def _answer(path: Path) -> None:
+    """What a student does: write an answer into the first stub and save."""
+    nb = nbformat.read(path, as_version=4)
+    stub = next(c for c in nb.cells if "exercise-stub" in c.metadata.get("tags", []))
+    stub.source += "\n# my answer, typed for an hour"
+    nbformat.write(nb, path)
+
+
+def _files(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_h23_a_students_notebooks_are_never_overwritten(tmp_path):
+    """BAD 1 (data loss): lessons --out and run-notebooks --out used to replace a student's answers, and
+    lessons with --notebooks/--out swapped replaced the solutions with stubs."""
+    ex = tmp_path / "exercises"
+    assert _cli(["lessons", "--out", str(ex)])[0] == 0
+    assert _cli(["lessons", "--out", str(ex)])[0] == 0, "rewriting untouched student versions needs no flag"
+    _answer(ex / "00_model.ipynb")
+    before = _files(ex)
+    # 1. lessons again: refused, nothing written; --force keeps a copy of the answer
+    rc, err = _cli(["lessons", "--out", str(ex)])
+    assert rc == 1 and "would be overwritten, e.g. 00_model.ipynb (a student's notebook" in err and "--force" in err, err
+    assert _files(ex) == before
+    assert _cli(["lessons", "--out", str(ex), "--force"])[0] == 0
+    kept = list((ex / "backups").rglob("00_model.ipynb"))
+    assert len(kept) == 1 and kept[0].read_bytes() == before["00_model.ipynb"]
+    assert b"typed for an hour" not in (ex / "00_model.ipynb").read_bytes()
+    # 2. --notebooks and --out swapped: the solutions are never replaced by stubs, not even with --force
+    solutions = tmp_path / "solutions"
+    shutil.copytree(REPO / "notebooks", solutions)
+    sol_before = _files(solutions)
+    for extra in ([], ["--force"]):
+        rc, err = _cli(["lessons", "--notebooks", str(ex), "--out", str(solutions), *extra])
+        assert rc == 1 and "did you swap --notebooks and --out?" in err, err
+    assert _files(solutions) == sol_before
+    with pytest.raises(ValueError, match="never replaces a solution, even with --force"):
+        _stub_over_solution(tmp_path)
+    # 3. run-notebooks into the students' folder: refused before any notebook runs
+    _answer(ex / "00_model.ipynb")
+    before = _files(ex)
+    rc, err = _cli(["run-notebooks", "--preset", "smoke", "--only", "00", "--out", str(ex)])
+    assert rc == 1 and "would be overwritten" in err and "a student's notebook" in err, err
+    assert _files(ex) == before
+    rc, err = _cli(["run-notebooks", "--preset", "smoke", "--only", "00", "--out", str(REPO / "notebooks")])
+    assert rc == 1 and "the notebooks' own folder" in err, err
+
+
+def _stub_over_solution(tmp: Path):
+    """A folder holding a solution notebook under a student version's name, written with force=True."""
+    from mono_utils.lessons.student import write_student_versions
+    out = tmp / "mixed"
+    out.mkdir()
+    shutil.copy(REPO / "notebooks" / "01_train_sae.ipynb", out / "01_train_sae.ipynb")
+    try:
+        write_student_versions(out, REPO / "notebooks", force=True)
+    finally:
+        assert (out / "01_train_sae.ipynb").read_bytes() == (REPO / "notebooks" / "01_train_sae.ipynb").read_bytes()

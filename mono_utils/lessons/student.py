@@ -13,21 +13,29 @@ Each exercise there is a few tagged cells:
 ``raise NotImplementedError``; tag ``exercise-stub``, same cell id) and puts the solution,
 folded in ``<details>`` (tag ``solution-fold``), below the check and hint cells that follow it.
 ``python -m mono_utils lessons --out exercises/`` writes every notebook's student version.
+
+Nothing a student wrote is overwritten without ``--force`` (and then a copy is kept in
+``<out>/backups/<time>/``), and a stub never replaces a solution: :func:`guard_writes` checks every
+file the ``lessons`` and ``run-notebooks`` commands are about to write. A student version carries the
+marker ``metadata.mono_utils.student_version`` (older ones are known by their stub and fold tags);
+a solution notebook is one with ``solution`` cells, or any notebook in the repository's notebooks/.
 """
 from __future__ import annotations
 
 import copy
-import os
+import json
 import re
-import tempfile
+import shutil
+import time
 from pathlib import Path
 
 import nbformat
 
-from ..store.artifacts import repo_root
+from ..store.artifacts import atomic_write_text, repo_root
 
 BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"
 STUB_TAG, FOLD_TAG = "exercise-stub", "solution-fold"
+STUDENT_MARK = "mono_utils"     # metadata.mono_utils.student_version = true on every student notebook
 FOLLOWERS = ("check", "hint")
 _EXERCISE_ID = re.compile(r"Exercise\s+(\d\d\.\d[a-z]?)")
 
@@ -132,6 +140,7 @@ def student_notebook(nb, name: str = "notebook"):
         if c.cell_type == "code":
             c.outputs, c.execution_count = [], None
     nb.metadata.pop("widgets", None)
+    nb.metadata[STUDENT_MARK] = {"student_version": True}
     return nb
 
 
@@ -139,32 +148,122 @@ def count_exercises(nb) -> int:
     return sum("solution" in tags(c) for c in nb.cells)
 
 
-def _write_atomic(nb, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+# ---------------------------------------------------------------- what may be overwritten
+class OverwriteRefused(ValueError):
+    """A command would overwrite a student's work or a solution notebook."""
+
+
+def notebook_role(path: str | Path) -> str:
+    """``"solution"`` (it holds solution cells, or lies in the repository's notebooks/), ``"student"``
+    (a student version: the marker, or stub/fold cells), ``"missing"``, or ``"other"`` (anything else)."""
+    path = Path(path)
+    if not path.exists():
+        return "missing"
+    if path.resolve().parent == (repo_root() / "notebooks").resolve():
+        return "solution"
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            nbformat.write(nb, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        cells, meta = nb.get("cells", []), nb.get("metadata", {})
+        cell_tags = {t for c in cells if isinstance(c, dict) for t in (c.get("metadata") or {}).get("tags", [])}
+    except (OSError, ValueError, AttributeError, TypeError, RecursionError):
+        return "other"
+    if "solution" in cell_tags:
+        return "solution"
+    if (isinstance(meta, dict) and isinstance(meta.get(STUDENT_MARK), dict) and meta[STUDENT_MARK].get("student_version")) \
+            or cell_tags & {STUB_TAG, FOLD_TAG}:
+        return "student"
+    return "other"
 
 
-def write_student_versions(out: str | Path, notebooks: str | Path | None = None) -> list[tuple[Path, int]]:
-    """Write the student version of every notebook into ``out``; returns (path, exercises) pairs."""
+def guard_writes(planned: dict[Path, bytes | None], *, writes: str, force: bool = False,
+                 flag: str = "--force") -> list[Path]:
+    """Check the files a command is about to write before it writes any; returns the backups made.
+
+    ``planned`` maps each target to the bytes it will get (None: not known in advance, e.g. an
+    executed notebook). ``writes`` is ``"student"`` (stubs: they never replace a solution, even with
+    ``force``) or ``"solution"`` (executed solutions: they may replace an earlier executed copy).
+    A target holding anything else, unless it already holds exactly the planned bytes, is a
+    student's work: refused without ``force``; with it, copied to ``<folder>/backups/<time>/`` first.
+    """
+    at_risk, solutions = [], []
+    for target, data in planned.items():
+        role = notebook_role(target)
+        if role == "missing" or (data is not None and target.read_bytes() == data):
+            continue
+        if role == "solution" and writes == "student":
+            solutions.append(target)
+        elif not (role == "solution" and writes == "solution"):
+            at_risk.append((target, role))
+    if solutions:
+        raise OverwriteRefused(
+            f"{len(solutions)} file(s) to write hold solution notebooks (e.g. {solutions[0]}): a student version "
+            f"(stubs) never replaces a solution, even with {flag}. Write the student versions into another folder "
+            f"(--out exercises/), and check that --notebooks names the solutions (notebooks/), not the student "
+            f"versions")
+    if at_risk and not force:
+        kinds = "a student's notebook" if any(r == "student" for _, r in at_risk) else "a notebook that is not ours"
+        raise OverwriteRefused(
+            f"{len(at_risk)} notebook(s) already in {at_risk[0][0].parent} would be overwritten, e.g. {at_risk[0][0].name} "
+            f"({kinds}: edits and answers in it would be lost). Nothing was written. Choose another folder with "
+            f"--out, or add {flag} to replace them (each is first copied to {at_risk[0][0].parent / 'backups'}/)")
+    backups = []
+    if at_risk:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for target, _ in at_risk:
+            keep = target.parent / "backups" / stamp / target.name
+            n = 1
+            while keep.exists():            # two --force runs within a second keep both copies
+                keep, n = target.parent / "backups" / f"{stamp}-{n}" / target.name, n + 1
+            keep.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(target, keep)
+            backups.append(keep)
+    return backups
+
+
+def check_out_folder(out: str | Path, option: str = "--out") -> Path:
+    """``out`` as a folder to write notebooks into; a file there is refused with the fix."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{option} {out} is a file, not a folder: give a folder to write the notebooks into "
+                         f"(e.g. {option} exercises/); the file was left as it is")
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"{option} {out}: {parent} is a file, not a folder: give a folder to write the "
+                             f"notebooks into (e.g. {option} exercises/)")
+    return out
+
+
+def write_student_versions(out: str | Path, notebooks: str | Path | None = None, *,
+                           force: bool = False) -> list[tuple[Path, int]]:
+    """Write the student version of every notebook into ``out``; returns (path, exercises) pairs.
+
+    A notebook already in ``out`` that differs from its new version (a student's answers, or an
+    older version) is kept unless ``force`` (then a copy goes to ``out/backups/<time>/``); a solution
+    notebook in ``out`` is never replaced. Every check is made before anything is written.
+    """
     folder = Path(notebooks) if notebooks else repo_root() / "notebooks"
     src = sorted(folder.glob("[0-9][0-9]_*.ipynb"))
     if not src:
         raise FileNotFoundError(f"no notebooks (NN_*.ipynb) in {notebooks or 'notebooks/'}")
-    out = Path(out)
+    out = check_out_folder(out)
     if out.resolve() in {p.parent.resolve() for p in src}:
         raise ValueError(f"--out {out} is the notebooks' own folder: the student versions would replace the "
                          f"solutions. Choose another folder, e.g. exercises/")
+    sources = [(p, nbformat.read(p, as_version=4)) for p in src]
+    if all(count_exercises(nb) == 0 for _, nb in sources) and any(notebook_role(p) == "student" for p, _ in sources):
+        raise OverwriteRefused(f"--notebooks {folder} holds student versions (stubs), not the solutions: did you swap "
+                               f"--notebooks and --out? Give the solutions' folder (notebooks/) to --notebooks")
+    planned = {}
+    for p, nb in sources:
+        student = student_notebook(nb, p.name)
+        nbformat.validate(student)
+        text = nbformat.writes(student)
+        planned[out / p.name] = (text if text.endswith("\n") else text + "\n").encode("utf-8")   # as nbformat.write
+    backups = guard_writes(planned, writes="student", force=force)
+    for b in backups:
+        print(f"kept a copy of {b.name} in {b.parent}")
     written = []
-    for p in src:
-        nb = student_notebook(nbformat.read(p, as_version=4), p.name)
-        nbformat.validate(nb)
-        _write_atomic(nb, out / p.name)
-        written.append((out / p.name, count_exercises(nbformat.read(p, as_version=4))))
+    for (p, nb), (target, data) in zip(sources, planned.items()):
+        atomic_write_text(target, data.decode("utf-8"))
+        written.append((target, count_exercises(nb)))
     return written
