@@ -4,7 +4,7 @@ Every module's imports of the package are parsed (``ast``), wherever they sit in
 lazy import inside a function counts too. Layers, lowest first::
 
     store  <  core  <  pipeline  <  features (02) < autointerp (03) < universality (04)
-           <  splitting (05) < steering (06)  <  top (cli, stages, apps, notebooks, ...)
+           <  splitting (05) < steering (06) < circuits (07)  <  top (cli, stages, apps, notebooks, ...)
 
 A lesson package may use the lessons before it (as the notebooks build on each other), never
 one after it.
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "mono_utils"
-LAYERS = ["store", "core", "pipeline", "features", "autointerp", "universality", "splitting", "steering"]
+LAYERS = ["store", "core", "pipeline", "features", "autointerp", "universality", "splitting", "steering", "circuits"]
 TOP = len(LAYERS)   # modules straight under mono_utils/ and packages not listed (atlas, lessons)
 
 
