@@ -38,7 +38,7 @@ from pathlib import Path
 
 from ..store.artifacts import atomic_write_json, canonical_json, default_root
 from .offline import OfflineBackend
-from .protocol import ExplainInput, LogitInput, ParseFailure, SimulateInput
+from .protocol import ExplainInput, LogitInput, ParseFailure, SimulateInput, check_predictions
 
 log = logging.getLogger("mono_utils.autointerp")
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
@@ -200,10 +200,8 @@ def parse_simulation(text: str, lengths: list[int]) -> list[list[float]]:
         vals = obj.get(str(i))
         if not isinstance(vals, list) or len(vals) != n:
             raise ParseFailure(f"example {i}: expected a list of {n} numbers, got {str(vals)[:60]}")
-        try:
-            out.append([min(10.0, max(0.0, float(v))) for v in vals])
-        except (TypeError, ValueError):
-            raise ParseFailure(f"example {i}: predictions are not all numbers") from None
+        # numbers 0-9 as JSON numbers: "7", true, NaN, -5 or 1e308 are refused (they used to be cast and clamped)
+        out.append(check_predictions(vals, f"example {i}").tolist())
     return out
 
 

@@ -25,6 +25,7 @@ arrays, so it is testable on tiny synthetic data.
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 
@@ -334,6 +335,35 @@ def weighted_spearman(true, pred, w=None) -> float:
     return weighted_pearson(weighted_rank(true, w), weighted_rank(pred, w), w)
 
 
+MAX_PREDICTION = 10.0    # the prompt asks for 0-9; a 10 is tolerated, anything above is not a prediction
+
+
+def check_predictions(values, where: str) -> np.ndarray:
+    """One example's predicted activations as floats; anything but finite numbers in 0..10 is a ParseFailure.
+
+    ``"NaN"``, NaN, -5, 1e308, ``"7"`` or ``true`` used to be coerced (clamped, parsed, cast) and scored
+    as if the simulator had answered; now such a reply is a counted failure of its unit.
+    """
+    if isinstance(values, np.ndarray):
+        if values.dtype.kind not in "iuf":
+            raise ParseFailure(f"{where}: predictions of type {values.dtype} are not numbers from 0 to 9")
+        items = values.ravel().tolist()
+    elif isinstance(values, (list, tuple)):
+        items = list(values)
+    else:
+        raise ParseFailure(f"{where}: expected a list of numbers from 0 to 9, got {type(values).__name__}")
+    for v in items:
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise ParseFailure(f"{where}: prediction {str(v)[:20]!r} ({type(v).__name__}) is not a number from 0 to 9")
+        try:
+            number = float(v)
+        except OverflowError:       # an integer of 400 digits
+            number = math.inf
+        if not (math.isfinite(number) and 0 <= number <= MAX_PREDICTION):
+            raise ParseFailure(f"{where}: prediction {str(v)[:20]} is not a number from 0 to 9")
+    return np.asarray(items, np.float64)
+
+
 def score_simulation(ue: UnitExamples, predictions: list) -> dict:
     """The simulation scores over all 540 tokens (``mono_utils.autointerp.scores`` says why each).
 
@@ -344,8 +374,8 @@ def score_simulation(ue: UnitExamples, predictions: list) -> dict:
     if len(predictions) != len(ue.simulate):
         raise ParseFailure(f"{len(predictions)} predicted examples for {len(ue.simulate)} simulated ones")
     true, pred, w = [], [], []
-    for e, p in zip(ue.simulate, predictions):
-        p = np.asarray(p, np.float64)
+    for i, (e, p) in enumerate(zip(ue.simulate, predictions), 1):
+        p = check_predictions(p, f"simulated example {i}")
         if p.shape != e.acts.shape:
             raise ParseFailure(f"an example of {len(e.acts)} tokens got {p.size} predictions")
         true.append(e.acts)

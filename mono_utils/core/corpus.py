@@ -379,6 +379,29 @@ def relabel_by_script(docs: list[Document]) -> list[Document]:
     return docs
 
 
+def _jsonl_document(rec, path: Path, line: int, domain: str) -> Document:
+    """One ``{"text": ..., "domain": ...}`` line as a Document; anything else is refused, file and line named
+    (a null, a number or a list used to become the document "None", "12345" or "['a']")."""
+    where = f"{path}:{line}"
+    if not isinstance(rec, dict) or "text" not in rec:
+        got = type(rec).__name__ if not isinstance(rec, dict) else "an object without \"text\""
+        raise ValueError(f"{where} is not a JSON object with a \"text\" field (it is {got}): write each line as "
+                         f"{{\"text\": \"...\"}}")
+    fields = {"text": rec["text"], "domain": rec.get("domain", domain)}
+    fields["subdomain"] = rec.get("subdomain", fields["domain"])
+    for key, value in fields.items():
+        if not isinstance(value, str):
+            raise ValueError(f"{where}: \"{key}\" is {json.dumps(value)[:40]} ({type(value).__name__}), not text: "
+                             f"write it as a JSON string, e.g. \"{key}\": \"...\"")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:   # a JSON escape such as \ud800 with no pair: not a character
+            bad = e.start
+            raise ValueError(f"{where}: \"{key}\" holds a lone surrogate \\u{ord(value[bad]):04x} at character {bad} "
+                             f"(half of an escaped pair, not a character): fix or remove that escape in the file") from None
+    return Document(fields["text"], fields["domain"], fields["subdomain"], path.name)
+
+
 def load_text_files(paths: Iterable[str | Path], domain: str = "user") -> list[Document]:
     """A user's own .txt (one document per file) or .jsonl (``{"text": ...}`` per line) files."""
     docs = []
@@ -397,10 +420,9 @@ def load_text_files(paths: Iterable[str | Path], domain: str = "user") -> list[D
                     continue
                 try:
                     rec = json.loads(line)
-                    docs.append(Document(str(rec["text"]), rec.get("domain", domain),
-                                         rec.get("subdomain", rec.get("domain", domain)), p.name))
-                except (json.JSONDecodeError, KeyError, TypeError):
+                except (json.JSONDecodeError, RecursionError):
                     raise ValueError(f"{p}:{n} is not a JSON object with a \"text\" field") from None
+                docs.append(_jsonl_document(rec, p, n, domain))
         else:
             docs += [Document(c, domain, domain, p.name) for c in _chunks(text)]
     if not any(d.text.strip() for d in docs):

@@ -50,6 +50,9 @@ MAX_INTERPRETATION = 2000        # characters; the csv module's field limit is 1
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")   # a spreadsheet runs a cell starting with these
 
 
+_RATER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]{0,63}")   # it names the file <rater>.csv
+
+
 def default_folder() -> Path:
     """``data/ratings/`` in the repo, or ``$MONO_RATINGS_DIR`` (tests, a shared class folder)."""
     env = os.environ.get("MONO_RATINGS_DIR")
@@ -60,7 +63,7 @@ def rater_file(rater: str, folder: str | Path | None = None) -> Path:
     name = (rater or "").strip()
     if not name:
         raise ValueError("the rater name is empty: type your name (letters, digits, - or _) so your ratings get their own file")
-    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_\-]{0,63}", name):
+    if not _RATER_NAME.fullmatch(name):
         raise ValueError(f"rater name {rater!r} may only use letters, digits, '-' and '_', not starting with '-' "
                          f"(it names the file data/ratings/<rater>.csv): try "
                          f"{re.sub(r'[^A-Za-z0-9_-]', '_', name).lstrip('-')[:64] or 'rater1'!r}")
@@ -89,8 +92,13 @@ def _check_score(name: str, v) -> int:
 
 # ---------------------------------------------------------------- the file
 def read_ratings(path: str | Path) -> tuple[list[dict], list[str]]:
-    """(good rows, problems). A damaged file is never fatal: bad lines are reported and skipped."""
+    """(good rows, problems). A damaged file is never fatal: bad lines are reported and skipped.
+
+    ``<rater>.csv`` holds one rater's ratings: a row naming another rater (a ``bob`` row pasted into
+    ``mallory.csv``) is reported and skipped, never counted as that rater's.
+    """
     path = Path(path)
+    owner = path.stem if _RATER_NAME.fullmatch(path.stem) else None
     if not path.exists():
         return [], []
     problems: list[str] = []
@@ -118,6 +126,10 @@ def read_ratings(path: str | Path) -> tuple[list[dict], list[str]]:
             r = _parse_row(next(csv.reader([line])))
         except (ValueError, csv.Error, StopIteration) as e:
             problems.append(f"{path.name} line {n}: {e} (line skipped: {line[:60]!r})")
+            continue
+        if owner is not None and r["rater"] != owner:
+            problems.append(f"{path.name} line {n}: a row for rater {r['rater']!r} in {owner}'s file (each rater's "
+                            f"ratings live in <rater>.csv; line skipped, not counted as {r['rater']}'s)")
             continue
         key = (r["rater"], r["seed"], r["sae"], r["item"])
         rows.pop(key, None)         # the newest row of an item wins (re-ratings are appended)
@@ -236,6 +248,12 @@ class RatingSession:
             raise ValueError(f"item {item} is outside this session's {len(self.plan)} units")
         total = rubric_total(confidence, activation_consistency, logit_consistency, effect_separation, specificity)
         text = " ".join(str(interpretation or "").split())
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:     # a lone surrogate (half of an emoji from a broken copy-paste)
+            raise ValueError(f"the interpretation holds a broken character at position {e.start + 1} (a lone surrogate "
+                             f"\\u{ord(text[e.start]):04x}, half of a character lost in a copy-paste): retype or delete "
+                             f"it; nothing was saved") from None
         if len(text) > MAX_INTERPRETATION:
             raise ValueError(f"the interpretation is {len(text)} characters long: keep it to at most "
                              f"{MAX_INTERPRETATION} (a sentence or two); nothing was saved")

@@ -290,8 +290,10 @@ def test_no_key_in_any_written_file(stub, keys, tmp_path, capsys, caplog):
 # ---------------------------------------------------------------- parsing
 def test_parsers():
     assert parse_simulation('Sure!\n```json\n{"1": [0, 3], "2": [9]}\n```', [2, 1]) == [[0, 3], [9]]
-    assert parse_simulation('{"1": [0, 30], "2": [-1]}', [2, 1]) == [[0, 10], [0]]          # clipped
-    for bad in ('{"1": [0]}', '{"1": [0, 1], "2": ["x"]}', "no json", "{1: 2}", '[1, 2]'):
+    # out of 0-9 (10 tolerated), not a JSON number, or not finite: a failure, no longer clipped or cast
+    for bad in ('{"1": [0]}', '{"1": [0, 1], "2": ["x"]}', "no json", "{1: 2}", '[1, 2]', '{"1": [0, 30], "2": [1]}',
+                '{"1": [0, 1], "2": [-1]}', '{"1": [0, "7"], "2": [1]}', '{"1": [0, true], "2": [1]}',
+                '{"1": [0, NaN], "2": [1]}', '{"1": [0, 1e308], "2": [1]}'):
         with pytest.raises(ParseFailure):
             parse_simulation(bad, [2, 1])
     assert parse_logit_labels('{"plausible": [1, 3]}', 3) == [True, False, True]
