@@ -30,7 +30,6 @@ The fast hand-written training step lives in :mod:`mono_utils.sae_kernels`.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -375,8 +374,12 @@ class SparseAutoencoder(nn.Module):
             if problems:
                 raise ValueError(f"SAE artifact {folder} is damaged: {'; '.join(problems[:3])}. "
                                  f"Delete the folder and rebuild it.")
-        lens = read_json(folder / SAELENS_CFG)
+        lens = read_json(folder / SAELENS_CFG)        # nested too deep or not JSON: a named ArtifactError
         ours = read_json(folder / OUR_CFG) if (folder / OUR_CFG).exists() else {}
+        for name, cfg in ((SAELENS_CFG, lens), (OUR_CFG, ours)):
+            if not isinstance(cfg, dict):
+                raise ValueError(f"{folder / name} holds a JSON {type(cfg).__name__}, not an object: it is not an SAE "
+                                 f"config; re-save the SAE (or fix the file)")
         if ours.get("weights_sha256") and ours["weights_sha256"] != sha256_file(folder / WEIGHTS):
             raise ValueError(f"{folder / WEIGHTS} does not match the checksum recorded in {OUR_CFG}: it was "
                              f"modified or corrupted. Re-save or rebuild the SAE.")
@@ -465,4 +468,4 @@ def _positive_int(v, key: str, folder: Path) -> int:
 
 
 def load_json_cfg(folder: str | Path) -> dict:
-    return json.loads((Path(folder) / SAELENS_CFG).read_text())
+    return read_json(Path(folder) / SAELENS_CFG)

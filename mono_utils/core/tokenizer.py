@@ -6,6 +6,8 @@ from typing import Iterable
 
 import numpy as np
 
+from ..store.artifacts import removed_message
+
 EOT = "<|endoftext|>"
 
 
@@ -40,11 +42,15 @@ def load_tokenizer(folder: str | Path):
     from transformers import AutoTokenizer  # lazy: heavy: only for a pretrained model
     folder = Path(folder)
     if not (folder / "tokenizer.json").exists():
+        if not folder.exists() and folder.parent.name == "tokenizer":   # a store artifact that was there
+            raise FileNotFoundError(removed_message(folder))
         raise FileNotFoundError(f"{folder} holds no tokenizer.json: build the tokenizer first "
                                 f"(mono_utils.pipeline.get_tokenizer)")
     try:
         tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except Exception as e:  # noqa: BLE001 - tokenizers/transformers raise many kinds of errors on bad files
+        if not (folder / "tokenizer.json").exists():   # gone mid-read: transformers then takes it for a hub repo id
+            raise FileNotFoundError(removed_message(folder)) from None
         raise ValueError(f"{folder / 'tokenizer.json'} is damaged or not a tokenizer ({type(e).__name__}: "
                          f"{str(e)[:200]}): delete the tokenizer's artifact folder and rebuild it") from None
     if len(tok) <= 1 or not tok("a b", add_special_tokens=False)["input_ids"]:

@@ -23,6 +23,7 @@ from ..core.metrics import fvu as reference_fvu
 from ..core.metrics import loss_recovered as reference_loss_recovered
 from ..core.model import HOOK_MLP_POST, ModelConfig, build_model, mlp_post
 from ..core.sae import SAEConfig, SparseAutoencoder
+from .guard import TooSlow, call_with_limit, returned_problem
 
 STRICT_ENV = "MONO_LESSONS_STRICT"
 NOT_WRITTEN = ("not written yet: the function still raises NotImplementedError. Replace that line "
@@ -91,14 +92,21 @@ def _run(exercise: str, fn, test) -> CheckResult:
 
 
 def _call(fn, *args, **kwargs):
-    """Call the student's function; turn its exceptions into a message that names them."""
+    """Call the student's function (under a time limit); turn its exceptions, a loop that never ends, and a
+    result that is not real numbers (complex, an array of objects) into a message that names them."""
     try:
-        return fn(*args, **kwargs)
+        out = call_with_limit(fn, args, kwargs)
+    except TooSlow as e:
+        raise _Wrong(str(e)) from None
     except NotImplementedError:
         raise _Wrong(NOT_WRITTEN) from None
     except Exception as e:  # noqa: BLE001 - any error of the student's code is reported, not raised
         shapes = ", ".join(str(tuple(a.shape)) if hasattr(a, "shape") else type(a).__name__ for a in args)
         raise _Wrong(f"your function raised {type(e).__name__}: {e} (called with {shapes})") from None
+    problem = returned_problem(out)
+    if problem:
+        raise _Wrong(problem)
+    return out
 
 
 def _as_tensor(out, what: str) -> torch.Tensor:

@@ -43,6 +43,15 @@ class ArtifactError(RuntimeError):
     """An artifact is missing, partial or corrupted."""
 
 
+def removed_message(path: str | Path) -> str:
+    """What to say when a folder of the store vanished during a run (deleted or moved by hand, or by another
+    process): libraries then fail with messages about something else (transformers: "Repo id must be...")."""
+    return (f"{path} was removed while this run was using it: the artifact store (or this artifact's folder) was "
+            f"deleted or moved during the run. Nothing in it can be read: rebuild it with python -m mono_utils build "
+            f"--preset <preset> (or import a bundle), then run this again; if the store lives elsewhere now, set "
+            f"{ARTIFACTS_ENV} (or --artifacts) to its folder")
+
+
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[2]   # mono_utils/store/artifacts.py
 
@@ -154,6 +163,9 @@ def read_json(path: str | Path):
         raise
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ArtifactError(f"{path} is not valid JSON ({e}); delete it or rebuild the artifact") from e
+    except RecursionError:   # e.g. 100 000 nested lists: json gives up with a bare RecursionError
+        raise ArtifactError(f"{path} is nested too deeply to be a config or metrics file (damaged or hostile): "
+                            f"delete it and rebuild the artifact, or get a fresh copy") from None
 
 
 def save_safetensors_atomic(tensors: dict, path: str | Path, metadata: dict | None = None) -> Path:
@@ -378,6 +390,8 @@ class ArtifactStore:
                 atomic_write_json(tmp / "config.json", {"kind": kind, "name": name, **config}) \
                     if not (tmp / "config.json").exists() else None
                 metrics = build(tmp)
+                if not tmp.is_dir():            # deleted under the build (the store removed mid-run)
+                    raise FileNotFoundError(f"{tmp} vanished during the build")
                 if not (tmp / "config.json").exists():
                     atomic_write_json(tmp / "config.json", {"kind": kind, "name": name, **config})
                 if metrics is not None:
@@ -392,6 +406,11 @@ class ArtifactStore:
                 os.replace(tmp, final)
                 if aside is not None:
                     shutil.rmtree(aside, ignore_errors=True)
+            except OSError as e:
+                shutil.rmtree(tmp, ignore_errors=True)
+                if not tmp.parent.exists():     # the store was deleted mid-build: say so, not "No such file"
+                    raise ArtifactError(removed_message(self.root) + f" ({kind}/{final.name} was being built)") from e
+                raise
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
