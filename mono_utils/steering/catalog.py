@@ -16,6 +16,7 @@ from ..pipeline.presets import resolve
 from ..pipeline.saes import get_sae
 from ..core.model import mlp_post, model_folder
 from ..core.tokenizer import str_tokens
+from ..features.dashboards import readable_vocab
 from ..store.results import array_digest, cached_result, input_id
 from .interventions import FastLM, Intervention, generate
 
@@ -107,7 +108,7 @@ def feature_catalog(model, sae, tokens: np.ndarray, subdomain: np.ndarray, subdo
         keep = cv.topk(top, dim=1).indices
         top_v, top_id = cv.gather(1, keep), ci.gather(1, keep)
         n += f.shape[0]
-    vocab = str_tokens(tokenizer, range(int(top_id.max()) + 1)) if n else []
+    vocab = readable_vocab(tokenizer) if n else []   # a split byte as ‹d7› (as the atlas shows it), not �
     tops = []
     for i in range(d):
         seen = [vocab[t] for t, v in zip(top_id[i].tolist(), top_v[i].tolist()) if v > 0]
@@ -117,7 +118,7 @@ def feature_catalog(model, sae, tokens: np.ndarray, subdomain: np.ndarray, subdo
                           sub_tokens, list(subdomain_names), tops, n)
 
 
-CATALOG_VERSION = 1
+CATALOG_VERSION = 2   # 2: top tokens as readable_vocab shows them (1 had � for split bytes)
 
 
 def _array_id(*arrays) -> str:
