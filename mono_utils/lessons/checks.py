@@ -600,6 +600,178 @@ def check_loss_recovered(fn) -> CheckResult:
     return _run("01.3b", fn, test)
 
 
+# ---------------------------------------------------------------- notebook 01: a training step with resampling
+def _train_step_reference(p, opt, x, l1_coeff, dead=None, *, project=True, renorm=True, zero_grad=True,
+                          pick="worst", centre=True, scale_enc=True, zero_b_enc=True, only_dead=True):
+    """01.4's answer; the keyword switches give the known mistakes' versions of it."""
+    if dead is not None and bool(dead.any()):
+        with torch.no_grad():
+            f = torch.relu((x - p["b_dec"]) @ p["W_enc"] + p["b_enc"])
+            err = (x - (f @ p["W_dec"] + p["b_dec"])).pow(2).sum(1)
+            target = dead if only_dead else torch.ones_like(dead)
+            k = int(target.sum())
+            idx = torch.topk(err, k, largest=(pick == "worst")).indices
+            d = x[idx] - p["b_dec"] if centre else x[idx]
+            d = d / d.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            alive = ~target
+            scale = 0.2 * p["W_enc"][:, alive].norm(dim=0).mean() if (scale_enc and alive.any()) else 1.0
+            p["W_dec"][target] = d
+            p["W_enc"][:, target] = d.T * scale
+            if zero_b_enc:
+                p["b_enc"][target] = 0.0
+    if zero_grad:
+        opt.zero_grad()
+    f = torch.relu((x - p["b_dec"]) @ p["W_enc"] + p["b_enc"])
+    x_hat = f @ p["W_dec"] + p["b_dec"]
+    loss = (x - x_hat).pow(2).mean() + l1_coeff * f.sum(-1).mean()
+    loss.backward()
+    with torch.no_grad():
+        if project:
+            W = p["W_dec"]
+            W.grad -= (W.grad * W).sum(1, keepdim=True) * W
+    opt.step()
+    with torch.no_grad():
+        if renorm:
+            p["W_dec"] /= p["W_dec"].norm(dim=1, keepdim=True)
+    return float(loss.detach())
+
+
+def planted_features(seed: int = 0, n_features: int = 8, d_in: int = 12, n: int = 4096):
+    """Inputs [n, d_in] made of ``n_features`` planted unit directions (each on 8% of the rows), and those directions."""
+    g = _gen(seed)
+    planted = torch.randn(n_features, d_in, generator=g)
+    planted /= planted.norm(dim=1, keepdim=True)
+    on = torch.rand(n, n_features, generator=g) < 0.08
+    x = (on * (0.5 + torch.rand(n, n_features, generator=g))) @ planted
+    return x, planted
+
+
+def _planted_sae(d_in: int, d_sae: int = 12, n_dead: int = 8, seed: int = 1) -> dict:
+    """A small SAE whose first ``n_dead`` features never fire (b_enc = -10): only resampling revives them."""
+    g = _gen(seed)
+    W_dec = torch.randn(d_sae, d_in, generator=g)
+    W_dec /= W_dec.norm(dim=1, keepdim=True)
+    b_enc = torch.zeros(d_sae)
+    b_enc[:n_dead] = -10.0
+    tensors = {"W_enc": W_dec.T * 0.5, "b_enc": b_enc, "W_dec": W_dec, "b_dec": torch.zeros(d_in)}
+    return {k: v.clone().contiguous().requires_grad_(True) for k, v in tensors.items()}
+
+
+def planted_run(step=None, resample: bool = True, steps: int = 300, every: int = 50, seed: int = 0) -> dict:
+    """Train the planted-feature SAE with ``step(params, opt, x, l1_coeff, dead)`` (Adam, lr 1e-2, batch 256;
+    ``step=None``: the reference step).
+
+    Every ``every`` steps up to 3/4 of the run the features that did not fire since the last
+    resampling are passed as ``dead`` (with ``resample``). Returns each planted feature's best
+    cosine with a decoder row after every ``every`` steps (``history`` [checkpoints, n_planted]),
+    the final ones (``best_cosine``) and ``recovered`` (how many above 0.9).
+    """
+    step = step or _train_step_reference
+    x_all, planted = planted_features()
+    p = _planted_sae(x_all.shape[1])
+    opt = torch.optim.Adam(list(p.values()), lr=1e-2)
+    g = _gen(seed)
+    fired = torch.zeros(p["b_enc"].shape[0], dtype=torch.bool)
+    history = []
+    for s in range(steps):
+        x = x_all[torch.randint(0, len(x_all), (256,), generator=g)]
+        dead = None
+        if resample and s % every == every - 1 and s < 3 * steps // 4:
+            dead, fired = ~fired, torch.zeros_like(fired)
+        _call(step, p, opt, x, 3e-3, dead)
+        with torch.no_grad():
+            fired |= (torch.relu((x - p["b_dec"]) @ p["W_enc"] + p["b_enc"]) > 0).any(0)
+            if s % every == every - 1:
+                W = p["W_dec"] / p["W_dec"].norm(dim=1, keepdim=True)
+                history.append((planted @ W.T).max(1).values)
+    best = history[-1]
+    return {"history": torch.stack(history).numpy(), "best_cosine": best.numpy(),
+            "recovered": int((best > 0.9).sum()), "steps": steps, "every": every}
+
+
+def check_sae_train_step(fn) -> CheckResult:
+    """01.4: ``fn(params, opt, x, l1_coeff, dead=None)`` -> the loss; one training step, resampling ``dead`` first."""
+    def test(fn):
+        x, _ = planted_features(seed=3, n=256)
+        x = x + 0.3                                     # a mean away from 0, so b_dec matters
+        rule = ("resample the dead features from the inputs the SAE reconstructs worst (W_dec row = the unit vector "
+                "of x - b_dec, W_enc column = it times 0.2 x the alive encoder columns' mean norm, b_enc = 0), then "
+                "zero_grad, forward, loss, backward, remove from W_dec.grad each row's component along its row, "
+                "opt.step(), and renormalise W_dec's rows to norm 1")
+
+        def after(steps, dead=None, reference=True, **mistake):
+            p = _planted_sae(12, seed=4)
+            with torch.no_grad():
+                p["b_enc"][:8] = 0.05                   # everything fires: a plain step changes every parameter
+                p["b_dec"] += 0.5 * x.mean(0)           # b_dec away from 0, so resampling from x or x - b_dec differ
+            # a large plain-SGD step: renormalising then projecting differ at second order, visible at this lr
+            opt = torch.optim.SGD(list(p.values()), lr=3.0)
+            losses = []
+            for i in range(steps):
+                d = dead if i == 0 else None
+                if reference:
+                    losses.append(_train_step_reference(p, opt, x, 3e-3, d, **mistake))
+                else:
+                    before = {k: v for k, v in p.items()}
+                    out = _call(fn, p, opt, x, 3e-3, d)
+                    for k, v in before.items():
+                        if p[k] is not v:
+                            raise _Wrong(f"you replaced params['{k}'] by a new tensor, so the optimiser still "
+                                         f"holds the old one", "change the parameters in place, under "
+                                         "torch.no_grad() (e.g. W_dec /= ...)")
+                    losses.append(out)
+            return {k: v.detach().clone() for k, v in p.items()}, losses
+
+        def same(a, b):
+            return all(_close(a[0][k], b[0][k], 1e-5) for k in a[0])
+
+        def judge(got, dead, what):
+            want = after(len(got[1]), dead)
+            if same(got, want):
+                return
+            norms = got[0]["W_dec"].norm(dim=1)
+            variants = [
+                ("the decoder rows are not renormalised after the step (their norms drift from 1)",
+                 dict(renorm=False)),
+                ("the decoder gradient is not projected (each row's component along its own row must go before "
+                 "the step)", dict(project=False)),
+                ("the gradients are never zeroed: each step adds to the last one's", dict(zero_grad=False)),
+                ("the dead features got the inputs the SAE reconstructs BEST: resample from the worst",
+                 dict(pick="best")),
+                ("the resampled directions are the raw inputs: subtract b_dec first (the encoder reads x - b_dec)",
+                 dict(centre=False)),
+                ("the resampled encoder columns keep unit norm: scale them to 0.2 x the alive columns' mean norm",
+                 dict(scale_enc=False)),
+                ("the dead features' encoder biases are not reset to 0 (a dead feature's negative bias keeps it dead)",
+                 dict(zero_b_enc=False)),
+                ("every feature was resampled, not only the dead ones", dict(only_dead=False)),
+            ]
+            for why, switches in variants:
+                if same(got, after(len(got[1]), dead, **switches)):
+                    raise _Wrong(f"{what}: {why}", rule)
+            if not torch.allclose(norms, torch.ones_like(norms), atol=1e-4):
+                raise _Wrong(f"{what}: the decoder rows' norms are {float(norms.min()):.3f}..{float(norms.max()):.3f}, "
+                             f"not 1", rule)
+            off = [k for k in got[0] if not _close(got[0][k], want[0][k], 1e-5)]
+            raise _Wrong(f"{what}: {', '.join(off)} differ from the reference step, and by none of the mistakes this "
+                         f"check knows", rule)
+
+        got = after(1, reference=False)
+        loss = _as_float(got[1][0], "the loss the step returns")
+        want_loss = after(1)[1][0]
+        if not _scalar_same(loss, want_loss, rel=1e-4):
+            raise _Wrong(f"the step returned {loss:.5f}, but the loss of this batch before the step is {want_loss:.5f}",
+                         "return loss.item(): the MSE (mean over elements) + l1_coeff * f.sum(-1).mean()")
+        judge(got, None, "one step without resampling")
+        judge(after(2, reference=False), None, "two steps")
+        dead = torch.zeros(12, dtype=torch.bool)
+        dead[[0, 3, 4, 9]] = True
+        judge(after(1, dead, reference=False), dead, "a step with 4 dead features")
+        return ("one step, two steps and a step that resamples 4 dead features match the reference; the next "
+                "cell trains on planted features with it.")
+    return _run("01.4", fn, test)
+
+
 # ---------------------------------------------------------------- notebook 02
 def check_specificity_sensitivity(fn) -> CheckResult:
     """02.1: ``fn(acts, context, threshold)`` -> (specificity, sensitivity) of "on" = acts > threshold."""

@@ -843,3 +843,60 @@ def with_the_decoder_rows(sae, feat, value, keep_error=True):
         f2[..., feat] = value
         return acts + (f2 - f) @ sae.W_dec_raw if keep_error else sae.decode(f2)
     return hook
+
+
+# ---------------------------------------------------------------- 01.4 sae_train_step(params, opt, x, l1_coeff, dead)
+def _student_step(*, renorm=True, project=True, zero_grad=True, worst=True, centre=True, scale=True,
+                  reset_bias=True, only_dead=True, in_place=True, loss_after=False):
+    """A student's step, written apart from the check's reference; each switch is one mistake."""
+    def step(p, opt, x, lam, dead=None):
+        We, be, Wd, bd = p["W_enc"], p["b_enc"], p["W_dec"], p["b_dec"]
+        if dead is not None and bool(dead.any()):
+            which = dead if only_dead else torch.ones_like(dead)
+            with torch.no_grad():
+                xh = torch.relu((x - bd) @ We + be) @ Wd + bd
+                order = torch.argsort(((x - xh) ** 2).sum(-1), descending=worst)[:int(which.sum())]
+                v = (x[order] - bd) if centre else x[order]
+                v = v / torch.linalg.vector_norm(v, dim=-1, keepdim=True)
+                s = 0.2 * torch.linalg.vector_norm(We[:, ~which], dim=0).mean() if scale and (~which).any() else 1.0
+                Wd[which] = v
+                We[:, which] = (v * s).T
+                if reset_bias:
+                    be[which] = 0
+        if zero_grad:
+            for t in p.values():
+                t.grad = None
+        f = torch.relu((x - bd) @ We + be)
+        loss = ((x - (f @ Wd + bd)) ** 2).mean() + lam * f.sum(1).mean()
+        loss.backward()
+        if project:
+            Wd.grad.sub_((Wd.grad * Wd).sum(-1, keepdim=True) * Wd)
+        opt.step()
+        if renorm:
+            with torch.no_grad():
+                if in_place:
+                    Wd.div_(torch.linalg.vector_norm(Wd, dim=-1, keepdim=True))
+                else:
+                    p["W_dec"] = Wd / torch.linalg.vector_norm(Wd, dim=-1, keepdim=True)
+        if loss_after:
+            with torch.no_grad():
+                f = torch.relu((x - bd) @ We + be)
+                return float(((x - (f @ Wd + bd)) ** 2).mean() + lam * f.sum(1).mean())
+        return float(loss)
+    return step
+
+
+for _name, _says, _switches in [
+    ("no_renormalisation", "not renormalised", dict(renorm=False)),
+    ("no_projection", "not projected", dict(project=False)),
+    ("no_zero_grad", "never zeroed", dict(zero_grad=False)),
+    ("resamples_best_inputs", "reconstructs BEST", dict(worst=False)),
+    ("resamples_raw_inputs", "subtract b_dec first", dict(centre=False)),
+    ("unit_encoder_columns", "keep unit norm", dict(scale=False)),
+    ("keeps_dead_bias", "not reset to 0", dict(reset_bias=False)),
+    ("resamples_every_feature", "every feature was resampled", dict(only_dead=False)),
+    ("new_tensor_for_w_dec", "new tensor", dict(in_place=False)),
+    ("loss_after_the_step", "before the step", dict(loss_after=True)),
+]:
+    WRONG.append(Answer("01.4", "check_sae_train_step", _name, _student_step(**_switches), _says))
+RIGHT.append(Answer("01.4", "check_sae_train_step", "student_style_step", _student_step()))
