@@ -882,7 +882,7 @@ def _student_step(*, renorm=True, project=True, zero_grad=True, worst=True, cent
             with torch.no_grad():
                 f = torch.relu((x - bd) @ We + be)
                 return float(((x - (f @ Wd + bd)) ** 2).mean() + lam * f.sum(1).mean())
-        return float(loss)
+        return loss.item()
     return step
 
 
