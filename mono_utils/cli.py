@@ -146,10 +146,12 @@ def _guard_executed_copies(out_dir: Path, paths: list[Path], force: bool) -> Non
 
 def cmd_lessons(args) -> int:
     from .lessons.student import write_student_versions
-    written = write_student_versions(args.out, args.notebooks, force=args.force)
+    written = write_student_versions(args.out, args.notebooks, force=args.force, graded=args.graded)
     for path, n in written:
         print(f"wrote {path} ({n} checked exercise{'s' if n != 1 else ''})")
-    print(f"{len(written)} student notebooks in {args.out}: solutions replaced by stubs, folded below each check")
+    print(f"{len(written)} student notebooks in {args.out}: solutions replaced by stubs, " +
+          ("graded: no solutions or hints, checks that say what is off without the formula" if args.graded
+           else "folded below each check"))
     return 0
 
 
@@ -207,6 +209,9 @@ def make_parser() -> argparse.ArgumentParser:
     le.add_argument("--force", action="store_true",
                     help="replace student notebooks already in --out that differ (a student's answers: each is first "
                          "copied to <out>/backups/); a solution notebook is never replaced")
+    le.add_argument("--graded", action="store_true",
+                    help="versions for graded use: no folded solutions or hints, and checks whose failure messages "
+                         "say what is off without the reference formula")
     le.set_defaults(fn=cmd_lessons)
     a = sub.add_parser("app", help="serve the steering or rating widget as a Voila app")
     a.add_argument("name", choices=["steering", "rating"])

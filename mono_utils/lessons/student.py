@@ -13,6 +13,9 @@ Each exercise there is a few tagged cells:
 ``raise NotImplementedError``; tag ``exercise-stub``, same cell id) and puts the solution,
 folded in ``<details>`` (tag ``solution-fold``), below the check and hint cells that follow it.
 ``python -m mono_utils lessons --out exercises/`` writes every notebook's student version.
+With ``--graded`` (``graded=True``) the versions are for graded use: no folded solutions, no hints,
+and a first cell (tag ``graded-setup``) that switches the checks to graded messages: they say what
+is off, never the reference formula (``mono_utils.lessons.checks.set_graded``).
 
 Nothing a student wrote is overwritten without ``--force`` (and then a copy is kept in
 ``<out>/backups/<time>/``), and a stub never replaces a solution: :func:`guard_writes` checks every
@@ -35,6 +38,9 @@ from ..store.artifacts import atomic_write_text, repo_root
 
 BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"
 STUB_TAG, FOLD_TAG = "exercise-stub", "solution-fold"
+GRADED_TAG = "graded-setup"
+GRADED_SETUP = ("from mono_utils.lessons import set_graded\n"
+                "set_graded()   # graded version: a failed check says what is off, not the formula that fixes it")
 STUDENT_MARK = "mono_utils"     # metadata.mono_utils.student_version = true on every student notebook
 FOLLOWERS = ("check", "hint")
 _EXERCISE_ID = re.compile(r"Exercise\s+(\d\d\.\d[a-z]?)")
@@ -108,8 +114,12 @@ def exercise_id(nb, index: int) -> str:
     return ""
 
 
-def student_notebook(nb, name: str = "notebook"):
-    """A copy of ``nb`` with stubs for solutions, the solutions folded below, and no outputs."""
+def student_notebook(nb, name: str = "notebook", graded: bool = False):
+    """A copy of ``nb`` with stubs for solutions, the solutions folded below, and no outputs.
+
+    ``graded``: no folded solutions and no hints, and a setup cell before the first stub that
+    switches the checks to messages without formulas.
+    """
     nb = copy.deepcopy(nb)
     cells = []
     i = 0
@@ -129,18 +139,28 @@ def student_notebook(nb, name: str = "notebook"):
         cells.append(stub)
         i += 1
         while i < len(nb.cells) and any(t in tags(nb.cells[i]) for t in FOLLOWERS):
-            cells.append(nb.cells[i])
+            if not (graded and "hint" in tags(nb.cells[i])):      # a hint names the formula
+                cells.append(nb.cells[i])
             i += 1
+        if graded:
+            continue
         fold = nbformat.v4.new_markdown_cell(fold_markdown(solution_source(c.source)))
         fold.id = f"{c.id}-solution"[:64]
         fold.metadata["tags"] = [FOLD_TAG]
         cells.append(fold)
+    if graded:
+        first = next((k for k, c in enumerate(cells) if STUB_TAG in tags(c)), None)
+        if first is not None:
+            setup = nbformat.v4.new_code_cell(GRADED_SETUP)
+            setup.id = "graded-setup"
+            setup.metadata["tags"] = [GRADED_TAG]
+            cells.insert(first, setup)
     nb.cells = cells
     for c in nb.cells:
         if c.cell_type == "code":
             c.outputs, c.execution_count = [], None
     nb.metadata.pop("widgets", None)
-    nb.metadata[STUDENT_MARK] = {"student_version": True}
+    nb.metadata[STUDENT_MARK] = {"student_version": True, **({"graded": True} if graded else {})}
     return nb
 
 
@@ -234,7 +254,7 @@ def check_out_folder(out: str | Path, option: str = "--out") -> Path:
 
 
 def write_student_versions(out: str | Path, notebooks: str | Path | None = None, *,
-                           force: bool = False) -> list[tuple[Path, int]]:
+                           force: bool = False, graded: bool = False) -> list[tuple[Path, int]]:
     """Write the student version of every notebook into ``out``; returns (path, exercises) pairs.
 
     A notebook already in ``out`` that differs from its new version (a student's answers, or an
@@ -255,7 +275,7 @@ def write_student_versions(out: str | Path, notebooks: str | Path | None = None,
                                f"--notebooks and --out? Give the solutions' folder (notebooks/) to --notebooks")
     planned = {}
     for p, nb in sources:
-        student = student_notebook(nb, p.name)
+        student = student_notebook(nb, p.name, graded=graded)
         nbformat.validate(student)
         text = nbformat.writes(student)
         planned[out / p.name] = (text if text.endswith("\n") else text + "\n").encode("utf-8")   # as nbformat.write

@@ -91,3 +91,29 @@ def test_verdict_says_it_matches_or_what_is_off(monkeypatch):
     monkeypatch.setenv(checks.STRICT_ENV, "1")
     with pytest.raises(lessons.ExerciseFailed):
         lessons.verdict("01.3", 0.5, 0.2)
+
+
+# ---------------------------------------------------------------- graded student versions
+def test_graded_student_versions(tmp_path, capsys):
+    import nbformat
+    from mono_utils.cli import main
+    from mono_utils.lessons.student import FOLD_TAG, GRADED_TAG, STUB_TAG, tags
+    from mono_utils.notebooks import notebook_paths
+    assert main(["lessons", "--graded", "--out", str(tmp_path / "graded")]) == 0
+    assert "without the formula" in capsys.readouterr().out
+    n_stubs = 0
+    for src in notebook_paths():
+        nb = nbformat.read(tmp_path / "graded" / src.name, as_version=4)
+        kinds = [set(tags(c)) for c in nb.cells]
+        assert not any(FOLD_TAG in k or "hint" in k for k in kinds), f"{src.name}: a solution or hint in a graded version"
+        assert "BEGIN SOLUTION" not in (tmp_path / "graded" / src.name).read_text(encoding="utf-8")
+        stubs = [i for i, k in enumerate(kinds) if STUB_TAG in k]
+        n_stubs += len(stubs)
+        if stubs:
+            setup = [i for i, k in enumerate(kinds) if GRADED_TAG in k]
+            assert len(setup) == 1 and setup[0] < stubs[0] and nb.metadata["mono_utils"]["graded"]
+            ns = {}
+            exec(nb.cells[setup[0]].source, ns)          # the setup cell switches the checks to graded messages
+            assert checks.graded()
+            checks.set_graded(None)
+    assert n_stubs >= 12
