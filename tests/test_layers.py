@@ -158,7 +158,7 @@ def test_the_checks_catch_a_reintroduced_problem(tmp_path, files, problem):
 
 EXERCISES = "mono_utils.lessons"
 NOTEBOOK_LESSON = {"00": None, "01": None, "02": "features", "03": "autointerp", "04": "universality",
-                   "05": "splitting", "06": "steering"}
+                   "05": "splitting", "06": "steering", "07": "circuits"}
 
 
 def notebook_imports(path: Path) -> list[str]:
