@@ -8,8 +8,14 @@ result in headless Chromium from file://, prints how long the index page takes t
 and how many bytes it loaded, and saves a PNG of one dashboard (the Hebrew demo feature of the
 steering catalog when there is one).
 
+The live atlas (``mono_utils.atlas.live``, written unless ``--no-live``): with ``--live-times``
+the script opens it in headless Chromium from file:// and prints the live folder's size, the time
+to interactive (navigation until the runtime, tokenizer and model are ready), one forward pass of
+a full context (128 tokens on default; the preset's n_ctx) with A/1's encode (median of 5 after a
+warm-up), and 40 greedy tokens steered by one A/1 feature (a forward pass and an encode per token).
+
 Usage: .venv/bin/python benchmarks/bench_atlas.py [--preset default] [--out runs/default/atlas]
-       [--sae B/1 ...] [--screenshot docs/atlas.png]
+       [--sae B/1 ...] [--screenshot docs/atlas.png] [--no-live] [--live-times]
 """
 from __future__ import annotations
 
@@ -77,6 +83,45 @@ def screenshot(out: Path, path: Path) -> dict:
     return res
 
 
+def live_times(out: Path) -> dict:
+    """The live atlas in headless Chromium from file://: time to interactive, a full-context forward
+    pass with A/1's encode, 40 steered greedy tokens (see the module docstring)."""
+    out = Path(out).resolve()
+    from playwright.sync_api import sync_playwright
+    res = {"live_bytes": sum(p.stat().st_size for p in (out / "live").rglob("*") if p.is_file())}
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=os.environ.get("MONO_CHROMIUM", "/usr/bin/chromium"), headless=True,
+                              args=["--no-sandbox", "--disable-gpu"])
+        page = b.new_page()
+        outside = []
+        page.on("request", lambda r: outside.append(r.url) if not (r.url.startswith(out.as_uri())
+                                                                    or r.url.startswith("data:")) else None)
+        t = time.perf_counter()
+        page.goto((out / "index.html").as_uri())
+        page.wait_for_function("() => window.ATLAS && ATLAS.live")
+        page.evaluate("() => ATLAS.live.init().then(() => true)")
+        res["time_to_interactive_s"] = round(time.perf_counter() - t, 2)
+        res["init_in_page_s"] = round(page.evaluate("() => ATLAS.live.t.init_ms") / 1000, 2)
+        res.update(page.evaluate("""async () => {
+            const L = ATLAS.live, n = L.meta.n_ctx;
+            const ids = [L.meta.bos];
+            for (let i = 1; i < n; i++) ids.push((i * 37) % L.meta.d_vocab);
+            const once = async () => { const r = await L.forward(ids); await L.encode('A1', r.act.data, r.T); };
+            await once();
+            const ms = [];
+            for (let k = 0; k < 5; k++) { const t = performance.now(); await once(); ms.push(performance.now() - t); }
+            ms.sort((a, b) => a - b);
+            const t = performance.now();
+            const g = await L.generate({prompt: '1,2,3,4,5,6,7,8,9,10', set: 'A1', unit: 0, mode: 'clamp', value: 10,
+                                        n: 40, temperature: 0});
+            return {forward_tokens: n, forward_encode_ms: Math.round(ms[2] * 10) / 10,
+                    generate_40_s: Math.round(performance.now() - t) / 1000, generated: g.ids.length};
+        }"""))
+        res["requests_outside"] = outside
+        b.close()
+    return res
+
+
 def main() -> int:
     from mono_utils.atlas import site
     from mono_utils.pipeline.presets import get_preset
@@ -86,13 +131,16 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="folder to write (default: a temporary one)")
     ap.add_argument("--sae", action="append", default=[], help="as for python -m mono_utils atlas")
     ap.add_argument("--screenshot", default=None, help="save a PNG of one dashboard here")
+    ap.add_argument("--no-live", action="store_true", help="the static atlas alone (as python -m mono_utils atlas --no-live)")
+    ap.add_argument("--live-times", action="store_true", help="time the live model in headless Chromium")
+    ap.add_argument("--artifacts", default=None, help="artifact store (default data/artifacts or $MONO_ARTIFACTS)")
     args = ap.parse_args()
-    preset, store = get_preset(args.preset), ArtifactStore()
+    preset, store = get_preset(args.preset), ArtifactStore(args.artifacts)
     warm(preset, store, args.sae)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out) if args.out else Path(tmp) / "atlas"
         t = time.perf_counter()
-        rep = site.build_atlas(preset, out, args.sae, store, progress=False)
+        rep = site.build_atlas(preset, out, args.sae, store, progress=False, live=not args.no_live)
         wall = time.perf_counter() - t
         print(f"atlas of {args.preset} ({', '.join(rep['sets'])}): {wall:.1f} s wall, "
               f"{rep['bytes'] / 1e6:.1f} MB in {rep['files']} files")
@@ -100,8 +148,13 @@ def main() -> int:
         for key, s in rep["sets"].items():
             print(f"  {key:7s} {sum(s['bytes'].values()) / 1e6:6.1f} MB  {s['seconds']:6.1f} s  "
                   + ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in s["bytes"].items()))
+        if rep.get("live"):
+            print(f"  live    {rep['live']['total'] / 1e6:6.1f} MB  ({', '.join(rep['live']['sets'])}) "
+                  + ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in sorted(rep["live"]["bytes"].items(), key=lambda kv: -kv[1])[:6]))
         if args.screenshot:
             print("browser:", json.dumps(screenshot(out, Path(args.screenshot))))
+        if args.live_times and rep.get("live"):
+            print("live:", json.dumps(live_times(out)))
     print(f"machine: {platform.system()} {platform.machine()}, {os.cpu_count()} cores, python {sys.version.split()[0]}; "
           f"load average {os.getloadavg()[0]:.1f} when done")
     return 0

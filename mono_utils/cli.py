@@ -158,7 +158,7 @@ def cmd_lessons(args) -> int:
 def cmd_atlas(args) -> int:
     from .atlas.site import build_atlas   # lazy: imports torch and every lesson (see cmd_build)
     rep = build_atlas(validate(PRESETS[args.preset]), args.out, args.sae or (), ArtifactStore(args.artifacts),
-                      build_missing=not args.no_build)
+                      build_missing=not args.no_build, live=not args.no_live)
     if rep["missing"]:
         print(f"left out (not built, --no-build): {', '.join(rep['missing'])}")
     sets = ", ".join(f"{k} {sum(v['bytes'].values()) / 1e6:.1f} MB" for k, v in rep["sets"].items())
@@ -226,6 +226,8 @@ def make_parser() -> argparse.ArgumentParser:
                          "B/1 (with B's neurons), A/<size> (a family member) or family; repeat for several")
     at.add_argument("--no-build", action="store_true",
                     help="build nothing: show only what is built (the unit sets' indexes must be)")
+    at.add_argument("--no-live", action="store_true",
+                    help="the static atlas alone: no live model (try your own text, steering) in the page")
     at.set_defaults(fn=cmd_atlas)
     return ap
 

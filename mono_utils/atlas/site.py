@@ -51,6 +51,7 @@ from ..splitting.family import get_family_analysis
 from ..steering.catalog import DEMO_DOMAINS, get_feature_catalog, token_bytes
 from ..store.artifacts import ArtifactStore, repo_root
 from ..universality.cache import get_comparison
+from .live import check_libraries, write_atlas_live
 
 ATLAS_VERSION = 1
 MARKER = "atlas.json"          # marks a folder as an atlas (only such a folder is ever replaced)
@@ -467,11 +468,12 @@ def _swap_in(stage: Path, out: Path) -> None:
 
 
 def write_site(out: str | Path, sets: list[UnitSet], vocab: list[str], meta: dict, progress: bool = True,
-               vocab_bytes: list[bytes] | None = None) -> dict:
+               vocab_bytes: list[bytes] | None = None, live=None) -> dict:
     """Write the whole site for ``sets`` into ``out`` (staged, then swapped in); returns a report.
 
     ``vocab_bytes``: each token's raw bytes (byte-level BPE), so that the page can decode a context's
-    multi-byte characters across token boundaries (a Hebrew letter is often split in two tokens)."""
+    multi-byte characters across token boundaries (a Hebrew letter is often split in two tokens).
+    ``live``: ``f(stage folder) -> report``, writes the live model into the folder (atlas.live)."""
     out = Path(out)
     stage = _prepare_out(out)
     try:
@@ -489,6 +491,8 @@ def write_site(out: str | Path, sets: list[UnitSet], vocab: list[str], meta: dic
                 # done with this index (A/1 and A's neurons share one): its memory-mapped pages
                 # would otherwise stay resident beside the next ones (peak 4.3 GB with B/1 and paper2023)
                 us.index.release_pages()
+        if live is not None:
+            report["live"] = live(stage)
         meta = {**meta, "version": ATLAS_VERSION,
                 "sets": [{"key": s.key, "label": s.label, "model": s.model, "kind": s.kind, "n_units": s.n_units,
                           "family_size": s.family_size} for s in sets]}
@@ -585,18 +589,22 @@ def load_sets(preset, store=None, saes=(), progress: bool = True) -> tuple[list[
 
 
 def build_atlas(preset=None, out: str | Path = "atlas", saes=(), store: ArtifactStore | None = None,
-                progress: bool = True, build_missing: bool = True) -> dict:
+                progress: bool = True, build_missing: bool = True, live: bool = True) -> dict:
     """Write the atlas of a build into ``out``; builds every missing artifact it reads first.
 
     Always A/1's features and model A's neurons; ``saes``: any of "topk", "paper2023", "B/1", "A/<size>" (a
     family member) or "family". ``build_missing=False`` builds nothing: the unit sets' indexes must
     be built, and an analysis that is not (A<->B, family, autointerp, steering catalog) is left
-    out and named in the site. Returns a report: bytes, files, seconds per part.
+    out and named in the site. ``live`` (default) adds model A and the SAEs on it as ONNX with the
+    page's runtime (atlas.live: try your own text, steer); ``live=False`` writes the static atlas
+    alone. Returns a report: bytes, files, seconds per part.
     """
     p, s = resolve(preset, store)
     for spec in saes:            # bad options fail before anything is loaded or built
         parse_sae_option(spec, p)
     check_out(out)
+    if live:                     # the page's JavaScript libraries: missing ones fail before anything is built
+        check_libraries()
     if not build_missing:
         s = ReadOnlyStore(s)
     t0 = time.time()
@@ -634,7 +642,8 @@ def build_atlas(preset=None, out: str | Path = "atlas", saes=(), store: Artifact
             "built": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": _git_commit(),
             "knows": knows, "paper": "Bricken et al. (2023), Towards Monosemanticity",
             "n_ctx": int(sets[0].index.n_ctx), "dash": DASH}
-    report = write_site(out, sets, vocab, meta, progress, vocab_bytes=token_bytes(tok, range(len(vocab))))
+    report = write_site(out, sets, vocab, meta, progress, vocab_bytes=token_bytes(tok, range(len(vocab))),
+                        live=(lambda stage: write_atlas_live(stage, p, s, tok, sets, loaded)) if live else None)
     report["seconds"] = {"load": round(t_load - t0, 1), "joins": round(t_joins - t_load, 1), **timing,
                          "write": report.pop("seconds_write"), "total": round(time.time() - t0, 1)}
     report["missing"] = [k for k, v in knows.items() if "missing" in v]

@@ -434,6 +434,7 @@
       table(set, U, ids, label, results, st);
     }
     update();
+    if (A.live) A.live.mount(app, set, null);   // live/live.js: try your text (absent with --no-live)
   }
   /* the headline facts of the cached analyses, with links to the units they name */
   function indexKnows(set) {
@@ -724,6 +725,7 @@
       it[3].forEach(function (c) { ex.appendChild(context(c, rec.mx)); });
     });
     right.appendChild(ex);
+    if (A.live) A.live.mount(app, set, u);   // live/live.js: try your text, steer (absent with --no-live)
     window.scrollTo(0, 0);
   }
 
