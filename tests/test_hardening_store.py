@@ -246,3 +246,95 @@ def _stub_over_solution(tmp: Path):
         write_student_versions(out, REPO / "notebooks", force=True)
     finally:
         assert (out / "01_train_sae.ipynb").read_bytes() == (REPO / "notebooks" / "01_train_sae.ipynb").read_bytes()
+
+
+# ---------------------------------------------------------------- H24: one rater's file holds one rater's rows
+def test_h24_a_row_for_another_rater_is_not_counted_as_theirs(tmp_path):
+    from _mono_standins import random_index
+
+    from mono_utils.features import rating as rt
+    idx = random_index()
+    for who in ("bob", "mallory"):
+        rt.RatingSession(idx, who, seed=0, n_features=2, n_neurons=2, folder=tmp_path).record("mine", 1, 1, 1, 0, 1)
+    bob_row = (tmp_path / "bob.csv").read_text().splitlines()[1]
+    forged = bob_row.replace(",mine,", ",planted by mallory,").replace(",1,1,1,0,1,", ",3,3,3,3,3,")
+    forged = forged.replace(f",{bob_row.split(',')[-2]},", f",{rt.rubric_total(3, 3, 3, 3, 3)},")
+    with open(tmp_path / "mallory.csv", "a", encoding="utf-8") as f:     # a row for bob inside mallory's file
+        f.write(forged.replace("2026", "2099", 1) + "\n")
+    rows, problems = rt.read_ratings(tmp_path / "mallory.csv")
+    assert {r["rater"] for r in rows} == {"mallory"}
+    assert any("a row for rater 'bob' in mallory's file" in p for p in problems), problems
+    df, problems = rt.load_ratings(tmp_path)
+    bob = df[df.rater == "bob"]
+    assert len(bob) == 1 and bob.interpretation.tolist() == ["mine"], bob.interpretation.tolist()
+    assert any("mallory.csv line" in p for p in problems)
+
+
+# ---------------------------------------------------------------- H25: simulation replies that are not numbers 0-9
+def _source(units=2):
+    import numpy as np
+
+    from mono_utils.autointerp.protocol import EvalCorpus
+    from mono_utils.autointerp.run import ArraySource
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 200, (200, 16))
+    acts = {u: np.where(tokens == 7, 3.0 + u, 0.0).astype(np.float32) for u in range(units)}
+    return ArraySource(EvalCorpus(tokens, [f" w{i}" for i in range(200)]), acts, rng.normal(size=(units, 200)))
+
+
+BAD_PREDICTIONS = {"'NaN'": "NaN", "NaN": float("nan"), "-5": -5, "1e308": 1e308, "'7'": "7", "true": True}
+
+
+def test_h25_simulation_replies_that_are_not_numbers_are_counted_failures(tmp_path):
+    """Any simulator (an LLM's parsed reply, a custom backend): "NaN", NaN, -5, 1e308, "7", true fail the unit."""
+    from mono_utils.autointerp.offline import OfflineBackend
+    from mono_utils.autointerp.run import score_units, summarize
+
+    class Simulator(OfflineBackend):
+        bad = None
+
+        def simulate(self, inp):
+            out = super().simulate(inp)
+            out[0][0] = self.bad
+            return out
+    for shown, bad in BAD_PREDICTIONS.items():
+        b = Simulator()
+        b.bad = bad
+        df = score_units(_source(2), [0, 1], b, progress=False, verbose=False)
+        assert df.status.str.startswith("failed").all(), (shown, df.status.tolist())
+        assert summarize(df)["failed"] == 2 and "is not a number from 0 to 9" in df.status.iloc[0], df.status.iloc[0]
+    good = score_units(_source(2), [0, 1], OfflineBackend(), progress=False, verbose=False)
+    assert (good.status == "ok").all(), good.status.tolist()
+    # an LLM's reply: parsed, refused, counted, not cached
+    from mono_utils.autointerp.backends import LLMBackend, parse_simulation
+    from mono_utils.autointerp.protocol import ParseFailure
+    srv = ReplyServer(lambda h: send(h, chat_completion('{"1": [0, -5]}')))
+    try:
+        b = LLMBackend("openai", base_url=srv.url + "/v1", api_key_env=None, cache_dir=tmp_path / "cache",
+                       max_retries=0, timeout=10.0)
+        with pytest.raises(ParseFailure, match="prediction -5 is not a number from 0 to 9"):
+            b.complete("sys", [{"role": "user", "content": "hi"}], parse=lambda t: parse_simulation(t, [2]))
+    finally:
+        srv.close()
+    assert b.stats["parse_failures"] == 1 and not list((tmp_path / "cache").rglob("*.json"))
+
+
+# ---------------------------------------------------------------- H26: files written for others respect the umask
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_h26_files_written_for_others_respect_the_umask(tmp_path, umask):
+    """Student notebooks, bundles and every atomic write used to be 0600 (mkstemp's mode) whatever the umask."""
+    from mono_utils.lessons.student import write_student_versions
+    from mono_utils.store.artifacts import atomic_write_json
+    shutil.copytree(REPO / "notebooks", tmp_path / "src", ignore=shutil.ignore_patterns("0[1-9]_*"))
+    old = os.umask(umask)
+    try:
+        (notebook, _), = write_student_versions(tmp_path / "exercises", tmp_path / "src")
+        store = ArtifactStore(tmp_path / "store")
+        store.get_or_build("x", "a", {"v": 1}, lambda t: (t / "data.json").write_text("{}") and None, verbose=False)
+        bundle = export_bundle(tmp_path / "class.tar.gz", store, verbose=False)
+        settings = atomic_write_json(tmp_path / "settings.json", {"v": 1})
+    finally:
+        os.umask(old)
+    want = 0o666 & ~umask
+    for path in (notebook, bundle, settings):
+        assert path.stat().st_mode & 0o777 == want, f"{path.name}: {oct(path.stat().st_mode & 0o777)}, want {oct(want)}"

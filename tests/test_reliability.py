@@ -309,6 +309,178 @@ def _llm_reply(tmp, provider, body: bytes, ctype="application/json", **kw):
         b.explain(ExplainInput([{"label": "top", "tokens": ["a", "b"], "acts": [0, 9]}], ["b"], ["a"]))
 
 
+# ---------------------------------------------------------------- hardening round three (issue 25): store, lessons, LLM
+def _pax_bundle(tmp, header_bytes: int = 2 << 20):
+    """A bundle whose bundle.json member carries a PAX header of ``header_bytes`` (a few KB packed)."""
+    from mono_utils.store.bundle import import_bundle
+    raw = json.dumps({"format": "mono-bundle", "version": 1, "artifacts": [], "files": {}}).encode()
+    info = tarfile.TarInfo("bundle.json")
+    info.size, info.pax_headers = len(raw), {"comment": "z" * header_bytes}
+    with tarfile.open(tmp / "pax.tar.gz", "w:gz", format=tarfile.PAX_FORMAT) as tout:
+        tout.addfile(info, io.BytesIO(raw))
+    import_bundle(tmp / "pax.tar.gz", ArtifactStore(tmp / "dst"), verbose=False)
+
+
+def _two_models(tmp):
+    store = ArtifactStore(tmp / "store")
+    folders = [store.get_or_build("model", f"model{w}-smoke", {"which": w},
+                                  lambda t, w=w: (t / "weights.json").write_text(json.dumps({"model": w})) and None,
+                                  verbose=False) for w in "AB"]
+    return store, *folders
+
+
+def _swapped_bundle(tmp):
+    """Model B's files under model A's folder name; bundle.json consistent with them."""
+    import hashlib
+
+    from mono_utils.store.bundle import export_bundle, import_bundle
+    store, a, b = _two_models(tmp)
+    with tarfile.open(export_bundle(tmp / "b.tar", store, verbose=False)) as tin:
+        members = {m.name: tin.extractfile(m).read() for m in tin.getmembers()}
+    swapped = {n.replace(b.name, a.name): d for n, d in members.items() if b.name in n}
+    index = {"format": "mono-bundle", "version": 1, "artifacts": [],
+             "files": {n: {"size": len(d), "sha256": hashlib.sha256(d).hexdigest()} for n, d in swapped.items()}}
+    with tarfile.open(tmp / "swapped.tar", "w") as tout:
+        for name, data in [("bundle.json", json.dumps(index).encode())] + sorted(swapped.items()):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tout.addfile(info, io.BytesIO(data))
+    import_bundle(tmp / "swapped.tar", ArtifactStore(tmp / "dst"), verbose=False)
+
+
+def _swapped_folder(tmp):
+    import shutil
+    store, a, b = _two_models(tmp)
+    shutil.rmtree(a)
+    shutil.copytree(b, a)
+    store.load_checked(a)
+
+
+def _deep_sae_cfg(tmp):
+    from mono_utils.core.sae import SAEConfig, SparseAutoencoder
+    SparseAutoencoder(SAEConfig(d_in=8, d_sae=4)).save(tmp / "sae")
+    (tmp / "sae" / "cfg.json").write_text("[" * 100_000 + "]" * 100_000)
+    SparseAutoencoder.load(tmp / "sae")
+
+
+def _jsonl(tmp, line: str):
+    from mono_utils.core.corpus import load_text_files
+    (tmp / "c.jsonl").write_text('{"text": "a first document"}\n' + line + "\n", encoding="utf-8")
+    load_text_files([tmp / "c.jsonl"])
+
+
+def _tokenizer_store_removed(tmp):
+    """The store deleted (by hand, by another process) while a tokenizer is being read from it."""
+    import shutil
+    from unittest import mock
+
+    import transformers
+
+    from mono_utils.core.tokenizer import load_tokenizer, train_tokenizer
+    folder = tmp / "store" / "tokenizer" / "bpe300-x-0123456789ab"
+    train_tokenizer(["hello world, the cat sat on the mat"] * 20, 300, folder)
+    real = transformers.AutoTokenizer.from_pretrained
+
+    def removed_meanwhile(path, **kw):
+        shutil.rmtree(tmp / "store")
+        return real(path, **kw)
+    with mock.patch.object(transformers.AutoTokenizer, "from_pretrained", removed_meanwhile):
+        load_tokenizer(folder)
+
+
+def _store_removed_mid_build(tmp):
+    import shutil
+    store = ArtifactStore(tmp / "store")
+    store.get_or_build("x", "a", {"v": 1}, lambda t: (t / "a.json").write_text("{}") and shutil.rmtree(tmp / "store"),
+                       verbose=False)
+
+
+def _one_notebook_lessons(tmp, edit_first: bool = True):
+    """Student versions of notebook 00 in tmp/exercises, the first stub answered (as a student does)."""
+    import shutil
+
+    import nbformat
+
+    from mono_utils.lessons.student import write_student_versions
+    (tmp / "src").mkdir()
+    shutil.copy(REPO / "notebooks" / "00_model.ipynb", tmp / "src")
+    write_student_versions(tmp / "exercises", tmp / "src")
+    if edit_first:
+        nb = nbformat.read(tmp / "exercises" / "00_model.ipynb", as_version=4)
+        next(c for c in nb.cells if "exercise-stub" in c.metadata.get("tags", [])).source += "\n# my answer"
+        nbformat.write(nb, tmp / "exercises" / "00_model.ipynb")
+
+
+def _lessons_again(tmp):
+    from mono_utils.lessons.student import write_student_versions
+    _one_notebook_lessons(tmp)
+    write_student_versions(tmp / "exercises", tmp / "src")
+
+
+def _lessons_swapped(tmp):
+    import shutil
+
+    from mono_utils.lessons.student import write_student_versions
+    _one_notebook_lessons(tmp, edit_first=False)
+    shutil.copytree(tmp / "src", tmp / "solutions")
+    write_student_versions(tmp / "solutions", tmp / "exercises")
+
+
+def _lessons_out_file(tmp):
+    from mono_utils.lessons.student import write_student_versions
+    (tmp / "exercises.ipynb").write_text("{}")
+    write_student_versions(tmp / "exercises.ipynb")
+
+
+def _run_notebooks_into_exercises(tmp):
+    _one_notebook_lessons(tmp)
+    _cli(["run-notebooks", "--preset", "smoke", "--only", "00", "--out", str(tmp / "exercises")], {"MONO_DEBUG": "1"})
+
+
+def _endless_reply(tmp):
+    """An endpoint that streams a reply that never ends (it stops at 64 MB, whatever the client does)."""
+    def endless(h):
+        h.send_response(200)
+        h.send_header("content-type", "application/json")
+        h.end_headers()
+        chunk = b" " * (1 << 16)
+        with contextlib.suppress(OSError):
+            for _ in range(1024):
+                h.wfile.write(chunk)
+    with ReplyServer(endless) as srv:
+        from mono_utils.autointerp.backends import LLMBackend
+        LLMBackend("openai", base_url=srv.url + "/v1", api_key_env=None, cache_dir=tmp / "cache", max_retries=0,
+                   timeout=30.0).complete("sys", [{"role": "user", "content": "hi"}])
+
+
+def _simulation_reply(value: str):
+    from mono_utils.autointerp.backends import parse_simulation
+    parse_simulation('{"1": [0, ' + value + '], "2": [3]}', [2, 1])
+
+
+def _student_returns(check: str, fn, limit: str = "20"):
+    from unittest import mock
+
+    from mono_utils import lessons
+    with mock.patch.dict(os.environ, {"MONO_LESSONS_STRICT": "1", "MONO_CHECK_TIME_LIMIT": limit}):
+        getattr(lessons, check)(fn)
+
+
+def _loops_forever(*args):
+    while True:
+        try:
+            pass
+        except Exception:   # noqa: BLE001 - a student's catch-all does not swallow the time limit
+            pass
+
+
+def _surrogate_interpretation(tmp):
+    from _mono_standins import random_index
+
+    from mono_utils.features.rating import RatingSession
+    RatingSession(random_index(), "ada", folder=tmp).record("an emoji cut in half: \ud83d!", 1, 1, 1, 0, 1)
+
+
 # id -> callable(tmp_path). The table's rows name the same ids.
 CASES = {
     # configs
@@ -380,6 +552,32 @@ CASES = {
     "L02": lambda t: _llm_reply(t, "anthropic", b'{"unexpected": ["shape"], "content": 5}'),
     "L03": lambda t: _llm_reply(t, "openai", b"<html><body>Welcome to nginx!</body></html>", "text/html"),
     "L04": lambda t: _llm_reply(t, "openai", chat_completion("Explanation: " + "z" * 300_000)),
+    # hardening round three (issue 25): store, bundles, student notebooks, corpora, LLM replies, checks
+    "B12": _pax_bundle,
+    "B13": _swapped_bundle,
+    "B14": _swapped_folder,
+    "E01": _deep_sae_cfg,
+    "E02": lambda t: _jsonl(t, '{"text": null}'),
+    "E03": lambda t: _jsonl(t, "12345"),
+    "E04": lambda t: _jsonl(t, '["a"]'),
+    "E05": lambda t: _jsonl(t, '{"text": "half a pair \\ud800 here"}'),
+    "E06": _tokenizer_store_removed,
+    "E07": _store_removed_mid_build,
+    "L05": _lessons_out_file,
+    "L06": _lessons_swapped,
+    "L07": _lessons_again,
+    "L08": _run_notebooks_into_exercises,
+    "L09": _endless_reply,
+    "T01": lambda t: _simulation_reply('"NaN"'),
+    "T02": lambda t: _simulation_reply("NaN"),
+    "T03": lambda t: _simulation_reply("-5"),
+    "T04": lambda t: _simulation_reply("1e308"),
+    "T05": lambda t: _simulation_reply('"7"'),
+    "T06": lambda t: _simulation_reply("true"),
+    "T07": lambda t: _student_returns("check_fvu", lambda x, x_hat: torch.tensor(0.5 + 0.5j)),
+    "T08": lambda t: _student_returns("check_project_decoder_grad", lambda W, g: np.array([object()] * 3)),
+    "T09": lambda t: _student_returns("check_fvu", _loops_forever, limit="1"),
+    "R01": _surrogate_interpretation,
 }
 
 
