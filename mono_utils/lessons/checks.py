@@ -7,6 +7,12 @@ says *what* is wrong, as far as a check can tell: a wrong shape, a forgotten bia
 term, the wrong normalisation, an axis swapped... The result shows as a green or red box in a
 notebook (``CheckResult``); with ``MONO_LESSONS_STRICT=1`` a failed check raises
 :class:`ExerciseFailed` instead (the tests use it).
+
+A wrong answer is compared with the output of every known mistake of that exercise
+(``_known_mistake``; the table of them is ``tests/lessons/wrong_answers.py``), so its message names
+the mistake; each message is what is off plus, unless graded (:func:`set_graded`), the formula that
+fixes it. :func:`verdict` ends each apply cell: the student's function on the real data against
+the package's reference.
 """
 from __future__ import annotations
 
@@ -322,6 +328,9 @@ def check_mlp_activations(fn) -> CheckResult:
             raise _Wrong("the dimensions are in the wrong order ([batch, d_mlp, pos])",
                          "return the cache's tensor as it is, [batch, pos, d_mlp]")
         _shape(out, want.shape, "the activations", "[batch, pos, d_mlp]")
+        if not out.is_floating_point() or out.dtype in (torch.float16, torch.bfloat16):
+            raise _Wrong(f"the activations have dtype {out.dtype}, which rounds them",
+                         "return the cache's float32 tensor as it is")
         _, cache = model.run_with_cache(tokens, names_filter="blocks.0.mlp.hook_pre")
         if _close(out, cache["blocks.0.mlp.hook_pre"]):
             raise _Wrong("these are the pre-activations (hook_pre: before the ReLU, with negative values)",

@@ -900,3 +900,19 @@ for _name, _says, _switches in [
 ]:
     WRONG.append(Answer("01.4", "check_sae_train_step", _name, _student_step(**_switches), _says))
 RIGHT.append(Answer("01.4", "check_sae_train_step", "student_style_step", _student_step()))
+
+
+@wrong("00.1", "check_mlp_activations", "dtype torch.float16")
+def half_precision(m, t):
+    return m.run_with_cache(t)[1][HP].half()
+
+
+@wrong("00.1", "check_mlp_activations", "dtype torch.int64")
+def rounded_to_integers(m, t):
+    return m.run_with_cache(t)[1][HP].round().long()
+
+
+@wrong("01.1a", "check_sae_forward", "should be a tensor, got list")
+def x_hat_as_a_list(x, We, be, Wd, bd):
+    f = torch.relu((x - bd) @ We + be)
+    return f, (f @ Wd + bd).tolist()
