@@ -23,7 +23,7 @@ from ..store.artifacts import atomic_write_bytes, save_safetensors_atomic
 from .corpus import hub_reachable
 from .device import deterministic
 from .malloc_tuning import tune_malloc
-from .tokenizer import EOT, decode, encode
+from .tokenizer import EOT, encode, readable_text
 
 HOOK_MLP_POST = "blocks.0.mlp.hook_post"
 
@@ -334,7 +334,7 @@ def sample(model, tokenizer, prompt: str, max_new_tokens: int = 40, temperature:
             nxt = int(torch.multinomial(F.softmax(logits, -1), 1, generator=g))
         ids.append(nxt)
         out.append(nxt)
-    return decode(tokenizer, out)
+    return readable_text(tokenizer, out)   # a stray byte as ‹xx› (as the atlas shows it), not �
 
 
 # ---------------------------------------------------------------- pretrained (hub)

@@ -74,6 +74,71 @@ def str_tokens(tokenizer, ids) -> list[str]:
     return [tokenizer.decode([int(i)], clean_up_tokenization_spaces=False) for i in ids]
 
 
+# ---------------------------------------------------------------- tokens as people read them
+_CHAR_TO_BYTE: dict[str, int] | None = None
+
+
+def _char_to_byte() -> dict[str, int]:
+    """Byte-level BPE's alphabet (GPT-2's bytes_to_unicode), inverted: token character -> raw byte."""
+    global _CHAR_TO_BYTE
+    if _CHAR_TO_BYTE is None:
+        bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+        cs, n = bs[:], 0
+        for b in range(256):
+            if b not in bs:
+                bs.append(b)
+                cs.append(256 + n)
+                n += 1
+        _CHAR_TO_BYTE = {chr(c): b for b, c in zip(bs, cs)}
+    return _CHAR_TO_BYTE
+
+
+def token_bytes_of(tokenizer, ids) -> list[bytes]:
+    """The raw bytes of each token (a partial UTF-8 character included); a token outside the byte
+    alphabet (a special token, a stand-in tokenizer's) as its text's UTF-8."""
+    ids = [int(i) for i in ids]
+    table = _char_to_byte()
+    conv = getattr(tokenizer, "convert_ids_to_tokens", None)
+    names = conv(ids) if conv is not None else [None] * len(ids)
+    return [bytes(table[c] for c in t) if isinstance(t, str) and t and all(c in table for c in t)
+            else tokenizer.decode([i], clean_up_tokenization_spaces=False).encode("utf-8")
+            for i, t in zip(ids, names)]
+
+
+def decode_run(pieces: list[bytes]) -> list[str]:
+    """A run of tokens' bytes as each token's text, the way the atlas shows them (``decodeRun`` in
+    atlas/assets/atlas.js): byte-level BPE splits a Hebrew, Arabic or Greek letter across tokens, so the
+    run is decoded together, each character goes to the token that holds its first byte, and a byte
+    that starts no whole character shows as its hex code, ``‹d7›``, never as "�"."""
+    data = b"".join(pieces)
+    owner = [k for k, p in enumerate(pieces) for _ in p]
+    out = [""] * len(pieces)
+    i = 0
+    while i < len(data):
+        b0 = data[i]
+        n = 1 if b0 < 0x80 else 2 if b0 >> 5 == 6 else 3 if b0 >> 4 == 14 else 4 if b0 >> 3 == 30 else 0
+        try:
+            if not n or i + n > len(data):
+                raise UnicodeDecodeError("utf-8", data, i, i + 1, "no whole character starts here")
+            out[owner[i]] += data[i:i + n].decode("utf-8")
+            i += n
+        except UnicodeDecodeError:
+            out[owner[i]] += f"‹{b0:02x}›"
+            i += 1
+    return out
+
+
+def readable_tokens(tokenizer, ids) -> list[str]:
+    """The tokens ``ids`` (a run of text) as :func:`decode_run` shows them."""
+    return decode_run(token_bytes_of(tokenizer, ids))
+
+
+def readable_text(tokenizer, ids) -> str:
+    """``decode`` for people: the same text where the bytes are whole characters, a stray byte (a
+    continuation cut off at the end, a sequence a sampled model got wrong) as ``‹xx›``, not "�"."""
+    return "".join(readable_tokens(tokenizer, ids))
+
+
 def pack_documents(docs, tokenizer, n_ctx: int, labels: list[str] | None = None):
     """Concatenate documents (separated by ``<|endoftext|>``) into rows of ``n_ctx`` tokens.
 

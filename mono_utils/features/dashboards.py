@@ -17,6 +17,7 @@ import torch
 
 from ..core.index import ActivationIndex, _check_kind
 from ..core.model import HOOK_MLP_POST, W_U, W_out, lm_loss
+from ..core.tokenizer import decode_run, readable_tokens, token_bytes_of
 
 _VOCAB_CACHE: dict = {}
 
@@ -31,46 +32,13 @@ def vocab_strings(tokenizer, d_vocab: int | None = None) -> list[str]:
     return _VOCAB_CACHE[key]
 
 
-def decode_run(pieces: list[bytes]) -> list[str]:
-    """A run of tokens' bytes as each token's text, the way the atlas shows them (``decodeRun`` in
-    atlas/assets/atlas.js): byte-level BPE splits a Hebrew, Arabic or Greek letter across tokens, so the
-    run is decoded together, each character goes to the token that holds its first byte, and a byte
-    that starts no whole character shows as its hex code, ``‹d7›``, never as "�"."""
-    data = b"".join(pieces)
-    owner = [k for k, p in enumerate(pieces) for _ in p]
-    out = [""] * len(pieces)
-    i = 0
-    while i < len(data):
-        b0 = data[i]
-        n = 1 if b0 < 0x80 else 2 if b0 >> 5 == 6 else 3 if b0 >> 4 == 14 else 4 if b0 >> 3 == 30 else 0
-        try:
-            if not n or i + n > len(data):
-                raise UnicodeDecodeError("utf-8", data, i, i + 1, "no whole character starts here")
-            out[owner[i]] += data[i:i + n].decode("utf-8")
-            i += n
-        except UnicodeDecodeError:
-            out[owner[i]] += f"‹{b0:02x}›"
-            i += 1
-    return out
-
-
-def readable_tokens(tokenizer, ids) -> list[str]:
-    """The tokens ``ids`` (a run of text) as :func:`decode_run` shows them; special tokens by name."""
-    from .proxies import token_bytes  # lazy: proxies imports the pipeline (pandas, the artifact store)
-    ids = [int(i) for i in ids]
-    table, vocab = token_bytes(tokenizer), vocab_strings(tokenizer)
-    pieces = [table[i] if i < len(table) else b"" for i in ids]
-    return [text if piece else (vocab[i] if i < len(vocab) else f"<{i}>")
-            for i, piece, text in zip(ids, pieces, decode_run(pieces))]
-
-
 def readable_vocab(tokenizer, d_vocab: int | None = None) -> list[str]:
     """Every token id alone as :func:`decode_run` shows it (cached per tokenizer): whole characters as
     text, a split byte as ``‹d7›``. For display only: cache keys and searches use ``vocab_strings``."""
     key = ("readable", id(tokenizer))
     n = d_vocab or len(tokenizer)
     if key not in _VOCAB_CACHE or len(_VOCAB_CACHE[key]) < n:
-        _VOCAB_CACHE[key] = [readable_tokens(tokenizer, [i])[0] for i in range(n)]
+        _VOCAB_CACHE[key] = [decode_run([b])[0] for b in token_bytes_of(tokenizer, range(n))]
     return _VOCAB_CACHE[key]
 
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.model import HOOK_MLP_POST
-from ..core.tokenizer import EOT, decode, encode, str_tokens
+from ..core.tokenizer import EOT, encode, readable_text, str_tokens
 
 MODES = ("clamp", "add", "ablate")
 # Documented ranges. A feature's activations are in the tens (the widget's sliders span a few
@@ -451,7 +451,7 @@ def generate(model, tokenizer, sae, prompt: str, interventions=(), *, max_new_to
                     ids.append(pick_token(last, temperature, top_k, top_p, g))
     new = ids[n_prompt:]
     acts = torch.cat(rec).numpy() if rec else None
-    return Generation(ids[:n_prompt], new, decode(tokenizer, new), str_tokens(tokenizer, ids),
+    return Generation(ids[:n_prompt], new, readable_text(tokenizer, new), str_tokens(tokenizer, ids),
                       acts, tracked, first, notes)
 
 

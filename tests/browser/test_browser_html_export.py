@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 from harness import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, require_browser
 
-from mono_utils.features.dashboards import decode_run
+from mono_utils.core.tokenizer import decode_run
 from mono_utils.html_export import export_all, find_math
 from mono_utils.notebooks import PLOTLY_MIME, execute_notebook, notebook_paths
 
 NOTEBOOKS = notebook_paths()
+REPO_NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 ATLAS_JS = Path(__file__).resolve().parents[2] / "mono_utils" / "atlas" / "assets" / "atlas.js"
 LOCAL_SCHEMES = ("file:", "data:", "blob:", "about:")
 # What must never reach a reader: a widget's repr or placeholder, a dict dumped by print, a float printed
@@ -31,29 +32,36 @@ RAW_DICT = re.compile(r"\{'[A-Za-z_][\w ]*': ")
 LONG_FLOAT = re.compile(r"\d\.\d{9,}")
 
 
+class Executed:
+    """Executed copies on the smoke preset, each made the first time a test asks for it."""
+
+    def __init__(self, folder: Path, env: dict, html: Path):
+        self.folder, self.env, self.html, self.pages = folder, env, html, {}
+
+    def notebook(self, name: str) -> Path:
+        out = self.folder / name
+        if not out.exists():
+            r = execute_notebook(REPO_NOTEBOOKS / name, out, preset="smoke", env=self.env, timeout=900)
+            assert r["ok"], f"{name} failed:\n{r['log']}"
+        return out
+
+    def page(self, name: str) -> dict:
+        if name not in self.pages:
+            r = export_all([self.notebook(name)], self.html)[0]
+            print(f"{name}: notebook {r['notebook_bytes'] / 1e6:.2f} MB, page {r['bytes'] / 1e6:.2f} MB, "
+                  f"{r['figures']} figures, {r['widgets']} widgets, {r['math']} formulas")
+            self.pages[name] = r
+        return self.pages[name]
+
+
 @pytest.fixture(scope="module")
-def executed(smoke_store, tmp_path_factory) -> Path:
+def executed(smoke_store, tmp_path_factory) -> Executed:
     require_browser()
     reuse = os.environ.get("MONO_TEST_EXECUTED")
     folder = Path(reuse) if reuse else tmp_path_factory.mktemp("executed")
     env = dict(os.environ, MONO_PRESET="smoke", MONO_ARTIFACTS=str(smoke_store.root),
                MONO_RATINGS_DIR=str(tmp_path_factory.mktemp("ratings")))
-    for nb in NOTEBOOKS:
-        out = folder / nb.name
-        if reuse and out.exists():
-            continue
-        r = execute_notebook(nb, out, preset="smoke", env=env, timeout=900)
-        assert r["ok"], f"{nb.name} failed:\n{r['log']}"
-    return folder
-
-
-@pytest.fixture(scope="module")
-def pages(executed, tmp_path_factory) -> dict[str, dict]:
-    rows = export_all([executed], tmp_path_factory.mktemp("html"))
-    for r in rows:
-        print(f"{Path(r['notebook']).name}: notebook {r['notebook_bytes'] / 1e6:.2f} MB, page "
-              f"{r['bytes'] / 1e6:.2f} MB, {r['figures']} figures, {r['widgets']} widgets, {r['math']} formulas")
-    return {Path(r["notebook"]).name: r for r in rows}
+    return Executed(folder, env, tmp_path_factory.mktemp("html"))
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +108,9 @@ PAGE_STATE = """() => {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [p.name for p in NOTEBOOKS])
-def test_exported_page_shows_everything_offline(name, executed, pages, chromium):
-    nb = json.loads((executed / name).read_text(encoding="utf-8"))
+def test_exported_page_shows_everything_offline(name, executed, chromium):
+    nb = json.loads(executed.notebook(name).read_text(encoding="utf-8"))
+    exported = executed.page(name)
     outs = _outputs(nb)
     assert not [o for o in outs if o.get("output_type") == "error"], f"{name} has an error output"
     n_plotly = sum(PLOTLY_MIME in o.get("data", {}) for o in outs)
@@ -112,7 +121,7 @@ def test_exported_page_shows_everything_offline(name, executed, pages, chromium)
     page.on("pageerror", lambda e: errors.append(str(e)))
     chromium.mono_left.clear()
     try:
-        page.goto(Path(pages[name]["html"]).as_uri(), wait_until="load")
+        page.goto(Path(exported["html"]).as_uri(), wait_until="load")
         page.wait_for_function("() => [...document.querySelectorAll('.mono-plotly')].every("
                                "d => d.querySelector('svg.main-svg, canvas'))", timeout=120_000)
         st = page.evaluate(PAGE_STATE)
@@ -122,7 +131,7 @@ def test_exported_page_shows_everything_offline(name, executed, pages, chromium)
         page.close()
     assert not chromium.mono_left, f"{name}: the page tried to load {sorted(set(chromium.mono_left))[:5]}"
     assert not errors, f"{name}: JavaScript errors on the page: {errors[:3]}"
-    assert st["figures"] == n_plotly == pages[name]["figures"], \
+    assert st["figures"] == n_plotly == exported["figures"], \
         f"{name}: {n_plotly} plotly outputs in the notebook, {st['figures']} figures on the page"
     assert st["drawn"] == st["figures"] and not st["missing"], f"{name}: {st['figures'] - st['drawn']} figure(s) not drawn"
     assert st["circuitsvis"] == st["circuitsvisDrawn"], f"{name}: a circuitsvis view is empty"
@@ -137,13 +146,14 @@ def test_exported_page_shows_everything_offline(name, executed, pages, chromium)
 
 @pytest.mark.slow
 def test_executed_06_is_small(executed):
-    size = (executed / "06_steering.ipynb").stat().st_size
+    size = executed.notebook("06_steering.ipynb").stat().st_size
     assert size < 1_000_000, f"executed 06 is {size / 1e6:.2f} MB: a widget's saved state came back"
 
 
 CASES = [[b"ab", "ש".encode()[:1], "ש".encode()[1:], b"c"],        # a Hebrew letter split in two tokens
          ["ع".encode()[:1]], ["α".encode()[1:]],                      # a lone lead byte, a lone continuation
-         [b"\xff\xce", "α".encode(), b"x"], ["🦄".encode()[:3], "🦄".encode()[3:] + b" hi"], [b""]]
+         [b"\xff\xce", "α".encode(), b"x"], ["🦄".encode()[:3], "🦄".encode()[3:] + b" hi"], [b""],
+         [b"\xed\xa0\x80"]]                                          # an encoded surrogate is no character
 
 
 def test_split_bytes_read_as_the_atlas_reads_them(chromium):
