@@ -27,8 +27,28 @@ def max_jobs() -> int:
     return max(2, os.cpu_count() or 1)
 
 
+class _FromEnv(str):
+    """A preset name read from ``$MONO_PRESET`` (not typed as --preset): errors name the variable."""
+
+
+def _env_preset() -> str:
+    """--preset's default: ``$MONO_PRESET``, or ``default`` when it is unset or empty (as get_preset)."""
+    value = os.environ.get("MONO_PRESET")
+    return _FromEnv(value) if value else "default"
+
+
+def _only_error(only, what: str, names: list[str]) -> str | None:
+    """Why --only cannot be honoured: given with no word, or an empty one (it would match every name)."""
+    if only is not None and (not only or not all(o.strip() for o in only)):
+        return (f"--only needs words of {what} names (an empty one matches every {what}): {what} names are "
+                f"{', '.join(names)}")
+    return None
+
+
 def _build_args_error(args, names: list[str]) -> str | None:
     """Why ``build``'s --jobs/--only/--stage cannot be honoured (None: they can)."""
+    if _only_error(args.only, "stage", names):
+        return _only_error(args.only, "stage", names)
     if not 1 <= args.jobs <= max_jobs():
         return (f"--jobs {args.jobs} is more than this machine can use ({os.cpu_count()} cores): use --jobs "
                 f"{max_jobs()} or fewer" if args.jobs > 1 else f"--jobs must be at least 1, got {args.jobs}")
@@ -93,6 +113,9 @@ def cmd_info(args) -> int:
 def cmd_run_notebooks(args) -> int:
     out_dir = Path(args.out) if args.out else repo_root() / "runs" / args.preset
     paths = notebook_paths()
+    if _only_error(args.only, "notebook", [p.name for p in paths]):
+        print(f"error: {_only_error(args.only, 'notebook', [p.name for p in paths])}", file=sys.stderr)
+        return 2
     if args.only:
         paths = [p for p in paths if any(o in p.name for o in args.only)]
     if not paths:
@@ -104,7 +127,8 @@ def cmd_run_notebooks(args) -> int:
     rows = []
     for p in paths:
         print(f"== {p.name}", flush=True)
-        r = execute_notebook(p, out_dir / p.name, preset=args.preset, env=env, timeout=args.timeout)
+        r = execute_notebook(p, out_dir / p.name, preset=args.preset, env=env, timeout=args.timeout,
+                             total_timeout=args.notebook_timeout or None)
         print(f"   {'ok' if r['ok'] else 'FAILED'} in {r['seconds']:.0f}s, peak {r['peak_mb']:.0f} MB", flush=True)
         if not r["ok"]:
             print(r["log"])
@@ -129,8 +153,8 @@ def cmd_import(args) -> int:
 
 def cmd_app(args) -> int:
     from .apps import launch_app   # lazy: imports torch and the widgets (see cmd_build)
-    env = {"MONO_ARTIFACTS": str(Path(args.artifacts).resolve())} if args.artifacts else None
-    return launch_app(args.name, port=args.port, ip=args.ip, env=env) or 0
+    return launch_app(args.name, port=args.port, ip=args.ip, preset=args.preset, store=ArtifactStore(args.artifacts),
+                      max_kernels=args.max_kernels, cull_idle=args.cull_idle, token=args.token) or 0
 
 
 def _guard_executed_copies(out_dir: Path, paths: list[Path], force: bool) -> None:
@@ -161,6 +185,9 @@ def cmd_atlas(args) -> int:
                       build_missing=not args.no_build, live=not args.no_live)
     if rep["missing"]:
         print(f"left out (not built, --no-build): {', '.join(rep['missing'])}")
+    if rep.get("kept"):
+        print(f"kept {len(rep['kept'])} file(s) of yours that the atlas did not write: {', '.join(rep['kept'][:10])}"
+              + (" ..." if len(rep["kept"]) > 10 else ""))
     sets = ", ".join(f"{k} {sum(v['bytes'].values()) / 1e6:.1f} MB" for k, v in rep["sets"].items())
     print(f"wrote {rep['out']}/index.html: {rep['bytes'] / 1e6:.1f} MB in {rep['files']} files ({sets}); "
           f"{rep['seconds']['total']:.0f} s\nopen it in a browser (no server needed): "
@@ -178,7 +205,7 @@ def make_parser() -> argparse.ArgumentParser:
     _add = sub.add_parser
     sub.add_parser = lambda *a, **k: _add(*a, parents=[common], **k)
     b = sub.add_parser("build", help="build everything the notebooks need for a preset")
-    b.add_argument("--preset", default=os.environ.get("MONO_PRESET") or "default",
+    b.add_argument("--preset", default=_env_preset(),
                    help="smoke | default | paper | paper-dry (the paper's shapes on a CPU)")
     b.add_argument("--only", nargs="*", help="only stages whose name contains one of these words (e.g. model)")
     b.add_argument("--jobs", type=int, default=1,
@@ -189,10 +216,12 @@ def make_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true")
     i.set_defaults(fn=cmd_info)
     r = sub.add_parser("run-notebooks", help="execute every notebook top to bottom into runs/ and print timings")
-    r.add_argument("--preset", default=os.environ.get("MONO_PRESET") or "default")
+    r.add_argument("--preset", default=_env_preset())
     r.add_argument("--only", nargs="*", help="only notebooks whose file name contains one of these")
     r.add_argument("--out", default=None, help="folder for executed copies (default runs/<preset>)")
-    r.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
+    r.add_argument("--timeout", type=int, default=3600, help="seconds a cell may run (then it fails, named)")
+    r.add_argument("--notebook-timeout", type=int, default=7200,
+                   help="seconds a whole notebook may run (then it is stopped, named with its cell; 0: no limit)")
     r.add_argument("--force", action="store_true",
                    help="replace notebooks already in --out that are not earlier executed copies (a student's: each is "
                         "first copied to <out>/backups/)")
@@ -216,10 +245,17 @@ def make_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("app", help="serve the steering or rating widget as a Voila app")
     a.add_argument("name", choices=["steering", "rating"])
     a.add_argument("--port", type=int, default=8866)
-    a.add_argument("--ip", default="127.0.0.1", help="0.0.0.0 to serve a classroom network")
+    a.add_argument("--ip", default="127.0.0.1", help="0.0.0.0 to serve a classroom network (a token is then required)")
+    a.add_argument("--preset", default=_env_preset(), help="the built preset to serve (refused if not built)")
+    a.add_argument("--max-kernels", type=int, default=None,
+                   help="most pages open at once, one kernel each (default: what 3/4 of the free memory holds)")
+    a.add_argument("--cull-idle", type=int, default=600,
+                   help="seconds after which an idle kernel whose page is closed is shut down (default 600)")
+    a.add_argument("--token", default=None,
+                   help="the token students add to the URL (beyond localhost; default: one is made up and printed)")
     a.set_defaults(fn=cmd_app)
     at = sub.add_parser("atlas", help="write every feature and neuron as a static web site that opens offline")
-    at.add_argument("--preset", default=os.environ.get("MONO_PRESET", "default"))
+    at.add_argument("--preset", default=_env_preset())
     at.add_argument("--out", default="atlas", help="folder to write (replaced if it holds an older atlas)")
     at.add_argument("--sae", action="append", metavar="SAE",
                     help="add a unit set besides A/1 and A's neurons: paper2023 (the paper's recipe), topk, "
@@ -235,11 +271,13 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = make_parser().parse_args(argv)
     if getattr(args, "preset", None) is not None:
+        source = " (from $MONO_PRESET: unset it or fix it)" if isinstance(args.preset, _FromEnv) else ""
         if not args.preset.strip():
-            print(f"error: the preset name is empty: choose one of {', '.join(PRESETS)}", file=sys.stderr)
+            print(f"error: the preset name is empty{source}: choose one of {', '.join(PRESETS)}", file=sys.stderr)
             return 2
         if args.preset not in PRESETS:
-            print(f"error: unknown preset {args.preset!r}: choose one of {', '.join(PRESETS)}", file=sys.stderr)
+            print(f"error: unknown preset {args.preset!r}{source}: choose one of {', '.join(PRESETS)}",
+                  file=sys.stderr)
             return 2
     try:
         return args.fn(args)

@@ -1,6 +1,12 @@
-"""Execute notebooks top to bottom (headless) and measure wall time and peak memory."""
+"""Execute notebooks top to bottom (headless) and measure wall time and peak memory.
+
+Two limits stop a stalled run with a message that names the notebook and the cell: ``timeout``
+seconds per cell (nbclient's) and ``total_timeout`` seconds per notebook (the whole process tree
+is stopped, after a note of what it was doing: CPU use, lock files and network connections open).
+"""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -34,9 +40,67 @@ def _tree_rss(pid: int) -> int:
     return total
 
 
+def _processes(pid: int) -> list:
+    import psutil  # lazy: only to watch a run
+    try:
+        proc = psutil.Process(pid)
+        return [proc] + proc.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def stall_report(pid: int, sample_s: float = 2.0) -> str:
+    """What the process tree of ``pid`` is doing: per process its CPU use over ``sample_s`` seconds,
+    the lock files it holds open (a build waiting on another's lock) and its remote connections (a
+    call to a network or LLM endpoint that does not answer)."""
+    import psutil  # lazy: only to watch a run
+    procs = _processes(pid)
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.cpu_percent(None)
+    time.sleep(sample_s)
+    lines = []
+    for p in procs:
+        try:
+            with p.oneshot():
+                cmd = " ".join(p.cmdline()[1:4])[:80]
+                cpu = p.cpu_percent(None)
+                locks = [f.path for f in p.open_files() if Path(f.path).name.startswith(".lock")]
+                remote = [f"{c.raddr.ip}:{c.raddr.port} ({c.status})" for c in p.net_connections("inet")
+                          if c.raddr and c.raddr.ip not in ("127.0.0.1", "::1")]
+        except psutil.Error:
+            continue
+        what = "idle (waiting)" if cpu < 5 else f"busy ({cpu:.0f}% CPU)"
+        lines.append(f"  pid {p.pid} [{cmd}]: {what}" + (f"; lock files open: {', '.join(locks)}" if locks else "")
+                     + (f"; connections: {', '.join(remote[:4])}" if remote else ""))
+    return "\n".join(lines)
+
+
+def _kill_tree(pid: int) -> None:
+    import psutil  # lazy: only to watch a run
+    procs = _processes(pid)
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(procs, timeout=10)
+
+
+def _where(marker: Path) -> str:
+    """The cell the child was running, from the marker it writes as each cell starts."""
+    try:
+        index, _, first = marker.read_text(encoding="utf-8").partition("\t")
+        return f"cell {index} ({first.strip()[:80]!r})"
+    except OSError:
+        return "before the first cell (starting the kernel)"
+
+
 def execute_notebook(path: str | Path, out: str | Path, preset: str | None = None,
-                     timeout: int = 3600, env: dict | None = None) -> dict:
-    """Run one notebook in a child process; returns wall time, peak RSS (process tree) and status."""
+                     timeout: int = 3600, env: dict | None = None, total_timeout: float | None = None) -> dict:
+    """Run one notebook in a child process; returns wall time, peak RSS (process tree) and status.
+
+    ``timeout``: seconds a cell may run; ``total_timeout``: seconds the whole notebook may run (None:
+    no limit). Past either the run fails, and ``log`` starts with the notebook, the cell and the limit;
+    past ``total_timeout`` also with what each process was doing (:func:`stall_report`)."""
     path, out = Path(path).resolve(), Path(out).resolve()  # the child runs in the notebook folder
     out.parent.mkdir(parents=True, exist_ok=True)
     child_env = dict(os.environ if env is None else env)
@@ -45,6 +109,8 @@ def execute_notebook(path: str | Path, out: str | Path, preset: str | None = Non
     child_env.setdefault("PYTHONPATH", str(repo_root()))
     cmd = [sys.executable, "-m", "mono_utils.notebooks", str(path), str(out), str(timeout)]
     start = time.time()
+    marker = out.with_suffix(".cell")
+    marker.unlink(missing_ok=True)
     proc = subprocess.Popen(cmd, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             cwd=str(path.parent))
     peak = [0]
@@ -56,16 +122,25 @@ def execute_notebook(path: str | Path, out: str | Path, preset: str | None = Non
 
     t = threading.Thread(target=watch, daemon=True)
     t.start()
-    output, _ = proc.communicate()
+    stalled = None
+    try:
+        output, _ = proc.communicate(timeout=total_timeout)
+    except subprocess.TimeoutExpired:
+        stalled = (f"{path.name} did not finish within {total_timeout:g} s (the per-notebook limit): stopped at "
+                   f"{_where(marker)}; what it was doing:\n{stall_report(proc.pid)}\n")
+        _kill_tree(proc.pid)
+        output, _ = proc.communicate()
     t.join()
+    marker.unlink(missing_ok=True)
     first = None
     marks = out.with_suffix(".first_picture")
     if marks.exists():  # written by the child: seconds from its start to the first picture
         first = float(marks.read_text())
         marks.unlink()
-    return {"notebook": path.name, "ok": proc.returncode == 0, "seconds": time.time() - start,
-            "peak_mb": peak[0] / 2**20, "first_picture_s": first,
-            "log": output.decode("utf-8", "replace")[-4000:], "output": str(out)}
+    log = output.decode("utf-8", "replace")[-4000:]
+    return {"notebook": path.name, "ok": proc.returncode == 0 and stalled is None, "seconds": time.time() - start,
+            "peak_mb": peak[0] / 2**20, "first_picture_s": first, "log": (stalled or "") + log,
+            "output": str(out), "stalled": stalled}
 
 
 # What a person sees as a picture: a plot, a widget, an image or rendered HTML.
@@ -265,10 +340,15 @@ def _run_here(path: str, out: str, timeout: str) -> int:
     import nbformat  # lazy: only to run notebooks
     from nbclient import NotebookClient  # lazy: only to run notebooks
     from .core.plots import copy_plotly_js  # lazy: as in add_figure_html
-    from nbclient.exceptions import CellExecutionError  # lazy: only to run notebooks
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError  # lazy: only to run notebooks
     nb = nbformat.read(path, as_version=4)
     t0 = time.time()
     seen = []
+    marker = Path(out).with_suffix(".cell")
+
+    def on_cell_start(cell, cell_index, **_):   # where a stalled run was, for the parent's message
+        first = next((ln for ln in cell.source.splitlines() if ln.strip()), "")
+        marker.write_text(f"{cell_index}\t{first}", encoding="utf-8")
 
     def on_cell_executed(cell, **_):
         if not seen and any(is_picture(o) for o in cell.get("outputs", [])):
@@ -277,7 +357,7 @@ def _run_here(path: str, out: str, timeout: str) -> int:
 
     client = NotebookClient(nb, timeout=int(timeout), kernel_name="python3",
                             resources={"metadata": {"path": str(Path(path).parent)}},
-                            on_cell_executed=on_cell_executed)
+                            on_cell_executed=on_cell_executed, on_cell_start=on_cell_start)
     code = 0
     try:
         with client.setup_kernel():
@@ -290,7 +370,13 @@ def _run_here(path: str, out: str, timeout: str) -> int:
             except CellExecutionError as e:
                 print(str(e)[-3000:])
                 code = 1
-            add_static_fallbacks(nb, _snapshot(client, len(nb.cells)))
+            except CellTimeoutError:
+                first = next((ln for ln in cell.source.splitlines() if ln.strip()), "")
+                print(f"{Path(path).name}: cell {index} ({first.strip()[:80]!r}) ran longer than {timeout} s (the "
+                      f"per-cell limit) and was stopped: it is stalled or needs a larger limit (--timeout)")
+                code = 2   # the kernel is still busy: no snapshot cell after it
+            if code != 2:
+                add_static_fallbacks(nb, _snapshot(client, len(nb.cells)))
             client.set_widgets_metadata()
             prune_widget_state(nb)
             shrink_widget_state(nb)

@@ -424,7 +424,7 @@ def test_h15_parallel_build_logs_go_beside_the_store(tmp_path, monkeypatch):
             return 0
     monkeypatch.setattr(build_parallel.subprocess, "Popen", FakeProc)
     assert build_parallel.run_parallel(["corpus"], {"corpus": ()}, 1, "smoke", tmp_path / "store") == 0
-    assert (tmp_path / "store" / "build-logs" / "corpus.log").read_text() == "built\n"
+    assert (tmp_path / "store" / "build-logs" / "smoke" / "corpus.log").read_text() == "built\n"   # per preset (H46)
     assert ArtifactStore(tmp_path / "store").entries() == []        # the logs are not an artifact
 
 
@@ -438,7 +438,7 @@ def test_h16_the_app_prints_the_port_it_serves(capsys):
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = taken.getsockname()[1]
-        proc = launch_app("rating", port=port, wait=False)
+        proc = launch_app("rating", port=port, wait=False, check=False)   # serves, builds nothing
         try:
             out = capsys.readouterr().out
             assert f"port {port} is taken" in out and f":{proc.port}/" in out and proc.port != port

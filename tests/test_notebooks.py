@@ -1,12 +1,24 @@
 """Every notebook, executed top to bottom on the smoke preset (as a user's Run All would)."""
 import json
 import os
+import time
 
 import pytest
 
 from mono_utils.notebooks import execute_notebook, format_table, is_picture, notebook_paths
 
 NOTEBOOKS = notebook_paths()
+# Limits well inside CI's 90 minutes: a smoke notebook takes a minute or two; a stalled one fails
+# after at most CELL_LIMIT_S (one cell) or NOTEBOOK_LIMIT_S (the whole notebook), named with its cell.
+CELL_LIMIT_S, NOTEBOOK_LIMIT_S = 600, 1200
+# An LLM key or endpoint in the developer's (or CI's) environment would make notebook 03 call out
+# (llm_comparison): with no network each call waits its timeout, retried, minutes of idle waiting.
+LLM_ENV = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "MONO_AUTOINTERP_BASE_URL", "MONO_AUTOINTERP_MODEL")
+
+
+def notebook_env(**extra) -> dict:
+    """The environment the notebooks run in: this one, minus any LLM key or endpoint."""
+    return {**{k: v for k, v in os.environ.items() if k not in LLM_ENV}, **extra}
 
 
 def test_notebooks_committed_without_outputs():
@@ -22,9 +34,10 @@ def test_notebooks_committed_without_outputs():
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs_top_to_bottom(path, smoke_store, tmp_path):
-    env = dict(os.environ, MONO_PRESET="smoke", MONO_ARTIFACTS=str(smoke_store.root),
-               MONO_RATINGS_DIR=str(tmp_path / "ratings"))
-    r = execute_notebook(path, tmp_path / path.name, preset="smoke", env=env, timeout=900)
+    env = notebook_env(MONO_PRESET="smoke", MONO_ARTIFACTS=str(smoke_store.root),
+                       MONO_RATINGS_DIR=str(tmp_path / "ratings"))
+    r = execute_notebook(path, tmp_path / path.name, preset="smoke", env=env, timeout=CELL_LIMIT_S,
+                         total_timeout=NOTEBOOK_LIMIT_S)
     assert r["ok"], f"{path.name} failed:\n{r['log']}"
     executed = json.loads((tmp_path / path.name).read_text(encoding="utf-8"))
     errors = [o for c in executed["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
@@ -121,3 +134,25 @@ def test_prune_widget_state_keeps_what_outputs_reach():
         "cc": {"state": {}}, "dd": {"state": {"_esm": "x" * 1000}}}}}
     assert prune_widget_state(nb) == 1
     assert sorted(nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]) == ["aa", "bb", "cc"]
+
+
+def _sleepy(tmp_path, code: str):
+    import nbformat
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell(code)])
+    nbformat.write(nb, tmp_path / "03_stall.ipynb")
+    return tmp_path / "03_stall.ipynb"
+
+
+def test_a_stalled_cell_fails_fast_naming_the_notebook_and_cell(tmp_path):
+    path = _sleepy(tmp_path, "import time\ntime.sleep(600)")
+    t0 = time.time()
+    r = execute_notebook(path, tmp_path / "out" / path.name, timeout=3, total_timeout=120)
+    assert not r["ok"] and time.time() - t0 < 60
+    assert "03_stall.ipynb: cell 1 ('import time') ran longer than 3 s (the per-cell limit)" in r["log"]
+
+
+def test_the_notebooks_run_without_llm_keys(monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
+    monkeypatch.setenv("MONO_AUTOINTERP_BASE_URL", "http://10.255.255.1/v1")
+    env = notebook_env(MONO_PRESET="smoke")
+    assert "ANTHROPIC_API_KEY" not in env and "MONO_AUTOINTERP_BASE_URL" not in env and env["MONO_PRESET"] == "smoke"

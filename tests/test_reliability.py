@@ -481,6 +481,19 @@ def _surrogate_interpretation(tmp):
     RatingSession(random_index(), "ada", folder=tmp).record("an emoji cut in half: \ud83d!", 1, 1, 1, 0, 1)
 
 
+# ---------------------------------------------------------------- hardening round three, the apps' share (issue 25)
+def _app(tmp, **kw):
+    """launch_app with arguments it refuses before anything is started or built."""
+    from mono_utils.apps import launch_app
+    from mono_utils.store.artifacts import ArtifactStore as Store
+    launch_app("steering", wait=False, store=Store(tmp / "store"), **kw)
+
+
+def _voila(**kw):
+    from mono_utils.apps import voila_command
+    voila_command("steering", **kw)
+
+
 # id -> callable(tmp_path). The table's rows name the same ids.
 CASES = {
     # configs
@@ -578,6 +591,23 @@ CASES = {
     "T08": lambda t: _student_returns("check_project_decoder_grad", lambda W, g: np.array([object()] * 3)),
     "T09": lambda t: _student_returns("check_fvu", _loops_forever, limit="1"),
     "R01": _surrogate_interpretation,
+    # hardening round three, the apps' share (issue 25)
+    "W13": lambda t: _steer(top_k=1.5),
+    "W14": lambda t: _steer(top_k=True),
+    "W15": lambda t: _steer(top_k="5"),
+    "W16": lambda t: _steer(top_p=1e-300),
+    "W17": lambda t: _steer(top_p="0.9"),
+    "W18": lambda t: _steer(temperature="0.8"),
+    "C17": lambda t: _cli(["atlas", "--no-build", "--out", str(t / "atlas")], env={"MONO_PRESET": " "}),
+    "C18": lambda t: _cli(["app", "steering"], env={"MONO_PRESET": "huge"}),
+    "C19": lambda t: _cli(["build", "--preset", "smoke", "--only", "", "--artifacts", str(t / "s")]),
+    "C20": lambda t: _cli(["build", "--preset", "smoke", "--only", "--artifacts", str(t / "s")]),
+    "C21": lambda t: _cli(["run-notebooks", "--preset", "smoke", "--only", "", "--out", str(t / "runs")]),
+    "A01": lambda t: _voila(ip="0.0.0.0"),
+    "A02": lambda t: _app(t, ip="0.0.0.0", token=""),
+    "A03": lambda t: _app(t, preset="smoke", max_kernels=0),
+    "A04": lambda t: _app(t, preset="smoke", cull_idle=0),
+    "A05": lambda t: _app(t, preset="default"),
 }
 
 

@@ -26,6 +26,7 @@ four significant figures.
 """
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -446,14 +447,65 @@ def check_out(out: str | Path) -> Path:
     return out
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:        # alive, but another user's
+        return True
+    return True
+
+
+def clean_stale_stages(out: Path) -> list[Path]:
+    """Remove the ``.<out>.partial-PID`` / ``.old-PID`` folders beside ``out`` whose writer is dead
+    (an interrupted or killed atlas build); a live writer's are left alone. Returns those removed."""
+    removed = []
+    for leftover in out.parent.glob(f".{glob.escape(out.name)}.*-*"):
+        kind, _, pid = leftover.name[len(out.name) + 2:].rpartition("-")
+        if kind in ("partial", "old") and pid.isdigit() and leftover.is_dir() and not leftover.is_symlink() \
+                and not _pid_alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+            removed.append(leftover)
+    return removed
+
+
+def _own_files(folder: Path) -> list[str]:
+    """Every file under ``folder`` (links too, not followed), as sorted POSIX paths relative to it."""
+    return sorted(str((Path(d) / f).relative_to(folder).as_posix()) for d, dirs, files in os.walk(folder)
+                  for f in files + [x for x in dirs if (Path(d) / x).is_symlink()])
+
+
 def _prepare_out(out: Path) -> Path:
     """A fresh staging folder next to ``out`` (see ``check_out``)."""
     out = check_out(out)
+    if out.parent.is_dir():
+        clean_stale_stages(out)
     stage = out.parent / f".{out.name}.partial-{os.getpid()}"
     if stage.exists():
         shutil.rmtree(stage)
     stage.mkdir(parents=True)
     return stage
+
+
+def _keep_foreign_files(stage: Path, out: Path) -> list[str]:
+    """Move the files of the old atlas ``out`` that no atlas wrote (a teacher's notes, slides) into
+    ``stage``, so that rewriting the atlas keeps them; returns their paths. An atlas's own files are
+    those its ``atlas.json`` lists (older atlases list none: then those the new one writes too)."""
+    if not (out / MARKER).is_file():
+        return []
+    try:
+        listed = set(json.loads((out / MARKER).read_text(encoding="utf-8")).get("files") or ())
+    except (ValueError, AttributeError, OSError):
+        listed = set()
+    kept = []
+    for rel in _own_files(out):
+        if rel in listed or rel == MARKER or (stage / rel).exists() or (stage / rel).is_symlink():
+            continue
+        (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).rename(stage / rel)
+        kept.append(rel)
+    return kept
 
 
 def _swap_in(stage: Path, out: Path) -> None:
@@ -500,8 +552,11 @@ def write_site(out: str | Path, sets: list[UnitSet], vocab: list[str], meta: dic
         report["seconds_write"] = round(time.time() - t0, 1)
         report["bytes"] = folder_bytes(stage)
         report["files"] = sum(1 for p in stage.rglob("*") if p.is_file())
+        written = _own_files(stage)
+        report["kept"] = _keep_foreign_files(stage, out) if out.exists() else []
         (stage / MARKER).write_text(json.dumps({"version": ATLAS_VERSION, "built": meta.get("built"),
-                                                "sets": [s.key for s in sets], "bytes": report["bytes"]}, indent=1))
+                                                "sets": [s.key for s in sets], "bytes": report["bytes"],
+                                                "files": written}, indent=1))
         _swap_in(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
@@ -513,6 +568,10 @@ def write_site(out: str | Path, sets: list[UnitSet], vocab: list[str], meta: dic
 class NotBuilt(LookupError):
     """An artifact the atlas reads is not in the store, and the store may not build it."""
 
+    def __init__(self, message: str, artifact: str = ""):
+        super().__init__(message)
+        self.artifact = artifact    # kind/name, without the store's path (the page is published)
+
 
 class ReadOnlyStore(ArtifactStore):
     """The same store, which loads what is built and raises ``NotBuilt`` instead of building."""
@@ -523,7 +582,7 @@ class ReadOnlyStore(ArtifactStore):
     def get_or_build(self, kind: str, name: str, config: dict, build, *, force: bool = False,
                      verbose: bool = True) -> Path:
         if force or not self.is_built(kind, name, config):
-            raise NotBuilt(f"{kind}/{name} is not built in {self.root}")
+            raise NotBuilt(f"{kind}/{name} is not built in {self.root}", f"{kind}/{name}")
         return super().get_or_build(kind, name, config, build, verbose=verbose)
 
 
@@ -634,8 +693,8 @@ def build_atlas(preset=None, out: str | Path = "atlas", saes=(), store: Artifact
         t = time.time()
         try:
             knows[name] = join()
-        except NotBuilt as e:
-            knows[name] = {"missing": str(e)}
+        except NotBuilt as e:   # the page says what is missing, never where the teacher's store is
+            knows[name] = {"missing": f"{e.artifact or 'an artifact'} is not built (--no-build)"}
         timing[name] = round(time.time() - t, 1)
     t_joins = time.time()
     meta = {"title": f"monosemanticity-lab atlas: {p.name}", "preset": p.name,

@@ -3,7 +3,8 @@
 Model A and model B, A's SAEs and B's, the indexes... do not depend on each other. On a
 2-core machine two single-threaded processes finish them sooner than one process using two
 threads for small matrices. Each stage is ``python -m mono_utils build --stage NAME`` with
-its own log in ``<store>/build-logs/`` (beside the artifacts it builds); the artifact store's
+its own log in ``<store>/build-logs/<preset>/`` (beside the artifacts it builds; two presets
+built at once in one store keep separate logs); the artifact store's
 locks make a shared dependency safe, and the order below only ever starts a stage whose
 dependencies are built. The workers end with the parent: Ctrl-C or SIGTERM stops them, and on
 Linux a SIGKILLed parent takes them along (``PR_SET_PDEATHSIG``).
@@ -23,8 +24,8 @@ from ..core.malloc_tuning import MALLOC_TUNING
 from ..store.artifacts import LOCAL_FOLDERS
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Ask Linux to SIGTERM this worker when its parent dies (even by SIGKILL)."""
+def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask Linux to SIGTERM this worker when its parent dies (even by SIGKILL); also the apps' Voila."""
     with contextlib.suppress(Exception):
         import ctypes
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # 1 = PR_SET_PDEATHSIG
@@ -35,7 +36,8 @@ def _raise_interrupt(signum, frame):
 
 
 def run_parallel(names: list[str], deps: dict, jobs: int, preset: str, store_root: Path) -> int:
-    log_dir = Path(store_root) / LOCAL_FOLDERS[-1]     # <store>/build-logs
+    # <store>/build-logs/<preset>: the stage names are the same for every preset
+    log_dir = Path(store_root) / LOCAL_FOLDERS[-1] / preset
     log_dir.mkdir(parents=True, exist_ok=True)
     running: dict[str, tuple[subprocess.Popen, float, object]] = {}
     main = threading.current_thread() is threading.main_thread()
@@ -75,7 +77,7 @@ def _run(names, deps, jobs, preset, store_root, log_dir, running) -> int:
             cmd = [sys.executable, "-m", "mono_utils", "build", "--preset", preset, "--stage", name]
             print(f"== {name} ({preset}) started, log {log.name}", flush=True)
             running[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                              preexec_fn=_die_with_parent if sys.platform == "linux" else None),
+                                              preexec_fn=die_with_parent if sys.platform == "linux" else None),
                              time.time(), log)
         if failed is not None and not running:
             break

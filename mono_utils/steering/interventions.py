@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +38,9 @@ MODES = ("clamp", "add", "ablate")
 # float32 far from overflow; temperatures below MIN_TEMPERATURE overflow the softmax (use 0: greedy).
 MAX_STEER = 1e4
 MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 100.0
+# below this top_p keeps only the likeliest token (temperature 0 says so plainly), and float32
+# rounds a top_p under ~1e-45 to 0, which would keep none
+MIN_TOP_P = 1e-6
 
 
 # ---------------------------------------------------------------- interventions
@@ -312,6 +316,36 @@ def check_temperature(temperature) -> float:
     return t
 
 
+def _kind(v) -> str:
+    return f"{v!r} (a {type(v).__name__})"
+
+
+def check_sampling(top_k, top_p) -> tuple[int | None, float | None]:
+    """``(top_k, top_p)`` checked: top_k a whole number >= 0 (0 or None: off), top_p a number in
+    MIN_TOP_P..1 (None: off). A bool, a string or a fraction is refused with the fix, never
+    handed to torch (whose errors name neither the argument nor the fix)."""
+    if top_k is not None:
+        if isinstance(top_k, bool) or not isinstance(top_k, numbers.Real) or (
+                not isinstance(top_k, numbers.Integral) and not float(top_k).is_integer()):
+            hint = f": pass {top_k.strip()} without quotes" if isinstance(top_k, str) and top_k.strip().isdigit() else ""
+            raise ValueError(f"top_k must be a whole number of tokens (0 or None: off, e.g. 40), got {_kind(top_k)}{hint}")
+        top_k = int(top_k)
+        if top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 or None: off), got {top_k}")
+    if top_p is not None:
+        if isinstance(top_p, bool) or not isinstance(top_p, numbers.Real):
+            raise ValueError(f"top_p must be a number in (0, 1] (None: off, e.g. 0.9), got {_kind(top_p)}")
+        top_p = float(top_p)
+        if not math.isfinite(top_p):
+            raise ValueError(f"top_p is {top_p}: use a finite number")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        if top_p < MIN_TOP_P:
+            raise ValueError(f"top_p {top_p:g} is too small (it keeps only the likeliest token, and float32 rounds it "
+                             f"to 0): use at least {MIN_TOP_P:g}, or temperature=0 for greedy decoding")
+    return top_k, top_p
+
+
 def check_logits(logits: torch.Tensor, step: int) -> torch.Tensor:
     """The next-token logits, or a ValueError when they are not finite (both backends call this)."""
     if not torch.isfinite(logits).all():
@@ -334,6 +368,7 @@ def pick_token(logits: torch.Tensor, temperature: float, top_k: int | None, top_
         probs = F.softmax(logits, -1)
         sp, si = probs.sort(descending=True)
         drop = (sp.cumsum(0) - sp) >= top_p     # keep the smallest prefix reaching top_p
+        drop[0] = False                          # and always the likeliest token
         logits[si[drop]] = -float("inf")
     return int(torch.multinomial(F.softmax(logits, -1), 1, generator=g))
 
@@ -392,14 +427,12 @@ def generate(model, tokenizer, sae, prompt: str, interventions=(), *, max_new_to
     """
     if backend not in ("fast", "hooks"):
         raise ValueError(f"backend must be 'fast' or 'hooks', got {backend!r}")
-    for name, v in (("temperature", temperature), ("top_p", top_p)):
-        if v is not None and not math.isfinite(float(v)):
-            raise ValueError(f"{name} is {v}: use a finite number")
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
+        raise ValueError(f"temperature must be a number (0: greedy, e.g. 0.8), got {_kind(temperature)}")
+    if not math.isfinite(float(temperature)):
+        raise ValueError(f"temperature is {temperature}: use a finite number")
     check_temperature(temperature)
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if top_k is not None and top_k < 0:
-        raise ValueError(f"top_k must be >= 0 (0 or None: off), got {top_k}")
+    top_k, top_p = check_sampling(top_k, top_p)
     ivs = check_interventions(sae, interventions)
     n_ctx = model.cfg.n_ctx
     ids, notes = prepare_prompt(tokenizer, prompt, n_ctx, max_new_tokens, allow_empty)
