@@ -134,13 +134,17 @@ def main() -> int:
     ap.add_argument("--no-live", action="store_true", help="the static atlas alone (as python -m mono_utils atlas --no-live)")
     ap.add_argument("--live-times", action="store_true", help="time the live model in headless Chromium")
     ap.add_argument("--artifacts", default=None, help="artifact store (default data/artifacts or $MONO_ARTIFACTS)")
+    ap.add_argument("--no-build", action="store_true",
+                    help="build nothing (the unit sets' indexes must be built; analyses not built are left out)")
     args = ap.parse_args()
     preset, store = get_preset(args.preset), ArtifactStore(args.artifacts)
-    warm(preset, store, args.sae)
+    if not args.no_build:
+        warm(preset, store, args.sae)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out) if args.out else Path(tmp) / "atlas"
         t = time.perf_counter()
-        rep = site.build_atlas(preset, out, args.sae, store, progress=False, live=not args.no_live)
+        rep = site.build_atlas(preset, out, args.sae, store, progress=False, live=not args.no_live,
+                               build_missing=not args.no_build)
         wall = time.perf_counter() - t
         print(f"atlas of {args.preset} ({', '.join(rep['sets'])}): {wall:.1f} s wall, "
               f"{rep['bytes'] / 1e6:.1f} MB in {rep['files']} files")

@@ -137,3 +137,13 @@ def test_missing_libraries_name_the_fix(monkeypatch, tmp_path):
     monkeypatch.setattr(live, "ORT_DIST", tmp_path / "nothing")
     with pytest.raises(FileNotFoundError, match="make atlas-js.*--no-live"):
         live.check_libraries()
+
+
+def test_live_page_requests_nothing_outside_the_folder():
+    """live.js names no URL but its own folder's files (and the runtime's data: loader)."""
+    import re
+    text = (live.ASSETS / "live.js").read_text(encoding="utf-8")
+    assert re.findall(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/", text, re.I) == []
+    paths = re.findall(r"'(live/[^']*\.js)'", text)
+    assert paths and all(not re.match(r"^(?:[a-z]+:|/)", p) for p in paths)
+    assert "innerHTML" not in text and "insertAdjacentHTML" not in text and "document.write" not in text

@@ -36,6 +36,7 @@
     });
   }
   function bytes(b64) {
+    if (typeof Uint8Array.fromBase64 === 'function') return Uint8Array.fromBase64(b64);   // native where there is one
     var s = atob(b64), n = s.length, u = new Uint8Array(n);
     for (var i = 0; i < n; i++) u[i] = s.charCodeAt(i);
     return u;
@@ -61,11 +62,13 @@
         loadPlain('live/tokenizers.js', function () { return !!window.HFTokenizers; }),
         load('live/tokenizer', 'live/tokenizer.js')]);
     }).then(function (r) {
+      L.t.scripts_ms = performance.now() - t0;
       var tk = r[3];
       L.tokenizer = new window.HFTokenizers.Tokenizer(tk.json, tk.config);
       ort.env.wasm.numThreads = 1;           // threads need cross-origin isolation, which file:// lacks
       ort.env.wasm.proxy = false;
       ort.env.wasm.wasmBinary = bytes(r[1]);
+      L.t.decoded_ms = performance.now() - t0;
       ort.env.wasm.wasmPaths = {mjs: 'data:text/javascript;base64,' + A.data['live/ort-mjs']};
       return Promise.all([session('live/model-front'), session('live/model-back')]);
     }).then(function (s) {
