@@ -7,6 +7,7 @@ analyses.
 from __future__ import annotations
 
 from .autointerp.run import get_offline_scores, get_randomized_index, get_randomized_sae
+from .circuits.interventions import get_intervention_agreement
 from .pipeline.indexes import get_index, get_paper_index
 from .pipeline.models import get_corpus_dir, get_model, get_tokenizer, get_tokens
 from .pipeline.saes import get_lambda_sweep, get_paper_sae, get_recipe_runs, get_sae, get_sae_family, get_topk_sae
@@ -53,6 +54,8 @@ def build_stages(preset, store):
         ("universality comparison", lambda: get_comparison(preset, store)),
         ("family analysis", lambda: get_family_analysis(preset, store)),
         ("family UMAP", lambda: get_umap_layout(preset, store)),
+        # notebook 07 / the results file: do the attribution graphs predict interventions?
+        ("circuit interventions", lambda: get_intervention_agreement(preset, store)),
     ]
     return stages
 
@@ -75,4 +78,5 @@ STAGE_DEPS = {
     "autointerp offline": ("index A/1", "index randomized", "index A/1 paper2023"),
     "feature catalog": ("SAE A/1",), "universality comparison": ("SAE A/1", "SAE B/1"),
     "family analysis": ("SAE family A",), "family UMAP": ("family analysis",),
+    "circuit interventions": ("transcoder A",),
 }

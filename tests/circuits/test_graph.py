@@ -124,3 +124,14 @@ def test_bad_inputs_name_the_fix(parts):
         attribution_graph(model, trc, tok)
     with pytest.raises(KeyError, match="node ids look like"):
         attribution_graph(model, trc, tok, "ACGT").node("feat:99")
+
+
+def test_the_builds_record_on_heldout_prompts(parts, tiny, smoke_store, smoke_tokens):
+    from mono_utils.circuits.interventions import get_intervention_agreement, heldout_prompts
+    val = smoke_tokens.split("val")[0]
+    a, b = heldout_prompts(val, 6), heldout_prompts(val, 6)
+    assert a == b and len(a) == 6 and all(12 <= len(p) <= val.shape[1] for p in a)
+    meta = get_intervention_agreement(tiny, smoke_store, n_prompts=6, progress=False)
+    assert meta["n"] >= 50 and meta["prompts"] == 6
+    assert meta["r_runner_up"] >= 0.9 and -1 <= meta["r_raw_logit"] <= 1
+    assert get_intervention_agreement(tiny, smoke_store, n_prompts=6, progress=False) == meta   # stored, then loaded
