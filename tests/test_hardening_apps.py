@@ -342,3 +342,49 @@ def test_h48_a_stalled_notebook_is_stopped_naming_its_cell_and_what_it_waits_on(
     left = [p for p in psutil.process_iter(["cmdline"]) if p.pid not in before and _alive(p)
             and "ipykernel" in " ".join(p.info["cmdline"] or [])]
     assert not left, f"the stalled notebook's kernel is still running: {left}"
+
+
+# ---------------------------------------------------------------- H49: names in error messages
+def _names_in_raises() -> list[tuple[str, int, str]]:
+    """(file, line, dotted name) for every ``mono_utils.X.Y`` in a string of a ``raise`` statement."""
+    import ast
+    import re
+    found = []
+    for path in sorted((REPO / "mono_utils").rglob("*.py")):
+        if "node_modules" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Raise) or node.exc is None:
+                continue
+            for part in ast.walk(node.exc):
+                if isinstance(part, ast.Constant) and isinstance(part.value, str):
+                    for name in re.findall(r"\bmono_utils(?:\.[A-Za-z_]\w*)+", part.value):
+                        found.append((str(path.relative_to(REPO)), node.lineno, name.rstrip(".")))
+    return found
+
+
+def _resolves(dotted: str) -> bool:
+    import importlib
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        try:
+            for attr in parts[cut:]:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            return False
+        return True
+    return False
+
+
+def test_h49_every_mono_utils_name_an_error_message_gives_exists():
+    """Two messages sent users to ``mono_utils.pipeline.get_model`` / ``get_tokenizer``, which are in
+    ``mono_utils.pipeline.models``: a name a message gives must import, or the fix it names is a dead end."""
+    names = _names_in_raises()
+    assert len(names) >= 2, names          # the scan finds the messages (it once found none: a broken scan)
+    dead = [f"{f}:{line}: {name}" for f, line, name in names if not _resolves(name)]
+    assert not dead, "error messages name things that do not exist:\n" + "\n".join(dead)
+    assert not _resolves("mono_utils.pipeline.no_such_function")     # and the check can fail

@@ -277,7 +277,7 @@ class ActivationIndex:
         folder = Path(folder)
         if not (folder / "index.json").exists():
             raise FileNotFoundError(f"{folder} is not an activation index (no index.json): build it "
-                                    f"with mono_utils.index.get_index(preset)")
+                                    f"with mono_utils.pipeline.indexes.get_index(preset)")
         info = json.loads((folder / "index.json").read_text())
         mode = "r" if mmap else None
         units = {}

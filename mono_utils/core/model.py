@@ -343,7 +343,7 @@ def load_pretrained(name: str, d_mlp: int | None = None):
     if not hub_reachable():
         raise ConnectionError(
             f"cannot load pretrained model {name!r}: the Hugging Face hub is not reachable from this "
-            f"machine. Train the suite's own model instead (mono_utils.pipeline.get_model), or copy a "
+            f"machine. Train the suite's own model instead (mono_utils.pipeline.models.get_model), or copy a "
             f"checkpoint saved with save_pretrained and load it from a local folder.")
     from transformer_lens.model_bridge import TransformerBridge  # lazy: heavy: loaded only to build a model
     model = TransformerBridge.boot_transformers(name)

@@ -45,7 +45,7 @@ def load_tokenizer(folder: str | Path):
         if not folder.exists() and folder.parent.name == "tokenizer":   # a store artifact that was there
             raise FileNotFoundError(removed_message(folder))
         raise FileNotFoundError(f"{folder} holds no tokenizer.json: build the tokenizer first "
-                                f"(mono_utils.pipeline.get_tokenizer)")
+                                f"(mono_utils.pipeline.models.get_tokenizer)")
     try:
         tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except Exception as e:  # noqa: BLE001 - tokenizers/transformers raise many kinds of errors on bad files

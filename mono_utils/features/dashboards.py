@@ -57,7 +57,7 @@ def unit_direction(model, kind: str, unit: int, sae=None) -> torch.Tensor:
             raise ValueError(f"unknown neuron {unit}: the MLP has {wo.shape[0]} neurons, numbered 0..{wo.shape[0] - 1}")
         return wo[unit]
     if sae is None:
-        raise ValueError("a feature's dashboard needs its SAE: pass sae=... (mono_utils.train.get_sae)")
+        raise ValueError("a feature's dashboard needs its SAE: pass sae=... (mono_utils.pipeline.saes.get_sae)")
     d = sae.W_dec_raw.detach().float()
     if not 0 <= unit < d.shape[0]:
         raise ValueError(f"unknown feature {unit}: the SAE has {d.shape[0]} features, numbered 0..{d.shape[0] - 1}")
