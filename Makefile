@@ -64,11 +64,45 @@ paper-dry: env
 lab: env
 	$(BIN)/jupyter lab notebooks/
 
+# A student's install (requirements-student.txt): what running the notebooks from an imported bundle needs,
+# not what building or testing needs. STUDENT_PY: a Python every account can run (the class server's students
+# run it too), /usr/bin/python3.11 where there is one
+STUDENT_PY ?= $(shell command -v /usr/bin/python3.11 || echo $(PY))
+SVENV := .venv-student
+$(SVENV)/bin/.installed: requirements-student.txt pyproject.toml
+	$(STUDENT_PY) -m venv $(SVENV)
+	$(SVENV)/bin/pip install -q --upgrade pip
+	$(SVENV)/bin/pip install -q torch==2.13.0    # the CPU wheel first: an unpinned torch pulls CUDA
+	$(SVENV)/bin/pip install -q -r requirements-student.txt
+	$(SVENV)/bin/pip install -q --no-deps -e .
+	touch $@
+
+student-env: $(SVENV)/bin/.installed
+
+# Every notebook, answered as a student would, in the student's install from an imported bundle (a CI step)
+student-test: env student-env
+	MONO_REQUIRE_STUDENT_ENV=1 $(BIN)/python -m pytest -q tests/test_student_env.py
+
+# The class server's venv: the student's install plus JupyterHub (its students' servers run from it)
+CVENV := .venv-class
+$(CVENV)/bin/.installed: requirements-student.txt requirements.txt pyproject.toml
+	$(STUDENT_PY) -m venv $(CVENV)
+	$(CVENV)/bin/pip install -q --upgrade pip
+	$(CVENV)/bin/pip install -q torch==2.13.0
+	$(CVENV)/bin/pip install -q -r requirements-student.txt $$(grep -E '^jupyterhub==' requirements.txt | cut -d' ' -f1)
+	$(CVENV)/bin/pip install -q --no-deps -e .
+	touch $@
+
+class-env: $(CVENV)/bin/.installed
+
 # The student's door: write the exercises (the notebooks with stubs for the solutions) into exercises/ and
 # open JupyterLab there. A student's edited exercise is never replaced: then Lab opens on what is there.
-exercises: env
-	$(BIN)/python -m mono_utils lessons --out exercises || echo "(kept the exercises above as they are)"
-	$(BIN)/jupyter lab exercises/
+# With the full install (.venv) if there is one, else the student's (.venv-student, made if missing).
+EXBIN = $(if $(wildcard $(BIN)/.installed),$(BIN),$(SVENV)/bin)
+exercises:
+	@[ -f $(BIN)/.installed ] || $(MAKE) student-env
+	$(EXBIN)/python -m mono_utils lessons --out exercises || echo "(kept the exercises above as they are)"
+	$(EXBIN)/jupyter lab exercises/
 
 # The class server (docs/class-server.md): JupyterHub's proxy from npm into classroom/node_modules, and the
 # hub's test (root, Unix accounts, three students at once; a CI step of its own, see .ci/run)
@@ -77,8 +111,8 @@ classroom/node_modules/.bin/configurable-http-proxy: classroom/package.json clas
 	cd classroom && npm ci --no-audit --no-fund
 	touch $@
 
-class-test: env hub-proxy
-	MONO_REQUIRE_HUB=1 $(BIN)/python -m pytest -q -s tests/test_classroom.py
+class-test: env class-env hub-proxy
+	MONO_REQUIRE_HUB=1 MONO_CLASS_VENV=$(CURDIR)/$(CVENV) $(BIN)/python -m pytest -q -s tests/test_classroom.py
 
 clean-runs:
 	rm -rf runs/

@@ -5,7 +5,8 @@ localhost as root: three Unix students created here, registered and started thro
 one student notebook run in each at the same time through their own server's kernel API, then what a
 student may not do (write the shared store, read another student's files) tried from inside their
 kernels. It measures each student's memory and CPU while they run (MONO_CLASS_SIZING_OUT=file.json keeps
-the figures; docs/class-server.md quotes them).
+the figures; docs/class-server.md quotes them). MONO_CLASS_NOTEBOOK picks the notebook; MONO_CLASS_BUNDLE
+and MONO_CLASS_PRESET run it on a teacher's bundle instead of the smoke store.
 
 It needs root, useradd and the proxy (`make hub-proxy`); without them it skips, unless
 MONO_REQUIRE_HUB=1 (CI's `make class-test`), where a missing piece fails it.
@@ -38,6 +39,9 @@ from mono_utils.lessons.student import FOLD_TAG, STUB_TAG, folded_solution, tags
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "classroom" / "jupyterhub_config.py"
 PROXY = REPO / "classroom" / "node_modules" / ".bin" / "configurable-http-proxy"
+# the hub and the students' servers run from this venv (`make class-env`): its Python must be one every
+# account can run (a venv made from a Python under /root, 0700, is not)
+CLASS_VENV = Path(os.environ.get("MONO_CLASS_VENV", REPO / ".venv-class"))
 STUDENTS = ["monostu1", "monostu2", "monostu3"]
 NOTEBOOK = os.environ.get("MONO_CLASS_NOTEBOOK", "02_neurons_vs_features.ipynb")
 
@@ -125,9 +129,14 @@ def _missing() -> str | None:
         return "useradd is missing"
     if not PROXY.exists():
         return f"the hub's proxy is not installed ({PROXY}): run `make hub-proxy`"
-    for p in [*REPO.parents, *Path(sys.prefix).parents]:
-        if p.exists() and not p.stat().st_mode & stat.S_IXOTH:
-            return f"{p} is not traversable by other users: students could not run the repository's venv"
+    hub = CLASS_VENV / "bin" / "jupyterhub"
+    if not hub.exists():
+        return f"no JupyterHub in {CLASS_VENV}: run `make class-env`"
+    python = (CLASS_VENV / "bin" / "python").resolve()
+    for p in [*REPO.parents, *python.parents]:
+        if not p.stat().st_mode & stat.S_IXOTH:
+            return (f"{p} is not traversable by other users: students could not run {python} "
+                    f"(make the class venv from a system Python: make class-env STUDENT_PY=/usr/bin/python3)")
     return None
 
 
@@ -177,7 +186,10 @@ print("__PROBE__" + json.dumps(probe))
 
 @pytest.fixture(scope="module")
 def class_bundle(smoke_store, tmp_path_factory):
-    """Every smoke artifact the notebooks read, built once and exported as the teacher would."""
+    """Every smoke artifact the notebooks read, built once and exported as the teacher would; or the
+    teacher's own bundle in $MONO_CLASS_BUNDLE (with $MONO_CLASS_PRESET its preset), to size a real class."""
+    if os.environ.get("MONO_CLASS_BUNDLE"):
+        return Path(os.environ["MONO_CLASS_BUNDLE"])
     env = dict(os.environ, MONO_ARTIFACTS=str(smoke_store.root))
     subprocess.run([sys.executable, "-m", "mono_utils", "build", "--preset", "smoke", "--artifacts",
                     str(smoke_store.root)], env=env, check=True, cwd=REPO, capture_output=True)
@@ -201,7 +213,7 @@ def test_class_server_three_students_at_once(request):
     hub = None
     try:
         # the teacher: import the bundle once, write the exercises, create the accounts
-        subprocess.run([sys.executable, "-m", "mono_utils.classroom", "prepare", "--bundle", str(class_bundle),
+        subprocess.run([str(CLASS_VENV / "bin" / "python"), "-m", "mono_utils.classroom", "prepare", "--bundle", str(class_bundle),
                         "--root", str(root)], check=True, cwd=REPO, capture_output=True)
         subprocess.run(["groupadd", "-f", "students"], check=True)
         passwords = {u: secrets.token_urlsafe(12) for u in STUDENTS}
@@ -221,10 +233,11 @@ def test_class_server_three_students_at_once(request):
             "    'scopes': ['admin:users', 'admin:servers', 'tokens', 'list:users']}]\n" % admin_token,
             encoding="utf-8")
         os.chmod(override, 0o600)
-        env = dict(os.environ, MONO_CLASS_ROOT=str(root), MONO_CLASS_PORT=str(port), MONO_CLASS_PRESET="smoke",
+        env = dict(os.environ, MONO_CLASS_ROOT=str(root), MONO_CLASS_PORT=str(port),
+                   MONO_CLASS_PRESET=os.environ.get("MONO_CLASS_PRESET", "smoke"),
                    TQDM_DISABLE="1")
         log = open(root / "hub" / "hub.log", "w")
-        hub = subprocess.Popen([str(Path(sys.executable).parent / "jupyterhub"), "-f", str(override)],
+        hub = subprocess.Popen([str(CLASS_VENV / "bin" / "jupyterhub"), "-f", str(override)],
                                cwd=root / "hub", env=env, stdout=log, stderr=subprocess.STDOUT)
         base = f"http://127.0.0.1:{port}"
         api = f"{base}/hub/api"
@@ -340,6 +353,8 @@ def test_class_server_three_students_at_once(request):
                 hub.wait(30)
             except subprocess.TimeoutExpired:
                 hub.kill()
+        if (root / "hub" / "hub.log").exists():   # shown by pytest when the test fails
+            print((root / "hub" / "hub.log").read_text(errors="replace")[-6000:])
         # servers the hub left behind (it stops them on exit; this is a backstop), each by its id
         for p in psutil.process_iter(["username"]):
             if p.info["username"] in STUDENTS:
