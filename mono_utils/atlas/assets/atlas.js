@@ -112,6 +112,7 @@
     return out;
   }
   function tokLabel(id) { return decodeRun([id])[0]; }
+  A.decodeRun = decodeRun; A.showTok = showTok;   // for live/live.js (typed and generated text)
   function tokChip(id, set, cls) {
     var t = el('bdi', {cls: 'tok ' + (cls || ''), text: showTok(tokLabel(id)), title: 'token ' + id + ': search it'});
     return set ? el('a', {href: '#/' + set + '?token=' + id, cls: 'toklink'}, t) : t;

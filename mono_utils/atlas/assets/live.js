@@ -11,6 +11,16 @@
   var L = A.live = {ready: null, t: {}};
   var requested = {};
   var sessions = {};
+  (function style() {        // the panel's few rules, here so that atlas.css stays the static atlas's
+    var st = document.createElement('style');
+    st.textContent = '.live{border-top:2px solid #ddd;margin-top:1.5em;padding-top:.5em}' +
+      '.live textarea{width:100%;max-width:60em;font:inherit}' +
+      '.live-toks{font-family:monospace;line-height:1.9;word-break:break-all;margin:.5em 0}' +
+      '.live-toks bdi.ct{cursor:pointer;padding:0 1px;border-radius:2px}' +
+      '.steer-cols{display:grid;grid-template-columns:1fr 1fr;gap:1.5em}' +
+      '.live-jump{margin-left:1em;font-size:90%}';
+    document.head.appendChild(st);
+  })();
 
   function load(key, path) {
     if (A.data[key] !== undefined) return Promise.resolve(A.data[key]);
@@ -185,7 +195,7 @@
               var x = new Float32Array(act);
               for (var t = 0; t < T; t++) {
                 var old = f[t * S.d_sae + opts.unit];
-                var nw = opts.mode === 'clamp' ? Math.fround(opts.value) : Math.fround(old + opts.value);
+                var nw = opts.mode === 'clamp' ? Math.fround(opts.value) : Math.fround(old + Math.fround(opts.value));   // torch: f32 + f32(value)
                 var d = Math.fround(nw - old);
                 if (d === 0) continue;
                 for (var j = 0; j < D; j++) x[t * D + j] = Math.fround(x[t * D + j] + Math.fround(d * dir[j]));
@@ -241,9 +251,11 @@
   }
   function fmt(x) { return Math.abs(x) >= 100 ? x.toFixed(0) : Math.abs(x) >= 1 ? x.toFixed(2) : x.toFixed(3); }
   function shaded(ids, vals, mx, cls) {
+    // the atlas's decoding: a character split over tokens shows whole, on the token that starts it
+    var labels = A.decodeRun && A.showTok ? A.decodeRun(ids).map(A.showTok) : ids.map(tokStr);
     return el('div', {cls: cls || 'live-toks'}, ids.map(function (id, i) {
       var v = vals ? vals[i] : 0;
-      var b = el('bdi', {cls: 'ct', 'data-i': String(i), 'data-act': vals ? String(v) : null, title: vals ? fmt(v) : null, text: tokStr(id)});
+      var b = el('bdi', {cls: 'ct', 'data-i': String(i), 'data-act': vals ? String(v) : null, title: vals ? fmt(v) : null, text: labels[i]});
       if (vals && mx > 0 && v > 0) b.style.background = 'rgba(255,100,0,' + Math.min(1, v / mx).toFixed(3) + ')';
       return b;
     }));
@@ -254,6 +266,12 @@
     var box = el('section', {cls: 'live', id: 'live'});
     var status = el('p', {cls: 'note live-status', text: 'Loading the live model\u2026'});
     box.appendChild(el('h2', {text: unit === null || unit === undefined ? 'Try your own text' : 'Try your own text on this unit'}));
+    var crumbs = app.querySelector('.crumbs');
+    if (crumbs && unit !== null && unit !== undefined) {      // the panel sits below the examples: a way down to it
+      crumbs.appendChild(document.createTextNode(' '));
+      crumbs.appendChild(el('button', {type: 'button', cls: 'live-jump', text: 'try it live / steer \u2193',
+                                       onclick: function () { box.scrollIntoView(); }}));
+    }
     box.appendChild(status);
     var anchor = (unit === null || unit === undefined) ? document.getElementById('results') : null;
     if (anchor && anchor.parentNode) anchor.parentNode.insertBefore(box, anchor); else app.appendChild(box);
@@ -332,8 +350,13 @@
     var S = L.meta.sets[set];
     var prompt = el('input', {id: 'steer-prompt', type: 'text', size: '50', value: '1,2,3,4,5,6,7,8,9,10', 'aria-label': 'prompt'});
     var mode = el('select', {id: 'steer-mode', 'aria-label': 'mode'}, el('option', {value: 'clamp', text: 'clamp to'}), el('option', {value: 'add', text: 'add'}));
-    var slider = el('input', {id: 'steer-value', type: 'range', min: '-20', max: '60', step: '0.5', value: '20', 'aria-label': 'value'});
-    var readout = el('span', {id: 'steer-readout', text: '20'});
+    // the slider spans a few times the unit's largest indexed activation, as notebook 06's widget does
+    var U = A.data[set + '/units'];
+    var mx = U && U.cols.mx[unit] > 0 ? U.cols.mx[unit] : 10;
+    var stepV = Math.pow(10, Math.floor(Math.log10(mx / 20)));
+    var r = function (v) { return String(Math.round(v / stepV) * stepV); };
+    var slider = el('input', {id: 'steer-value', type: 'range', min: r(-4 * mx), max: r(8 * mx), step: String(stepV), value: r(4 * mx), 'aria-label': 'value'});
+    var readout = el('span', {id: 'steer-readout', text: slider.value});
     slider.addEventListener('input', function () { readout.textContent = slider.value; });
     var n = el('input', {id: 'steer-n', type: 'number', min: '1', max: String(L.meta.max_new), value: '20', 'aria-label': 'new tokens'});
     var temp = el('input', {id: 'steer-temp', type: 'number', min: '0', max: '5', step: '0.1', value: '0', 'aria-label': 'temperature (0: greedy)'});
