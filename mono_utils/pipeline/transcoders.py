@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 from safetensors.torch import load_file
 
 from ..core.device import device_name, on_device, pick_device
 from ..core.transcoder import PairStream, Transcoder, TranscoderConfig, evaluate_transcoder, train_transcoder
 from ..store.artifacts import read_json, save_safetensors_atomic
+from .indexes import get_index
 from .models import get_model, get_tokens, model_artifact_config
 from .presets import Preset, resolve
 from .saes import STREAM_KW, get_sae, sae_train_config
@@ -124,3 +126,59 @@ def transcoder_table(trc, sae):
              "loss recovered (zero abl.)": a["loss_recovered"], "loss recovered (mean abl.)": a["loss_recovered_mean"],
              "loss recovered with error term": None, "dead": int(a["dead"]), "ultralow": int(a["ultralow"])}]
     return pd.DataFrame(rows).set_index("dictionary")
+
+
+class _MlpInputEncoder:
+    """The transcoder dressed as an SAE for ``core.index.build_index``, which encodes the MLP's
+    activations of each forward pass it runs: while open (``with``), a hook on the MLP's input keeps the
+    last pass's input, and ``encode`` ignores the activations it is handed and encodes that input."""
+
+    def __init__(self, transcoder: Transcoder, model):
+        self.transcoder, self.model = transcoder, model
+        self.cfg = SimpleNamespace(d_sae=transcoder.cfg.d_sae)
+        self.W_enc, self.folder = transcoder.W_enc, transcoder.folder
+        self._last, self._handle = None, None
+
+    def __enter__(self):
+        def keep(module, inputs, output):
+            self._last = output.detach()
+        self._handle = self.model.blocks[0].mlp.hook_in.register_forward_hook(keep)
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.remove()
+        self._last = None
+        return False
+
+    def encode(self, acts):
+        x = self._last
+        if x is None or x.shape[:-1].numel() != acts.shape[:-1].numel():
+            raise RuntimeError("the transcoder's index encoder saw no matching forward pass: use it inside "
+                               "`with`, right after the pass that produced the activations")
+        return self.transcoder.encode(x.reshape(*acts.shape[:-1], x.shape[-1]))
+
+    def state_dict(self):
+        return self.transcoder.state_dict()
+
+
+def transcoder_index_tokens(p: Preset) -> int:
+    """Tokens of the transcoder's activation index: A/1's on smoke, a quarter on larger presets (the
+    index only serves the atlas's pages and top examples; A/1's 1M tokens take ~2 min and 1.3 GB on default)."""
+    return p.index_tokens if p.name == "smoke" else max(p.n_ctx, p.index_tokens // 4)
+
+
+def get_transcoder_index(preset=None, store=None, *, which: str = "A", progress: bool = True, model=None):
+    """The activation index of model ``which``'s neurons and its transcoder's features (``get_transcoder``),
+    on ``transcoder_index_tokens(preset)`` held-out tokens: built once, then loaded (``core.index``)."""
+    p, s = resolve(preset, store)
+    model = model if model is not None else get_model(p, s, which=which, progress=progress)
+    trc = get_transcoder(p, s, which=which, progress=progress)
+    with _MlpInputEncoder(trc, model) as encoder:
+        return get_index(p.replace(index_tokens=transcoder_index_tokens(p)), s, which=which, progress=progress,
+                         sae=encoder, model=model)
+
+
+def transcoder_logit_weights(transcoder, model):
+    """[d_sae, d_vocab]: each feature's decoder direction read by the unembedding (a transcoder writes to
+    the residual stream directly; the final LayerNorm left out, as ``core.model.direction_logit_weights``)."""
+    return transcoder.W_dec.detach().float() @ model.W_U.detach().float()

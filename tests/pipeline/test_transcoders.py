@@ -60,3 +60,25 @@ def test_default_budget_and_recipe(smoke_preset):
     assert tc.total_tokens == transcoder_tokens(d) == d.sae_tokens // 2
     assert (tc.batch_size, tc.lr) == (d.sae_batch, d.sae_lr)
     assert transcoder_tokens(smoke_preset) == smoke_preset.sae_tokens
+
+
+def test_index_holds_the_transcoders_features(transcoder, tiny, smoke_store, smoke_model):
+    """The index of the transcoder's features (built by core.index through the MLP-input encoder) holds,
+    for a feature, exactly the activations the transcoder gives on the index's own tokens."""
+    import numpy as np
+    import torch
+
+    from mono_utils.core.transcoder import mlp_in_out
+    from mono_utils.pipeline.transcoders import get_transcoder_index, transcoder_logit_weights
+    small = tiny.replace(index_tokens=4096)
+    idx = get_transcoder_index(small, smoke_store, progress=False, model=smoke_model)
+    assert idx.n_units("feature") == transcoder.cfg.d_sae
+    rows = idx.tokens[:8].astype(np.int64)
+    x, _ = mlp_in_out(smoke_model, torch.from_numpy(rows))
+    with torch.no_grad():
+        want = transcoder.encode(x).numpy()                   # [rows, n_ctx, d_sae]
+    for f in np.flatnonzero(want.reshape(-1, want.shape[-1]).max(0) > 0)[:5]:
+        got = idx.unit_acts("feature", int(f))[:8]
+        assert np.allclose(got, want[..., f], atol=2e-2 * max(1.0, float(want[..., f].max()))), f   # fp16 store
+    assert get_transcoder_index(small, smoke_store, progress=False, model=smoke_model).folder == idx.folder
+    assert transcoder_logit_weights(transcoder, smoke_model).shape == (transcoder.cfg.d_sae, smoke_model.cfg.d_vocab)
