@@ -45,6 +45,7 @@ from ..pipeline.indexes import get_index, get_paper_index, get_topk_index
 from ..pipeline.models import get_model, get_tokenizer
 from ..pipeline.presets import Preset, resolve
 from ..pipeline.saes import get_paper_sae, get_sae, get_sae_family, get_topk_sae
+from ..pipeline.transcoders import get_transcoder, get_transcoder_index, transcoder_logit_weights
 from ..core.index import ActivationIndex
 from ..core.model import direction_logit_weights, model_config_of
 from ..features.dashboards import vocab_strings
@@ -95,6 +96,8 @@ def parse_sae_option(spec: str, preset: Preset) -> str:
         return "topk"
     if low in ("paper2023", "paper", "a/1-paper2023", "a/1 paper2023"):
         return "paper2023"
+    if low in ("transcoder", "tc", "a transcoder"):
+        return "transcoder"
     if low in ("b/1", "b1", "b"):
         return "B/1"
     if low in ("a/1", "a1", "a", f"a/{preset.sae_main}"):
@@ -106,7 +109,8 @@ def parse_sae_option(spec: str, preset: Preset) -> str:
         if n in preset.sae_sizes:
             return "A/1" if n == preset.sae_main else f"A/{n}"
     sizes = ", ".join(f"A/{n}" for n in preset.sae_sizes)
-    raise ValueError(f"unknown --sae {spec!r}: use topk, paper2023, B/1, family, or a family member of preset "
+    raise ValueError(f"unknown --sae {spec!r}: use topk, paper2023, transcoder, B/1, family, or a family member "
+                     f"of preset "
                      f"{preset.name!r} ({sizes}; A/{preset.sae_main} is A/1, always included)")
 
 
@@ -638,6 +642,11 @@ def load_sets(preset, store=None, saes=(), progress: bool = True) -> tuple[list[
             sae_p = get_paper_sae(p, s, which="A", progress=progress)
             sets.append(UnitSet("A1paper", "A/1 paper2023", "A", "feature", idx_p, logits(model("A"), sae_p),
                                 src(idx_p, sae_p)))
+        elif c == "transcoder":   # notebook 07: its features read the MLP's input and write its output
+            trc = get_transcoder(p, s, which="A", progress=progress)
+            idx_c = get_transcoder_index(p, s, which="A", progress=progress, model=model("A"))
+            sets.append(UnitSet("Atc", "A transcoder", "A", "feature", idx_c,
+                                transcoder_logit_weights(trc, model("A")).cpu().numpy(), src(idx_c, trc)))
         else:
             n = int(c.split("/")[1])
             fam = get_sae_family(p, s, which="A", progress=progress)
