@@ -259,7 +259,8 @@ def make_parser() -> argparse.ArgumentParser:
     at.add_argument("--out", default="atlas", help="folder to write (replaced if it holds an older atlas)")
     at.add_argument("--sae", action="append", metavar="SAE",
                     help="add a unit set besides A/1 and A's neurons: paper2023 (the paper's recipe), topk, "
-                         "B/1 (with B's neurons), A/<size> (a family member) or family; repeat for several")
+                         "B/1 (with B's neurons), A/<size> (a family member), family or transcoder (notebook 07's); "
+                         "repeat for several")
     at.add_argument("--no-build", action="store_true",
                     help="build nothing: show only what is built (the unit sets' indexes must be)")
     at.add_argument("--no-live", action="store_true",
