@@ -10,7 +10,7 @@ steering catalog when there is one).
 
 The live atlas (``mono_utils.atlas.live``, written unless ``--no-live``): with ``--live-times``
 the script opens it in headless Chromium from file:// and prints the live folder's size, the time
-to interactive (navigation until the runtime, tokenizer and model are ready), one forward pass of
+to interactive (navigation until the first typed text is analysed: runtime, tokenizer, model and A/1 loaded), one forward pass of
 a full context (128 tokens on default; the preset's n_ctx) with A/1's encode (median of 5 after a
 warm-up), and 40 greedy tokens steered by one A/1 feature (a forward pass and an encode per token).
 
@@ -99,7 +99,7 @@ def live_times(out: Path) -> dict:
         t = time.perf_counter()
         page.goto((out / "index.html").as_uri())
         page.wait_for_function("() => window.ATLAS && ATLAS.live")
-        page.evaluate("() => ATLAS.live.init().then(() => true)")
+        page.evaluate("() => ATLAS.live.analyse('Hello', 'A1').then(() => true)")   # the first answer: model and A/1 ready
         res["time_to_interactive_s"] = round(time.perf_counter() - t, 2)
         res["init_in_page_s"] = round(page.evaluate("() => ATLAS.live.t.init_ms") / 1000, 2)
         res.update(page.evaluate("""async () => {

@@ -51,6 +51,10 @@
     for (var i = 0; i < n; i++) u[i] = s.charCodeAt(i);
     return u;
   }
+  function inflate(u8) {       // gzip -> bytes, by the browser's own decompressor (no library, no request)
+    var stream = new Blob([u8]).stream().pipeThrough(new DecompressionStream('gzip'));
+    return new Response(stream).arrayBuffer().then(function (b) { return new Uint8Array(b); });
+  }
   function session(key) {
     if (!sessions[key]) {
       sessions[key] = load(key, key + '.js').then(function (b64) {
@@ -68,7 +72,7 @@
       L.meta = meta;
       return Promise.all([
         loadPlain('live/ort.js', function () { return !!window.ort; }),
-        load('live/ort-wasm', 'live/ort-wasm.js'),
+        load('live/ort-wasm-gz', 'live/ort-wasm.js').then(function (b64) { return inflate(bytes(b64)); }),
         loadPlain('live/tokenizers.js', function () { return !!window.HFTokenizers; }),
         load('live/tokenizer', 'live/tokenizer.js')]);
     }).then(function (r) {
@@ -77,7 +81,7 @@
       L.tokenizer = new window.HFTokenizers.Tokenizer(tk.json, tk.config);
       ort.env.wasm.numThreads = 1;           // threads need cross-origin isolation, which file:// lacks
       ort.env.wasm.proxy = false;
-      ort.env.wasm.wasmBinary = bytes(r[1]);
+      ort.env.wasm.wasmBinary = r[1];
       L.t.decoded_ms = performance.now() - t0;
       ort.env.wasm.wasmPaths = {mjs: 'data:text/javascript;base64,' + A.data['live/ort-mjs']};
       return Promise.all([session('live/model-front'), session('live/model-back')]);
