@@ -237,7 +237,7 @@ def _compare(yours, reference, tol: float) -> tuple[bool, str]:
             return False, f"expected {len(reference)} things, got {len(yours)}"
         parts = [_compare(y, r, tol) for y, r in zip(yours, reference)]
         bad = [f"item {i + 1}: {msg}" for i, (ok, msg) in enumerate(parts) if not ok]
-        return (not bad), ("; ".join(bad) if bad else "; ".join(m for _, m in parts))
+        return (not bad), ("; ".join(bad) if bad else f"all {len(parts)} items agree, to within {tol:g}")
     if yours is None:
         return False, "your function returned None"
     try:
