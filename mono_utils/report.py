@@ -220,11 +220,16 @@ def write_report(preset: str = "default", artifacts: str | None = None, out: str
     if record:
         steps = record["steps"]
         srows = [(name, f"{st['seconds']:.0f} s ({minutes(st['seconds'])})", f"{st['peak_mb'] / 1024:.2f} GB",
-                  st["exit"]) for name, st in steps.items()]
+                  f"{st['load_mean']:.1f}" if "load_mean" in st else "not recorded", st["exit"])
+                 for name, st in steps.items()]
         total = sum(st["seconds"] for st in steps.values())
         srows.append(("**total**", f"**{total:.0f} s ({minutes(total)})**",
-                      f"{max(st['peak_mb'] for st in steps.values()) / 1024:.2f} GB", ""))
-        parts += [table(("step", "wall time", "peak memory (largest process)", "exit status"), srows), ""]
+                      f"{max(st['peak_mb'] for st in steps.values()) / 1024:.2f} GB", "", ""))
+        parts += [table(("step", "wall time", "peak memory (largest process)", "mean load average", "exit status"),
+                        srows), "",
+                  f"The load average counts the step's own processes: on the idle {os.cpu_count()}-core machine a "
+                  f"build of two jobs shows about 2. Above that, other work shared the cores and the times are "
+                  f"longer than the suite's own.", ""]
         if record.get("note"):
             parts += [record["note"], ""]
     build_log = runs_dir / "build.log"

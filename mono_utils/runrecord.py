@@ -14,6 +14,7 @@ import platform
 import resource
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -56,11 +57,23 @@ def run_timed(record: Path, step: str, cmd: list[str], log: Path | None = None) 
 
     Peak memory is the largest resident set of any process it waited for (``RUSAGE_CHILDREN``):
     what ``/usr/bin/time -v`` calls the maximum resident set size, without needing GNU time.
+    The load average is sampled while it runs, so a time measured on a busy machine says so (the
+    step's own processes count: a build of two jobs on an idle machine shows a load of about 2).
     """
     if not cmd:
-        raise ValueError("timed: give the command after `--`, e.g. `timed --record R --step build -- make build`")
+        raise ValueError("timed: give the command after `--`, e.g. "
+                         "`python -m mono_utils.runrecord --record R --step build -- make build`")
     record, started = Path(record), time.time()
     record.parent.mkdir(parents=True, exist_ok=True)
+    loads: list[float] = []
+    done = threading.Event()
+
+    def sample_load():
+        while not done.wait(10.0):
+            loads.append(os.getloadavg()[0])
+
+    sampler = threading.Thread(target=sample_load, daemon=True)
+    sampler.start()
     sink = open(log, "w", encoding="utf-8") if log else None
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
@@ -71,15 +84,18 @@ def run_timed(record: Path, step: str, cmd: list[str], log: Path | None = None) 
                 sink.write(line)
         rc = proc.wait()
     finally:
+        done.set()
         if sink:
             sink.close()
     wall = time.time() - started
     peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss   # KiB on Linux
+    loads = loads or [os.getloadavg()[0]]
     data = json.loads(record.read_text(encoding="utf-8")) if record.exists() else {}
     if step == "build" or "steps" not in data:   # a build starts a new record
-        data = {"commit": git_commit(), "started": datetime.datetime.now().isoformat(timespec="seconds"),
-                "machine": machine(), "steps": {}}
+        data = {"commit": git_commit(), "machine": machine(), "steps": {},
+                "started": datetime.datetime.fromtimestamp(started).isoformat(timespec="seconds")}
     data["steps"][step] = {"seconds": round(wall, 1), "peak_mb": round(peak_kb / 1024), "exit": rc,
+                           "load_mean": round(sum(loads) / len(loads), 2), "load_max": round(max(loads), 2),
                            "command": " ".join(cmd)}
     with atomic_output(record) as tmp:
         Path(tmp).write_text(json.dumps(data, indent=1), encoding="utf-8")
