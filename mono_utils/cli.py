@@ -195,6 +195,13 @@ def cmd_atlas(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report import write_report   # lazy: loads every lesson's artifacts (see cmd_build)
+    out = write_report(args.preset, args.artifacts, out=args.out, runs=args.runs)
+    print(f"wrote {out}")
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m mono_utils",
                                  description="monosemanticity-lab: build artifacts, run notebooks, share bundles.")
@@ -266,6 +273,11 @@ def make_parser() -> argparse.ArgumentParser:
     at.add_argument("--no-live", action="store_true",
                     help="the static atlas alone: no live model (try your own text, steering) in the page")
     at.set_defaults(fn=cmd_atlas)
+    rp = sub.add_parser("report", help="write docs/results.md from a built store: every figure the docs quote")
+    rp.add_argument("--preset", default=_env_preset())
+    rp.add_argument("--out", default=None, help="file to write (default docs/results.md)")
+    rp.add_argument("--runs", default=None, help="folder make run wrote its records to (default runs/<preset>)")
+    rp.set_defaults(fn=cmd_report)
     return ap
 
 
