@@ -301,6 +301,7 @@ def write_live(folder: str | Path, model, tokenizer, saes: dict[str, SparseAutoe
         sets[key] = {"kind": "neuron", "d_sae": int(c.d_mlp), "label": labels.get(key, key),
                      "n_units": int(c.d_mlp)}
     meta = {"version": LIVE_VERSION, "n_ctx": int(c.n_ctx), "d_mlp": int(c.d_mlp), "d_vocab": int(c.d_vocab),
+            "n_layers": int(c.n_layers),
             "bos": int(tokenizer.convert_tokens_to_ids(EOT)), "sets": sets, "max_new": 40,
             "libraries": {"onnxruntime-web": _npm_version("onnxruntime-web"),
                           "@huggingface/tokenizers": _npm_version("@huggingface/tokenizers")}}
@@ -317,6 +318,8 @@ SCRIPT_TAG = '<script src="live/live.js" charset="utf-8"></script>\n'
 def _hook_page(index_html: Path) -> None:
     """Load ``live/live.js`` before the atlas script (it registers ``ATLAS.live``; the heavy files load later)."""
     html = index_html.read_text(encoding="utf-8")
+    if SCRIPT_TAG in html:
+        return
     anchor = '<script src="assets/atlas.js"'
     if anchor not in html:
         raise ValueError(f"{index_html} has no {anchor!r}: the page changed; update atlas/live.py's _hook_page")

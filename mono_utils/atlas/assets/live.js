@@ -191,23 +191,28 @@
         function step(k) {
           if (k >= n) return null;
           return L.forward(ids).then(function (r) {
-            var T = r.T, act = r.act.data;
-            return L.encode(opts.set, act, T).then(function (f) {
-              var fu = f[(T - 1) * S.d_sae + opts.unit];
-              acts.push(fu);
-              if (!steer) return L.logits(r.resid, act);
+            /* With one layer, the logits at a position depend only on that position's residual and MLP
+               activations (attention comes before the MLP), so each step encodes, edits and unembeds the
+               last position alone: the same numbers as the full pass at a fraction of the work. */
+            var T = r.T, rows = L.meta.n_layers === 1 ? 1 : T, first = T - rows;
+            var act = r.act.data.slice(first * D, T * D);
+            var dm = r.resid.dims[2];
+            var resid = rows === T ? r.resid : new ort.Tensor('float32', r.resid.data.slice(first * dm, T * dm), [1, rows, dm]);
+            return L.encode(opts.set, act, rows).then(function (f) {
+              acts.push(f[(rows - 1) * S.d_sae + opts.unit]);
+              if (!steer) return L.logits(resid, act);
               var x = new Float32Array(act);
-              for (var t = 0; t < T; t++) {
+              for (var t = 0; t < rows; t++) {
                 var old = f[t * S.d_sae + opts.unit];
                 var nw = opts.mode === 'clamp' ? Math.fround(opts.value) : Math.fround(old + Math.fround(opts.value));   // torch: f32 + f32(value)
                 var d = Math.fround(nw - old);
                 if (d === 0) continue;
                 for (var j = 0; j < D; j++) x[t * D + j] = Math.fround(x[t * D + j] + Math.fround(d * dir[j]));
               }
-              return L.logits(r.resid, x);
+              return L.logits(resid, x);
             });
           }).then(function (logits) {
-            var off = (ids.length - 1) * V, nxt;
+            var off = (logits.dims[1] - 1) * V, nxt;
             var am = argmax(logits.data, off, V);
             if (!(opts.temperature > 0)) {
               nxt = am[0];
