@@ -88,7 +88,7 @@ PRESETS: dict[str, Preset] = {
         sae_sizes=(512, 2048, 4096, 8192), sae_main=4096, l1_coeff=5.6e-3, topk_k=18,
         sae_tokens=4_000_000, sae_batch=512, sae_lr=1e-3,
         eval_tokens=262_144, density_tokens=524_288, index_tokens=1_048_576, universality_tokens=262_144,
-        # BatchTopK, chosen by measurement over the paper's recipe (README, "SAE recipes"): on 4M
+        # BatchTopK, chosen by measurement over the paper's recipe (docs/findings.md, "SAE recipes"): on 4M
         # activations the paper's leaves ~38% of A/1 dead or ultralow, BatchTopK almost none
         sae_recipe="batchtopk",
     ),

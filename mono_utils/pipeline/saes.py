@@ -174,7 +174,7 @@ def topk_tokens(p: Preset) -> int:
     """TopK trains on a quarter of the main run's tokens (not on ``paper``): it only serves the
     side-by-side comparison of notebook 01 (and the recipes at matched tokens), and the suite's time
     budget is tight. On default at k 18 that budget leaves 28% of its latents dead (at k 24, 0.8%;
-    README, "SAE recipes")."""
+    docs/findings.md, "SAE recipes")."""
     return p.sae_tokens if p.side_runs_full else max(p.sae_batch, p.sae_tokens // 4)
 
 
@@ -199,7 +199,7 @@ def get_topk_sae(preset=None, store: ArtifactStore | None = None, *, which: str 
 # norms are folded into the features the penalty reads as the paper's plain L1 at the same lambda,
 # yet at the preset's lambda it trains far less sparse than the paper's recipe: on default, 1M
 # activations, L0 44.4 against 24.3 for the paper's (benchmarks/bench_recipes.py, 2026-11-30,
-# commit 3ca2f0a; README, "SAE recipes"), above the suite's L0 <= 20 target. Doubling lambda brings
+# commit 3ca2f0a; docs/findings.md, "SAE recipes"), above the suite's L0 <= 20 target. Doubling lambda brings
 # it there: the run get_recipe_runs builds at 2 x lambda (2026-11-30: default, 1M activations, model A
 # of a fresh build of e2e459f, code of commit 06c21d4) has L0 20.7, loss recovered 88.4% (zero
 # ablation) / 94.4% (mean), 43 dead + 29 ultralow of 4,096. Notebook 01's table shows the figures
