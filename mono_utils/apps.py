@@ -3,8 +3,12 @@
 ``python -m mono_utils app steering`` (or ``rating``) runs :func:`launch_app`, which serves
 ``apps/<name>_app.ipynb`` with Voila on http://127.0.0.1:8866 and opens nothing else; students
 only see the widgets. ``--ip 0.0.0.0`` (``launch_app(..., ip="0.0.0.0")``) serves a classroom
-network. The app notebooks are a few calls into :func:`steering_app` and :func:`rating_app`,
-which build everything they need from the artifact store (or build it first, on ``smoke``).
+network, behind a token (made up and printed when not given). Every open page runs a kernel of
+its own (:data:`KERNEL_MB`): at most ``--max-kernels`` run at once (the next student gets a page
+saying the app is full, see :mod:`mono_utils.app_server`), and a kernel idle for ``--cull-idle``
+seconds with its page closed is shut down. ``--preset`` names the preset served; one that is not
+built is refused up front (its kernels would otherwise train it, page after page). The app
+notebooks are a few calls into :func:`steering_app` and :func:`rating_app`.
 """
 from __future__ import annotations
 
@@ -34,8 +38,8 @@ from .steering.widget import SteeringWidget
 from .store.artifacts import ArtifactStore, repo_root
 
 APPS = {"steering": "steering_app.ipynb", "rating": "rating_app.ipynb"}
-# measured on smoke (tests/test_apps.py::test_app_kernels_are_capped_culled_and_stopped prints it): the
-# resident memory of one app kernel, most of it torch; the default preset's model adds little
+# the resident memory of one steering-app kernel on smoke, most of it torch: 602 MB RSS (433 MB of it
+# its own), measured by tests/test_hardening_apps.py::test_h40_... (it prints them); larger presets hold more
 KERNEL_MB = 600
 # how long ``build`` takes, for the message of an app asked to serve a preset that is not built
 BUILD_TIME = {"smoke": "about 2 minutes", "default": "about 40 minutes on a 2-core CPU",
