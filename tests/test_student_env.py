@@ -24,8 +24,9 @@ from mono_utils.notebooks import notebook_paths
 REPO = Path(__file__).resolve().parents[1]
 VENV = REPO / ".venv-student"
 PY = VENV / "bin" / "python"
-# what a student does not need: the corpus's text sources, building, testing, serving
-NOT_FOR_STUDENTS = ("Faker", "babel", "pycountry", "Django", "circuitsvis", "scikit-learn", "umap-learn",
+# what a student does not need: the corpus's text sources, building, testing, serving (babel stays:
+# jupyterlab_server needs it)
+NOT_FOR_STUDENTS = ("Faker", "pycountry", "Django", "circuitsvis", "scikit-learn", "umap-learn",
                     "playwright", "pytest", "voila", "jupyterhub", "anthropic", "openai")
 
 
