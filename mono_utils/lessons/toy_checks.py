@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..core import toy
-from .checks import STRICT_ENV, CheckResult, ExerciseFailed, graded
+from .checks import STRICT_ENV, CheckResult, ExerciseFailed, Verdict, graded
 from .guard import TooSlow, call_with_limit, returned_problem
 
 NOT_WRITTEN = ("not written yet: the function still raises NotImplementedError. Replace that line "
@@ -276,21 +276,23 @@ def check_dimensionality(fn) -> CheckResult:
     return _run("00.0c", fn, test)
 
 
-def apply_verdict(exercise: str, yours, reference, what: str, tol: float = 1e-4) -> CheckResult:
-    """An apply cell's last line: the student's function on the trained toy model against the package's."""
+def apply_verdict(exercise: str, yours, reference, what: str, tol: float = 1e-4) -> Verdict:
+    """An apply cell's last line: the student's function on the trained toy model against the package's
+    (:class:`mono_utils.lessons.checks.Verdict`, as every notebook's apply cells)."""
     try:
         got = _tensor(yours, what)
     except _Wrong as w:
-        return CheckResult(exercise, False, str(w))
+        return Verdict(exercise, False, str(w))
     ref = torch.as_tensor(reference).detach().double()
     if tuple(got.shape) != tuple(ref.shape):
         ok, msg = False, f"{what} has shape {tuple(got.shape)}, the package's {tuple(ref.shape)}"
     else:
         diff = float(torch.nan_to_num((got - ref).abs(), nan=float("inf")).max()) if ref.numel() else 0.0
         ok = diff <= tol * max(1.0, float(ref.abs().max()))
-        msg = (f"{what} on the trained model matches mono_utils.core.toy (largest difference {diff:.1g})" if ok else
-               f"{what} on the trained model differs from mono_utils.core.toy by up to {diff:.3g}: run the check above")
-    result = CheckResult(exercise, ok, msg)
+        msg = (f"{what} matches mono_utils.core.toy (largest difference {diff:.1g})" if ok else
+               f"{what} differs from mono_utils.core.toy by up to {diff:.3g}: run the check above, it names the "
+               f"mistake when it knows it")
+    result = Verdict(exercise, ok, msg)
     if not ok and _strict():
         raise ExerciseFailed(exercise, msg)
     return result

@@ -175,7 +175,8 @@ def test_graded_use_hides_the_formula_and_strict_raises(monkeypatch):
 def test_apply_verdict_says_whether_it_matches():
     W = toy_checks._weights().float()
     ok = toy_checks.apply_verdict("00.0b", toy.superposition(W), toy.superposition(W), "the measure")
-    assert ok.ok and "matches" in ok.message
+    assert ok.ok and "matches" in ok.message and isinstance(ok, checks.Verdict)
+    assert "on the real data" in repr(ok)
     bad = toy_checks.apply_verdict("00.0b", toy.superposition(W) + 0.5, toy.superposition(W), "the measure")
     assert not bad.ok and "differs" in bad.message
     shape = toy_checks.apply_verdict("00.0b", toy.superposition(W)[:3], toy.superposition(W), "the measure")
