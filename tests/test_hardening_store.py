@@ -234,6 +234,12 @@ def test_h23_a_students_notebooks_are_never_overwritten(tmp_path):
     assert _files(ex) == before
     rc, err = _cli(["run-notebooks", "--preset", "smoke", "--only", "00", "--out", str(REPO / "notebooks")])
     assert rc == 1 and "the notebooks' own folder" in err, err
+    # what run-notebooks --force does before it runs anything: the student's notebook is copied aside first;
+    # an earlier executed copy (a solution notebook) is replaced without a flag
+    from mono_utils.lessons.student import guard_writes
+    (kept,) = guard_writes({ex / "00_model.ipynb": None}, writes="solution", force=True)
+    assert kept.read_bytes() == before["00_model.ipynb"] and kept.parent.parent == ex / "backups"
+    assert guard_writes({solutions / "00_model.ipynb": None}, writes="solution") == []
 
 
 def _stub_over_solution(tmp: Path):
