@@ -20,6 +20,8 @@ from .store.artifacts import repo_root
 
 
 def notebook_paths(folder: str | Path | None = None) -> list[Path]:
+    """The lessons in course order: by name, so 00_intro_superposition (no build) runs and is timed before
+    00_model (tests/test_notebooks.py checks JupyterLab's file browser agrees)."""
     folder = Path(folder) if folder else repo_root() / "notebooks"
     return sorted(folder.glob("[0-9][0-9]_*.ipynb"))
 
