@@ -37,6 +37,8 @@ from ..store.artifacts import atomic_write_json, read_json, save_safetensors_ato
 from .activations import ActivationStream
 from .device import deterministic, pick_device
 from .malloc_tuning import tune_malloc
+from .metrics import _ablation_baselines, density_histogram, loss_recovered, ultralow_threshold
+from .model import HOOK_MLP_POST, lm_loss
 from .sae_kernels import _batch_topk, _sparse_pass
 from .train import TrainSAEConfig, dead_window, lr_factor
 
@@ -427,8 +429,6 @@ def evaluate_transcoder(trc: Transcoder, model, tokens: np.ndarray, max_tokens: 
 
     ``sae``: an SAE of the same model's MLP activations (A/1) whose reconstruction, pushed through
     W_out, gives ``sae_fvu_mlp_out``: A/1's FVU measured on the transcoder's target."""
-    from .metrics import _ablation_baselines, density_histogram, loss_recovered, ultralow_threshold
-    from .model import HOOK_MLP_POST, lm_loss
     tune_malloc()
     if int(model.cfg.d_model) != trc.cfg.d_in:
         raise ValueError(f"the transcoder reads d_in = {trc.cfg.d_in} but the model's d_model is {model.cfg.d_model}: "
