@@ -242,6 +242,38 @@ def test_h23_a_students_notebooks_are_never_overwritten(tmp_path):
     assert guard_writes({solutions / "00_model.ipynb": None}, writes="solution") == []
 
 
+def test_h23_after_a_pull_untouched_exercises_are_updated_and_answered_ones_kept(tmp_path):
+    """A newer version of the lessons (a `git pull`) replaces the student versions nobody edited (run
+    them, and they still count as untouched), and still refuses to replace one with an answer in it."""
+    src, ex = tmp_path / "src", tmp_path / "exercises"
+    src.mkdir()
+    for name in ("00_model.ipynb", "01_train_sae.ipynb"):
+        shutil.copy(REPO / "notebooks" / name, src / name)
+    assert _cli(["lessons", "--notebooks", str(src), "--out", str(ex)])[0] == 0
+    ran = nbformat.read(ex / "01_train_sae.ipynb", as_version=4)      # opened and run, not edited
+    code = next(c for c in ran.cells if c.cell_type == "code")
+    code.outputs, code.execution_count = [nbformat.v4.new_output("stream", text="ran\n")], 1
+    nbformat.write(ran, ex / "01_train_sae.ipynb")
+
+    def pull(marker: str) -> None:
+        for name in ("00_model.ipynb", "01_train_sae.ipynb"):
+            nb = nbformat.read(src / name, as_version=4)
+            nb.cells[0].source += f"\n\n{marker}"
+            nbformat.write(nb, src / name)
+
+    pull("A sentence the teacher added.")
+    rc, err = _cli(["lessons", "--notebooks", str(src), "--out", str(ex)])
+    assert rc == 0, err
+    for name in ("00_model.ipynb", "01_train_sae.ipynb"):
+        assert "A sentence the teacher added." in (ex / name).read_text(encoding="utf-8"), name
+    _answer(ex / "00_model.ipynb")
+    before = _files(ex)
+    pull("Another sentence.")
+    rc, err = _cli(["lessons", "--notebooks", str(src), "--out", str(ex)])
+    assert rc == 1 and "00_model.ipynb (a student's notebook" in err, err
+    assert _files(ex) == before, "a refused run wrote something"
+
+
 def _stub_over_solution(tmp: Path):
     """A folder holding a solution notebook under a student version's name, written with force=True."""
     from mono_utils.lessons.student import write_student_versions

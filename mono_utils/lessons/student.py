@@ -20,12 +20,15 @@ is off, never the reference formula (``mono_utils.lessons.checks.set_graded``).
 Nothing a student wrote is overwritten without ``--force`` (and then a copy is kept in
 ``<out>/backups/<time>/``), and a stub never replaces a solution: :func:`guard_writes` checks every
 file the ``lessons`` and ``run-notebooks`` commands are about to write. A student version carries the
-marker ``metadata.mono_utils.student_version`` (older ones are known by their stub and fold tags);
+marker ``metadata.mono_utils.student_version`` (older ones are known by their stub and fold tags) and
+the digest of its cells' sources when written: one nobody edited since is replaced by a newer version
+(after a ``git pull``) without ``--force``;
 a solution notebook is one with ``solution`` cells, or any notebook in the repository's notebooks/.
 """
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import re
 import shutil
@@ -160,8 +163,28 @@ def student_notebook(nb, name: str = "notebook", graded: bool = False):
         if c.cell_type == "code":
             c.outputs, c.execution_count = [], None
     nb.metadata.pop("widgets", None)
-    nb.metadata[STUDENT_MARK] = {"student_version": True, **({"graded": True} if graded else {})}
+    nb.metadata[STUDENT_MARK] = {"student_version": True, **({"graded": True} if graded else {}),
+                                 "sources_sha256": sources_digest(nb.cells)}
     return nb
+
+
+def sources_digest(cells) -> str:
+    """A digest of what a student can write in a notebook: each cell's type and source (not outputs,
+    execution counts or metadata, which running it changes). Recorded when a student version is written,
+    so that one nobody edited since can be replaced by a newer version without asking."""
+    parts = [[c.get("cell_type"), "".join(c["source"]) if isinstance(c.get("source"), list) else c.get("source")]
+             for c in cells if isinstance(c, dict)]
+    return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode()).hexdigest()
+
+
+def unedited_student_version(path: Path) -> bool:
+    """A student version whose cells still hold exactly what we wrote (run, maybe, but not edited)."""
+    try:
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        recorded = nb["metadata"][STUDENT_MARK]["sources_sha256"]
+        return isinstance(recorded, str) and recorded == sources_digest(nb["cells"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        return False
 
 
 def count_exercises(nb) -> int:
@@ -210,6 +233,8 @@ def guard_writes(planned: dict[Path, bytes | None], *, writes: str, force: bool 
         role = notebook_role(target)
         if role == "missing" or (data is not None and target.read_bytes() == data):
             continue
+        if role == "student" and writes == "student" and unedited_student_version(target):
+            continue     # written by us and never edited: a newer version replaces it, nothing is lost
         if role == "solution" and writes == "student":
             solutions.append(target)
         elif not (role == "solution" and writes == "solution"):
