@@ -292,6 +292,7 @@
           ' (model A); pick one of those sets to try your text.';
         return;
       }
+      if (L.meta.sets[set].kind === 'feature') session('live/sae-' + set + '-encode');   // ready before the first Run
       panel(box, set, unit);
     }).catch(function (e) {
       status.textContent = 'The live model could not start: ' + String(e && e.message || e);
