@@ -380,7 +380,7 @@ STATUS_COLOURS = {"not represented": "#d0d0d0", "dedicated": "#1f77b4", "superpo
 
 
 def _label(s: float) -> str:
-    return f"S = {s:g}"
+    return f"S = {s:.3g}"
 
 
 def wtw_figure(model: ToyModel, instances: list[int]) -> go.Figure:
@@ -467,20 +467,22 @@ def phase_figure(model: ToyModel, points: int) -> go.Figure:
 
 def geometry_figure(model: ToyModel, instances: list[int]) -> go.Figure:
     """The columns of W as arrows in the plane (m = 2), each labelled with its dimensionality D_i."""
-    D = feature_dimensionality(model).numpy()
+    D, norms = feature_dimensionality(model).numpy(), feature_norms(model).numpy()
     W = model.W.detach().numpy()
     fig = make_subplots(rows=1, cols=len(instances), subplot_titles=[_label(model.cfg.sparsity[i]) for i in instances])
     for c, i in enumerate(instances, start=1):
         for f in range(model.cfg.n_features):
             x, y = W[i, 0, f], W[i, 1, f]
+            kept = norms[i, f] > REPRESENTED          # a dropped feature is a stub at the origin: no label
             fig.add_scatter(x=[0, x], y=[0, y], mode="lines+markers+text", showlegend=False,
                             marker=dict(size=[0, 8]), line=dict(width=2),
-                            text=["", f"{f}: D={D[i, f]:.2f}"], textposition="top center",
+                            text=["", f"{f}: D={D[i, f]:.2f}" if kept else ""], textposition="top center",
                             hovertemplate=f"feature {f}: ({x:.2f}, {y:.2f}), D = {D[i, f]:.2f}<extra></extra>",
                             row=1, col=c)
         fig.update_xaxes(range=[-1.5, 1.5], row=1, col=c, showticklabels=False)
         fig.update_yaxes(range=[-1.5, 1.5], row=1, col=c, showticklabels=False, scaleanchor=f"x{c if c > 1 else ''}")
-    fig.update_layout(height=340, title="Five features in two dimensions: the columns of W (arrows)")
+    fig.update_layout(height=380, title="Five features in two dimensions: the columns of W (arrows), each "
+                      "represented one labelled with its dimensionality D")
     return fig
 
 
@@ -501,22 +503,27 @@ def dimensionality_figure(model: ToyModel) -> go.Figure:
     for name, v in STICKY.items():
         fig.add_hline(y=v, line_dash="dot", line_color="grey", annotation_text=f"{name} {v:.2g}",
                       annotation_position="right")
-    fig.update_layout(xaxis_type="log", height=380, xaxis_title="1 / (1 - S) (sparser to the right)",
+    fig.update_layout(xaxis_type="log", height=400, xaxis_title="1 / (1 - S) (sparser to the right)",
                       yaxis_title="feature dimensionality D<sub>i</sub>", yaxis_range=[0, 1.1],
+                      legend=dict(orientation="h", y=-0.25),
                       title="Each represented feature's share of a dimension")
     return fig
 
 
 def recovery_figure(scores: dict, baseline: dict | None = None, names=("SAE latents", "hidden dimensions")) -> go.Figure:
-    """Each true feature's best cosine with the SAE's dictionary (and with a baseline basis)."""
-    n = scores["n_features"]
+    """Each represented true feature's best cosine with the SAE's dictionary (and with a baseline basis).
+
+    The dropped features are left out: their columns are near-zero noise, carry nothing into the hidden
+    layer, and their "best cosine" means nothing (``recovery_scores`` reports the score over all of them)."""
     rep = scores["represented"].numpy()
-    labels = [f"{i}" + ("" if rep[i] else " (dropped)") for i in range(n)]
-    fig = go.Figure(go.Bar(x=labels, y=scores["best_cosine"].numpy(), name=names[0]))
+    kept = [i for i in range(scores["n_features"]) if rep[i]]
+    labels = [str(i) for i in kept]
+    fig = go.Figure(go.Bar(x=labels, y=scores["best_cosine"].numpy()[kept], name=names[0]))
     if baseline is not None:
-        fig.add_bar(x=labels, y=baseline["best_cosine"].numpy(), name=names[1])
+        fig.add_bar(x=labels, y=baseline["best_cosine"].numpy()[kept], name=names[1])
     fig.add_hline(y=RECOVERED, line_dash="dot", annotation_text=f"recovered above {RECOVERED}")
-    fig.update_layout(barmode="group", height=340, yaxis_range=[0, 1.05], xaxis_title="true feature",
+    fig.update_layout(barmode="group", height=340, yaxis_range=[0, 1.05],
+                      xaxis_title=f"true feature (the {scores['n_features'] - len(kept)} dropped ones left out)",
                       yaxis_title="best cosine with a direction",
                       title=f"{scores['recovered']} of {scores['n_represented']} represented features recovered; "
                             f"mean max cosine {scores['mean_max_cosine']:.3f}")
