@@ -23,13 +23,15 @@ import numpy as np
 
 from .atlas.site import NotBuilt, ReadOnlyStore
 from .autointerp.run import get_offline_scores, summarize
+from .circuits.interventions import get_intervention_agreement
 from .features.proxies import get_proxy_table, win_counts
 from .pipeline.models import get_model, model_metrics
 from .pipeline.presets import get_preset
 from .pipeline.saes import (get_lambda_sweep, get_paper_sae, get_recipe_runs, get_sae, get_sae_family, get_topk_sae,
                             sae_metrics)
-from .splitting.family import get_family_analysis
+from .pipeline.transcoders import get_transcoder, transcoder_metrics
 from .runrecord import git_commit, machine
+from .splitting.family import get_family_analysis
 from .store.artifacts import LOCAL_FOLDERS, ArtifactStore, atomic_output, repo_root
 from .universality.cache import get_comparison
 
@@ -94,6 +96,16 @@ def results_rows(p, s):
     for n, sae in sorted(family.items()):
         m = sae_metrics(sae)
         yield (f"family {n:,}", sae_row(m) + f"; dead + ultralow {pct((m['dead'] + m['ultralow']) / m['d_sae'])}")
+
+    tm = transcoder_metrics(get_transcoder(p, s, which="A", progress=False))
+    yield ("transcoder A (notebook 07; A/1's width and recipe, skip connection): L0, FVU of the MLP output, loss "
+           "recovered zero / mean ablation, with its error term; dead, ultralow; A/1's FVU of the MLP output",
+           f"L0 {tm['l0']:.1f}, FVU {tm['fvu']:.3f}, {pct(tm['loss_recovered'])} / {pct(tm['loss_recovered_mean'])}, "
+           f"{pct(tm['loss_recovered_with_error'])}; {tm['dead']:,}, {tm['ultralow']:,}; {tm['sae_fvu_mlp_out']:.3f}")
+    ia = get_intervention_agreement(p, s, progress=False)
+    yield ("circuits: features pinned on held-out prompts, correlation of the graph's predicted and the actual "
+           "change of the logit difference to the runner-up / of the raw logit",
+           f"{ia['n']:,} pins: r {ia['r_runner_up']:.3f} / {ia['r_raw_logit']:.3f}")
 
     fam = get_family_analysis(p, s, progress=False)
     links = [(k, v) for k, v in fam.graph.summary().items() if "->" in k]
