@@ -171,6 +171,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="folder for the pages (default: html/ beside the notebooks)")
     args = ap.parse_args(argv)
     sources = args.sources or [repo_root() / "runs" / args.preset]
+    if not args.sources and not sources[0].is_dir():
+        print(f"error: {sources[0]} does not exist: execute the notebooks first (python -m mono_utils "
+              f"run-notebooks --preset {args.preset}), or name executed notebooks", file=sys.stderr)
+        return 1
     try:
         rows = export_all(sources, args.out)
     except (FileNotFoundError, ValueError) as e:
