@@ -15,10 +15,12 @@ What is exported (``export_onnx``), from the trained artifacts, with torch's ONN
   f -> (``x_hat``, ``dirs`` = f @ W_dec_raw, the reconstruction without the decoder bias; with a
   one-hot f that is exactly one dictionary vector, which the page's steering edit needs).
 
-TransformerLens's TransformerBridge is not exported as such: its hook machinery wraps every
-submodule. ``SplitLM`` rebuilds the same computation in plain torch from the bridge's own
-parameters (the layout ``steering.interventions.FastLM`` reads); ``check_split`` and the tests
-prove it equal to the bridge (logits and ``hook_post`` within 1e-4).
+The page needs the model cut at ``hook_post``, with the activations as an output of one graph and
+an input of the next; TransformerLens's TransformerBridge exports (``export_bridge``: tokens ->
+logits, torch's TorchScript-based exporter) but only whole, with no such cut. ``SplitLM`` rebuilds
+the same computation in plain torch from the bridge's own parameters (the layout
+``steering.interventions.FastLM`` reads); ``check_split`` and the tests prove it equal to the bridge,
+and its ONNX graphs equal to the bridge's own ONNX export (logits and ``hook_post`` within 1e-4).
 
 In the folder (``write_live``), everything is a classic ``<script>`` (Chromium refuses ``fetch()``
 and module scripts on ``file://``): ``live/*.js`` files hand base64 bytes or JSON to
@@ -182,6 +184,14 @@ def export_model(model) -> dict[str, bytes]:
                              {"tokens": {1: "T"}, "resid_mid": {1: "T"}, "mlp_post": {1: "T"}}),
             "back": _export(_Back(lm), (h, act), ["resid_mid", "mlp_post"], ["logits"],
                             {"resid_mid": {1: "T"}, "mlp_post": {1: "T"}, "logits": {1: "T"}})}
+
+
+def export_bridge(model) -> bytes:
+    """The TransformerBridge itself as ONNX (tokens [1, T] -> logits): the reference the split graphs are
+    checked against (the page does not ship it: it cannot edit the MLP activations)."""
+    c = model_config_of(model)
+    return _export(model, (torch.zeros(1, min(8, c.n_ctx), dtype=torch.long),), ["tokens"], ["logits"],
+                   {"tokens": {1: "T"}, "logits": {1: "T"}})
 
 
 def export_sae(sae: SparseAutoencoder) -> dict[str, bytes]:

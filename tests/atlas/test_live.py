@@ -46,10 +46,12 @@ def held_out(smoke_tokens):
 
 
 def test_split_model_and_onnx_match_the_bridge(smoke_model, held_out):
-    """back(front(tokens)) in onnxruntime = the TransformerLens bridge: logits and hook_post within 1e-4."""
+    """back(front(tokens)) in onnxruntime = the TransformerLens bridge (in torch, and its own ONNX export):
+    logits and hook_post within 1e-4."""
     assert live.check_split(smoke_model, torch.from_numpy(held_out[:2])) < ATOL
     graphs = live.export_model(smoke_model)
-    worst_logit = worst_act = 0.0
+    bridge = live.ort_session(live.export_bridge(smoke_model))     # the bridge's own ONNX export, whole
+    worst_logit = worst_act = worst_bridge = 0.0
     for row in held_out:
         for n in (row.size, 17, 1):          # the token axis is dynamic: full context, a prefix, one token
             tok = row[None, :n]
@@ -60,7 +62,9 @@ def test_split_model_and_onnx_match_the_bridge(smoke_model, held_out):
             assert logits.shape == ref_logits.shape and act.shape == ref_act.shape
             worst_logit = max(worst_logit, float(np.abs(logits - ref_logits).max()))
             worst_act = max(worst_act, float(np.abs(act - ref_act).max()))
-    assert worst_logit <= ATOL and worst_act <= ATOL, (worst_logit, worst_act)
+            (whole,) = bridge.run(None, {"tokens": tok})
+            worst_bridge = max(worst_bridge, float(np.abs(logits - whole).max()))
+    assert worst_logit <= ATOL and worst_act <= ATOL and worst_bridge <= ATOL, (worst_logit, worst_act, worst_bridge)
 
 
 @pytest.mark.parametrize("which", ["A/1", "paper2023"])
