@@ -376,6 +376,8 @@ def _run_here(path: str, out: str, timeout: str) -> int:
                 first = next((ln for ln in cell.source.splitlines() if ln.strip()), "")
                 print(f"{Path(path).name}: cell {index} ({first.strip()[:80]!r}) ran longer than {timeout} s (the "
                       f"per-cell limit) and was stopped: it is stalled or needs a larger limit (--timeout)")
+                with contextlib.suppress(Exception):   # what the kernel was doing, as for the per-notebook limit
+                    print("what the kernel was doing:\n" + stall_report(int(client.km.provisioner.pid)))
                 code = 2   # the kernel is still busy: no snapshot cell after it
             if code != 2:
                 add_static_fallbacks(nb, _snapshot(client, len(nb.cells)))
