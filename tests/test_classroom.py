@@ -161,6 +161,7 @@ def _student_cells(nb) -> list[str]:
 
 PROBE = r"""
 import json, os, pathlib
+OTHER, NB = "__OTHER__", "__NB__"
 store = pathlib.Path(os.environ["MONO_ARTIFACTS"])
 some = next(p for p in sorted(store.rglob("*")) if p.is_file())
 probe = {"whoami": os.getuid(), "store": str(store)}
@@ -315,16 +316,31 @@ def test_class_server_three_students_at_once(request):
                 t.join()
             wall = time.time() - t0
             sampler.sample()
+            hub_procs = [psutil.Process(hub.pid), *psutil.Process(hub.pid).children(recursive=True)]
+            hub_rss = sum(p.memory_info().rss for p in hub_procs
+                          if p.username() not in STUDENTS)   # the hub and its proxy, not the students
             cpu1 = sampler.cpu_seconds()
         assert not errors, errors
         for u in STUDENTS:
             failed = [c for c in results[u] if c["status"] != "ok"]
             assert not failed and len(results[u]) == len(sources[u]), f"{u}: {failed}"
 
+        sizing = {"notebook": NOTEBOOK, "students": len(STUDENTS), "wall_s_all_three": wall,
+                  "cores_on_machine": os.cpu_count(),
+                  "hub_and_proxy_rss_mb": hub_rss / 2**20,
+                  "per_student": {u: {"idle_rss_mb": idle[u][0] / 2**20, "idle_pss_mb": idle[u][1] / 2**20,
+                                      "peak_rss_mb": sampler.peak_rss[u] / 2**20,
+                                      "peak_pss_mb": sampler.peak_pss[u] / 2**20,
+                                      "cpu_s": cpu1[u] - cpu0[u]} for u in STUDENTS}}
+        print(json.dumps(sizing, indent=1))
+        if os.environ.get("MONO_CLASS_SIZING_OUT"):
+            Path(os.environ["MONO_CLASS_SIZING_OUT"]).write_text(json.dumps(sizing, indent=1), encoding="utf-8")
+        assert all(s["peak_pss_mb"] > s["idle_pss_mb"] > 0 and s["cpu_s"] > 0
+                   for s in sizing["per_student"].values()), sizing
         # what no student may do, tried from inside each student's own kernel
         for i, u in enumerate(STUDENTS):
             other = STUDENTS[(i + 1) % 3]
-            probe = PROBE.replace("OTHER", repr(other)[1:-1]).replace("{NB}", NOTEBOOK)
+            probe = PROBE.replace("__OTHER__", other).replace("__NB__", NOTEBOOK)
             out = run_cells(base, u, tokens[u], kernels[u], [probe])[0]
             assert out["status"] == "ok", out
             seen = json.loads(out["stdout"].split("__PROBE__", 1)[1])
@@ -335,17 +351,6 @@ def test_class_server_three_students_at_once(request):
                 assert seen[key] == "denied", (u, key, seen)
             assert seen["write_own_home"] == "allowed", seen
 
-        sizing = {"notebook": NOTEBOOK, "students": len(STUDENTS), "wall_s_all_three": wall,
-                  "cores_on_machine": os.cpu_count(),
-                  "per_student": {u: {"idle_rss_mb": idle[u][0] / 2**20, "idle_pss_mb": idle[u][1] / 2**20,
-                                      "peak_rss_mb": sampler.peak_rss[u] / 2**20,
-                                      "peak_pss_mb": sampler.peak_pss[u] / 2**20,
-                                      "cpu_s": cpu1[u] - cpu0[u]} for u in STUDENTS}}
-        print(json.dumps(sizing, indent=1))
-        if os.environ.get("MONO_CLASS_SIZING_OUT"):
-            Path(os.environ["MONO_CLASS_SIZING_OUT"]).write_text(json.dumps(sizing, indent=1), encoding="utf-8")
-        assert all(s["peak_pss_mb"] > s["idle_pss_mb"] > 0 and s["cpu_s"] > 0
-                   for s in sizing["per_student"].values()), sizing
     finally:
         if hub is not None:
             hub.terminate()
