@@ -7,7 +7,7 @@ import html
 import numpy as np
 import torch
 
-from ..core.tokenizer import str_tokens as token_strings
+from ..core.tokenizer import readable_tokens as token_strings  # a split letter whole, a stray byte as ‹xx› (as the atlas), not �
 from ..core.transcoder import mlp_in_out
 from .graph import AttributionGraph
 
