@@ -204,12 +204,14 @@ def _ratio_mistake(got: float, want: float, n: int, d: int) -> str | None:
     return None
 
 
+@dataclass
 class Verdict(CheckResult):
     """The verdict of an apply cell: the student's function on the real data against the reference."""
+    on: str = "the real data"
 
     def __repr__(self) -> str:
         mark = "✔ it matches the reference" if self.ok else "✘ it does not match the reference"
-        return f"Exercise {self.exercise} on the real data: {mark}. {self.message}"
+        return f"Exercise {self.exercise} on {self.on}: {mark}. {self.message}"
 
     def _repr_html_(self) -> str:
         colour, bg, cls = (("#1b7f3b", "#e9f7ee", "mono-check-ok") if self.ok else
@@ -217,7 +219,7 @@ class Verdict(CheckResult):
         mark = "✔ it matches the reference" if self.ok else "✘ it does not match the reference"
         return (f"<div class='mono-check mono-verdict {cls}' style='border-left:4px solid {colour};"
                 f"background:{bg};padding:6px 10px;margin:4px 0;font-family:sans-serif'><b style='color:{colour}'>"
-                f"Exercise {html.escape(self.exercise)} on the real data: {mark}.</b> "
+                f"Exercise {html.escape(self.exercise)} on {html.escape(self.on)}: {mark}.</b> "
                 f"{html.escape(self.message)}</div>")
 
 
@@ -271,7 +273,7 @@ def _compare(yours, reference, tol: float) -> tuple[bool, str]:
 
 
 def verdict(exercise: str, yours, reference, *, what: str = "your result", tol: float = 1e-4,
-            mistakes: dict | None = None) -> Verdict:
+            mistakes: dict | None = None, on: str = "the real data") -> Verdict:
     """An apply cell's last line: does the student's result on the real data match the reference?
 
     ``reference`` comes from the package (or the notebook's own tables); ``mistakes`` maps a
@@ -280,13 +282,13 @@ def verdict(exercise: str, yours, reference, *, what: str = "your result", tol: 
     """
     ok, detail = _compare(yours, reference, tol)
     if ok:
-        result = Verdict(exercise, True, f"{what} matches the reference ({detail}).")
+        result = Verdict(exercise, True, f"{what} matches the reference ({detail}).", on)
     else:
         cause = next((why for why, value in (mistakes or {}).items() if _compare(yours, value, tol)[0]), None)
         said = (f"It equals what a known mistake gives: {cause}." if cause else
                 "Run the check above: it names the mistake when it knows it; a check can pass while real data "
                 "still shows a difference (a dtype, a device, an in-place edit).")
-        result = Verdict(exercise, False, f"{what}: {detail}. {said}")
+        result = Verdict(exercise, False, f"{what}: {detail}. {said}", on)
     if not result.ok and _strict():
         raise ExerciseFailed(exercise, result.message)
     return result
