@@ -106,8 +106,8 @@ exercises:
 
 # The class server (docs/class-server.md): JupyterHub's proxy from npm into classroom/node_modules, and the
 # hub's test (root, Unix accounts, three students at once; a CI step of its own, see .ci/run)
-hub-proxy: classroom/node_modules/.bin/configurable-http-proxy
-classroom/node_modules/.bin/configurable-http-proxy: classroom/package.json classroom/package-lock.json
+hub-proxy: classroom/node_modules/.installed
+classroom/node_modules/.installed: classroom/package.json classroom/package-lock.json
 	cd classroom && npm ci --no-audit --no-fund
 	touch $@
 
