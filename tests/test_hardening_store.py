@@ -376,3 +376,20 @@ def test_h26_files_written_for_others_respect_the_umask(tmp_path, umask):
     want = 0o666 & ~umask
     for path in (notebook, bundle, settings):
         assert path.stat().st_mode & 0o777 == want, f"{path.name}: {oct(path.stat().st_mode & 0o777)}, want {oct(want)}"
+
+
+def test_h27_a_read_only_store_names_the_missing_artifact(tmp_path, monkeypatch):
+    """A student's kernel on the class's shared store (root-owned, read-only for them) used to die with a
+    bare PermissionError on the store's folder when a notebook needed an artifact the bundle lacked."""
+    from mono_utils.store import artifacts
+    store = artifacts.ArtifactStore(tmp_path / "store")
+    store.get_or_build("tokens", "tiny", {"n": 1}, lambda tmp: {"n": 1})       # built while writable
+    # what a non-root student meets (as root, os.access says yes to everything): no write access
+    monkeypatch.setattr(artifacts.os, "access", lambda path, mode: not (mode & os.W_OK))
+    assert store.get_or_build("tokens", "tiny", {"n": 1}, lambda tmp: {"n": 1}).is_dir(), "a built one still loads"
+    built = []
+    with pytest.raises(PermissionError) as e:
+        store.get_or_build("model", "A", {"d_mlp": 8}, lambda tmp: built.append(tmp))
+    assert "model/A-" in str(e.value) and "read-only for you" in str(e.value) and "bundle that holds it" in str(e.value)
+    assert not built and not (tmp_path / "store" / "model").exists()
+

@@ -359,6 +359,19 @@ class ArtifactStore:
     def is_built(self, kind: str, name: str, config: dict) -> bool:
         return not verify_folder(self.path(kind, name, config))
 
+    def _require_writable(self, kind: str, final: Path) -> None:
+        """A store that may not be written (a class's shared, read-only store) cannot build what it lacks:
+        say which artifact is missing and what to do, instead of a bare PermissionError on its folder."""
+        probe = final.parent
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise PermissionError(
+                f"{kind}/{final.name} is not built in {self.root}, and this store is read-only for you (a class's "
+                f"shared store?), so it cannot be built here. Ask your teacher for a bundle that holds it "
+                f"(python -m mono_utils export, on a machine that built it), or set MONO_ARTIFACTS to a folder of "
+                f"your own to build it there")
+
     def get_or_build(self, kind: str, name: str, config: dict,
                      build: Callable[[Path], dict | None], *, force: bool = False,
                      verbose: bool = True) -> Path:
@@ -371,6 +384,7 @@ class ArtifactStore:
         final = self.path(kind, name, config)
         if not force and not verify_folder(final):
             return final        # complete: no lock needed (a read-only store can be read)
+        self._require_writable(kind, final)
         lock = final.parent / f".lock-{final.name}"
         with file_lock(lock):
             if not force:
