@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..core.tokenizer import EOT, decode, encode, str_tokens as token_strings
+from ..core.tokenizer import EOT, encode, readable_text, readable_tokens as token_strings  # as the atlas shows text
 from ..core.transcoder import HOOK_MLP_IN, HOOK_MLP_OUT
 
 KINDS = ("token", "feature", "error", "bias", "logit")
@@ -270,9 +270,9 @@ def attribution_graph(model, transcoder, tokenizer, prompt: str | None = None, *
     logit_id = len(nodes)
     graph_stub = AttributionGraph(tokens, [], target, "", [], np.zeros(0), np.zeros(0), np.zeros(0), {}, contrast)
     logit = graph_stub.readout(fw["logits"][-1])
-    what = "" if contrast is None else " - mean" if contrast == "mean" else f" - {decode(tokenizer, [contrast])!r}"
+    what = "" if contrast is None else " - mean" if contrast == "mean" else f" - {readable_text(tokenizer, [contrast])!r}"
     nodes.append({"id": "logit", "kind": "logit", "pos": T - 1, "feature": None, "value": logit,
-                  "label": f"logit {decode(tokenizer, [target])!r}{what}"})
+                  "label": f"logit {readable_text(tokenizer, [target])!r}{what}"})
     for i in range(T):
         active = (f_acts[i] > 0).nonzero()[:, 0]
         if not len(active):
@@ -300,7 +300,7 @@ def attribution_graph(model, transcoder, tokenizer, prompt: str | None = None, *
     dst += [logit_id] * (T + 2)
     wts += tok_logit.tolist() + [float(err[T - 1] @ g), float(const_logit)]
     frozen = {"ln_final_scale": float(sf[-1]), "ln2_scale": s2[:, 0].tolist(), "g": g, "pattern": A}
-    return AttributionGraph(tokens, str_tokens, target, decode(tokenizer, [target]), nodes,
+    return AttributionGraph(tokens, str_tokens, target, readable_text(tokenizer, [target]), nodes,
                             np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64),
                             np.asarray(wts, dtype=np.float64), frozen, contrast)
 
