@@ -15,8 +15,8 @@ from mono_utils.pipeline.indexes import get_index
 from mono_utils.pipeline.models import get_model, get_tokenizer, get_tokens
 from mono_utils.pipeline.saes import get_sae
 from mono_utils.core.model import direction_logit_weights, model_config_of
-from mono_utils.core.tokenizer import str_tokens
-from mono_utils.features.dashboards import dashboard_data, vocab_strings
+from mono_utils.core.tokenizer import readable_tokens, str_tokens
+from mono_utils.features.dashboards import dashboard_data
 from mono_utils.features.widgets import units_for_token
 from mono_utils.store.artifacts import ArtifactStore
 from mono_utils.universality.cache import get_comparison
@@ -50,7 +50,9 @@ def _logits(model, sae=None):
 def test_unit_record_matches_notebook_dashboard(smoke_a, kind):
     """A unit's page shows what notebook 02's dashboard shows (its ablation underlines aside)."""
     model, tok, sae, index = smoke_a
-    vocab = vocab_strings(tok)
+
+    def shown(i: int) -> str:
+        return readable_tokens(tok, [i])[0]
     L = _logits(model, sae if kind == "feature" else None)
     ultra = index.ultralow_mask(kind)
     live = index.live_units(kind)
@@ -66,8 +68,9 @@ def test_unit_record_matches_notebook_dashboard(smoke_a, kind):
         assert rec["flag"] == (1 if ref["dead"] else 2 if ref["ultralow"] else 0)
         assert rec["ah"] == ref["act_hist"]["counts"]
         assert rec["lh"] == ref["logit_hist"]["counts"]
-        assert [vocab[i] for i, _ in rec["lt"]] == [s for s, _ in ref["logits_top"]]
-        assert [vocab[i] for i, _ in rec["lb"]] == [s for s, _ in ref["logits_bottom"]]
+        # the page shows a token alone as decodeRun shows it (a stray byte as ‹xx›): readable_tokens
+        assert [shown(i) for i, _ in rec["lt"]] == [s for s, _ in ref["logits_top"]]
+        assert [shown(i) for i, _ in rec["lb"]] == [s for s, _ in ref["logits_bottom"]]
         assert [w for _, w in rec["lt"]] == pytest.approx([w for _, w in ref["logits_top"]], rel=1e-3, abs=1e-6)
         assert rec["dc"] == [d["count"] for d in ref["domains"]]
 
@@ -75,7 +78,7 @@ def test_unit_record_matches_notebook_dashboard(smoke_a, kind):
             row, pos, start, act, ids, q = ctx
             assert (row, pos, start) == (r["row"], r["pos"], r["start"])
             assert act == pytest.approx(r["act"], rel=1e-3)
-            assert [vocab[i] for i in ids] == r["tokens"]
+            assert readable_tokens(tok, list(ids)) == r["tokens"]   # the run, as the page decodes it
             # per-mille of the unit's max: the shading the notebook draws, to 1/1000
             assert np.allclose(np.array(q) / 1000 * ref["max_act"], r["acts"], atol=ref["max_act"] / 1000 + 1e-6)
         assert len(rec["top"]) == len(ref["top"])
