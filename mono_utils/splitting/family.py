@@ -419,3 +419,10 @@ def get_umap_layout(preset=None, store=None, *, progress: bool = True, family=No
 
     a, _ = cached_result(f"umap-{p.name}", config, compute, s)
     return pd.DataFrame({c: a[c] for c in ("size", "feature", "x", "y")})
+
+
+def summary_frame(summary: dict):
+    """The splitting summary as a table a reader scans (a row per size or link, numbers rounded), not a dict."""
+    import pandas as pd   # lazy, as the widgets: the analysis itself needs no pandas
+    rows = {str(k): (v if isinstance(v, dict) else {"value": v}) for k, v in summary.items()}
+    return pd.DataFrame.from_dict(rows, orient="index").round(3)

@@ -7,7 +7,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..features.dashboards import dashboard, show_token, side_by_side, vocab_strings
+from ..features.dashboards import dashboard, readable_vocab, show_token, side_by_side
 from .compare import UniversalityResult, examples_html, logit_weights
 
 PAPER_MEDIANS = {"features": 0.72, "neurons": 0.46}
@@ -68,7 +68,7 @@ def shared_logit_tokens(res: UniversalityResult, i: int, model_a, model_b, sae_a
 def pair_html(res: UniversalityResult, i: int, model_a, model_b, sae_a, sae_b, tokenizer, index_a=None,
               index_b=None, ablation: bool = False) -> str:
     """A feature of A and its best match in B, side by side (dashboards when indexes are given)."""
-    vocab = vocab_strings(tokenizer)
+    vocab = readable_vocab(tokenizer)   # shown as the atlas shows them: a split byte as ‹xx›, not �
     j = int(res.features.match[i])
     if j < 0:
         return f"<div>A feature {i} never fires on these tokens: it has no match (excluded).</div>"
