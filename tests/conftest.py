@@ -49,3 +49,47 @@ def tiny_model():
     """A random 1-layer model: d_vocab 64, d_model 32, 2 heads, d_mlp 64, n_ctx 16."""
     from mono_utils.core.model import ModelConfig, build_model
     return build_model(ModelConfig(d_vocab=64, d_model=32, n_heads=2, d_mlp=64, n_ctx=16, seed=0))
+
+
+# Limits inside CI's 90 minutes: a smoke notebook takes minutes (notebook 03: 410 s with its store
+# half built, and one cell over 600 s on a cold one, on 2 cores shared at load ~20); a stalled one
+# fails after at most CELL_LIMIT_S (one cell) or NOTEBOOK_LIMIT_S (the whole notebook), named with its cell.
+CELL_LIMIT_S, NOTEBOOK_LIMIT_S = 900, 1800
+# An LLM key or endpoint in the developer's (or CI's) environment would make notebook 03 call out
+# (llm_comparison): with no network each call waits its timeout, retried, minutes of idle waiting.
+LLM_ENV = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "MONO_AUTOINTERP_BASE_URL", "MONO_AUTOINTERP_MODEL")
+
+
+def notebook_env(**extra) -> dict:
+    """The environment the notebooks run in: this one, minus any LLM key or endpoint."""
+    return {**{k: v for k, v in os.environ.items() if k not in LLM_ENV}, **extra}
+
+
+@pytest.fixture(scope="session")
+def executed_notebooks(smoke_store, tmp_path_factory):
+    """``run(path) -> (result, executed copy)``: each notebook executed on smoke once per session.
+
+    tests/test_notebooks.py checks the run; the HTML export test (tests/browser/) reads the same copy:
+    executing every notebook twice cost the suite about as long again. ``MONO_TEST_EXECUTED=/some/dir``
+    keeps the copies there across runs while developing (a copy already there is reused, unchecked)."""
+    from mono_utils.notebooks import execute_notebook
+    reuse = os.environ.get("MONO_TEST_EXECUTED")
+    folder = Path(reuse) if reuse else tmp_path_factory.mktemp("executed")
+    folder.mkdir(parents=True, exist_ok=True)
+    env = notebook_env(MONO_PRESET="smoke", MONO_ARTIFACTS=str(smoke_store.root),
+                       MONO_RATINGS_DIR=str(tmp_path_factory.mktemp("ratings")))
+    runs: dict = {}
+
+    def run(path: Path):
+        path = Path(path)
+        if path.name not in runs:
+            out = folder / path.name
+            if reuse and out.exists():
+                runs[path.name] = ({"ok": True, "log": "(reused)", "seconds": 0.0, "peak_mb": 0.0}, out)
+            else:
+                r = execute_notebook(path, out, preset="smoke", env=env, timeout=CELL_LIMIT_S,
+                                     total_timeout=NOTEBOOK_LIMIT_S)
+                runs[path.name] = (r, out)
+        return runs[path.name]
+    return run
+

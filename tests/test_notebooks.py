@@ -5,21 +5,11 @@ import time
 
 import pytest
 
+from conftest import notebook_env
+
 from mono_utils.notebooks import execute_notebook, format_table, is_picture, notebook_paths
 
 NOTEBOOKS = notebook_paths()
-# Limits inside CI's 90 minutes: a smoke notebook takes minutes (notebook 03: 410 s with its store
-# half built, and one cell over 600 s on a cold one, on 2 cores shared at load ~20); a stalled one
-# fails after at most CELL_LIMIT_S (one cell) or NOTEBOOK_LIMIT_S (the whole notebook), named with its cell.
-CELL_LIMIT_S, NOTEBOOK_LIMIT_S = 900, 1800
-# An LLM key or endpoint in the developer's (or CI's) environment would make notebook 03 call out
-# (llm_comparison): with no network each call waits its timeout, retried, minutes of idle waiting.
-LLM_ENV = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "MONO_AUTOINTERP_BASE_URL", "MONO_AUTOINTERP_MODEL")
-
-
-def notebook_env(**extra) -> dict:
-    """The environment the notebooks run in: this one, minus any LLM key or endpoint."""
-    return {**{k: v for k, v in os.environ.items() if k not in LLM_ENV}, **extra}
 
 
 def test_notebooks_committed_without_outputs():
@@ -45,13 +35,12 @@ def test_the_superposition_intro_opens_the_course():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_runs_top_to_bottom(path, smoke_store, tmp_path):
-    env = notebook_env(MONO_PRESET="smoke", MONO_ARTIFACTS=str(smoke_store.root),
-                       MONO_RATINGS_DIR=str(tmp_path / "ratings"))
-    r = execute_notebook(path, tmp_path / path.name, preset="smoke", env=env, timeout=CELL_LIMIT_S,
-                         total_timeout=NOTEBOOK_LIMIT_S)
+def test_notebook_runs_top_to_bottom(path, executed_notebooks):
+    # run once per session (conftest.executed_notebooks: the HTML export test reads the same copy),
+    # without LLM keys, within CELL_LIMIT_S a cell and NOTEBOOK_LIMIT_S a notebook
+    r, out = executed_notebooks(path)
     assert r["ok"], f"{path.name} failed:\n{r['log']}"
-    executed = json.loads((tmp_path / path.name).read_text(encoding="utf-8"))
+    executed = json.loads(out.read_text(encoding="utf-8"))
     errors = [o for c in executed["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
               if o.get("output_type") == "error"]
     assert not errors

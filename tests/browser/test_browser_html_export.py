@@ -9,7 +9,6 @@ The notebooks are executed once per session on the smoke preset (as tests/test_n
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from harness import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, require_browser
 
 from mono_utils.core.tokenizer import decode_run
 from mono_utils.html_export import export_all, find_math
-from mono_utils.notebooks import PLOTLY_MIME, execute_notebook, notebook_paths
+from mono_utils.notebooks import PLOTLY_MIME, notebook_paths
 
 NOTEBOOKS = notebook_paths()
 REPO_NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
@@ -33,16 +32,15 @@ LONG_FLOAT = re.compile(r"\d\.\d{9,}")
 
 
 class Executed:
-    """Executed copies on the smoke preset, each made the first time a test asks for it."""
+    """Executed copies on the smoke preset (conftest.executed_notebooks: one run per session, shared with
+    tests/test_notebooks.py), each exported the first time a test asks for it."""
 
-    def __init__(self, folder: Path, env: dict, html: Path):
-        self.folder, self.env, self.html, self.pages = folder, env, html, {}
+    def __init__(self, run, html: Path):
+        self.run, self.html, self.pages = run, html, {}
 
     def notebook(self, name: str) -> Path:
-        out = self.folder / name
-        if not out.exists():
-            r = execute_notebook(REPO_NOTEBOOKS / name, out, preset="smoke", env=self.env, timeout=900)
-            assert r["ok"], f"{name} failed:\n{r['log']}"
+        r, out = self.run(REPO_NOTEBOOKS / name)
+        assert r["ok"], f"{name} failed:\n{r['log']}"
         return out
 
     def page(self, name: str) -> dict:
@@ -55,13 +53,9 @@ class Executed:
 
 
 @pytest.fixture(scope="module")
-def executed(smoke_store, tmp_path_factory) -> Executed:
+def executed(executed_notebooks, tmp_path_factory) -> Executed:
     require_browser()
-    reuse = os.environ.get("MONO_TEST_EXECUTED")
-    folder = Path(reuse) if reuse else tmp_path_factory.mktemp("executed")
-    env = dict(os.environ, MONO_PRESET="smoke", MONO_ARTIFACTS=str(smoke_store.root),
-               MONO_RATINGS_DIR=str(tmp_path_factory.mktemp("ratings")))
-    return Executed(folder, env, tmp_path_factory.mktemp("html"))
+    return Executed(executed_notebooks, tmp_path_factory.mktemp("html"))
 
 
 @pytest.fixture(scope="module")
