@@ -11,62 +11,13 @@ makes a failed check raise.
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import torch
 
 from ..core import toy
-from .checks import STRICT_ENV, CheckResult, ExerciseFailed, Verdict, graded
-from .guard import TooSlow, call_with_limit, returned_problem
-
-NOT_WRITTEN = ("not written yet: the function still raises NotImplementedError. Replace that line "
-               "with your code (the hint below helps; the solution is folded under it)")
-
-
-class _Wrong(Exception):
-    """What is off (always shown) and the fix (left out in graded use)."""
-
-    def __init__(self, what: str, fix: str = ""):
-        super().__init__(what)
-        self.what, self.fix = what, fix
-
-    def __str__(self) -> str:
-        return self.what if (graded() or not self.fix) else f"{self.what}: {self.fix}"
-
-
-def _strict() -> bool:
-    return os.environ.get(STRICT_ENV, "").lower() in {"1", "true", "yes"}
-
-
-def _run(exercise: str, fn, test) -> CheckResult:
-    if not callable(fn):
-        result = CheckResult(exercise, False, f"expected a function, got {type(fn).__name__}: pass the "
-                                              f"function itself (its name without parentheses)")
-    else:
-        try:
-            result = CheckResult(exercise, True, test(fn))
-        except _Wrong as w:
-            result = CheckResult(exercise, False, str(w))
-    if not result.ok and _strict():
-        raise ExerciseFailed(exercise, result.message)
-    return result
-
-
-def _call(fn, *args):
-    try:
-        out = call_with_limit(fn, args, {})
-    except TooSlow as e:
-        raise _Wrong(str(e)) from None
-    except NotImplementedError:
-        raise _Wrong(NOT_WRITTEN) from None
-    except Exception as e:  # noqa: BLE001 - any error of the student's code is reported, not raised
-        shapes = ", ".join(str(tuple(a.shape)) if hasattr(a, "shape") else type(a).__name__ for a in args)
-        raise _Wrong(f"your function raised {type(e).__name__}: {e} (called with {shapes})") from None
-    problem = returned_problem(out)
-    if problem:
-        raise _Wrong(problem)
-    return out
+# the machinery of every check (the time limit, the named return problems, strict mode) is checks.py's
+from .checks import CheckResult, ExerciseFailed, Verdict, _call, _run, _strict, _Wrong
 
 
 def _tensor(out, what: str) -> torch.Tensor:
