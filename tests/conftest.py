@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+from _notebook_runs import CELL_LIMIT_S, NOTEBOOK_LIMIT_S, notebook_env   # tests/ is on sys.path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
@@ -49,20 +50,6 @@ def tiny_model():
     """A random 1-layer model: d_vocab 64, d_model 32, 2 heads, d_mlp 64, n_ctx 16."""
     from mono_utils.core.model import ModelConfig, build_model
     return build_model(ModelConfig(d_vocab=64, d_model=32, n_heads=2, d_mlp=64, n_ctx=16, seed=0))
-
-
-# Limits inside CI's 90 minutes: a smoke notebook takes minutes (notebook 03: 410 s with its store
-# half built, and one cell over 600 s on a cold one, on 2 cores shared at load ~20); a stalled one
-# fails after at most CELL_LIMIT_S (one cell) or NOTEBOOK_LIMIT_S (the whole notebook), named with its cell.
-CELL_LIMIT_S, NOTEBOOK_LIMIT_S = 900, 1800
-# An LLM key or endpoint in the developer's (or CI's) environment would make notebook 03 call out
-# (llm_comparison): with no network each call waits its timeout, retried, minutes of idle waiting.
-LLM_ENV = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "MONO_AUTOINTERP_BASE_URL", "MONO_AUTOINTERP_MODEL")
-
-
-def notebook_env(**extra) -> dict:
-    """The environment the notebooks run in: this one, minus any LLM key or endpoint."""
-    return {**{k: v for k, v in os.environ.items() if k not in LLM_ENV}, **extra}
 
 
 @pytest.fixture(scope="session")

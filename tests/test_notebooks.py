@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from conftest import notebook_env
+from _notebook_runs import notebook_env
 
 from mono_utils.notebooks import execute_notebook, format_table, is_picture, notebook_paths
 
