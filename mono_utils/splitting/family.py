@@ -26,7 +26,7 @@ from ..pipeline.models import get_model, get_tokenizer, get_tokens
 from ..pipeline.presets import resolve
 from ..pipeline.saes import get_sae_family, ultralow_mask
 from ..core.model import mlp_post, model_folder
-from ..features.dashboards import vocab_strings
+from ..features.dashboards import readable_vocab
 from ..store.results import cached_result, csr_from_arrays, csr_to_arrays, input_id
 from ..universality.cache import EXAMPLES, digest, example_entries, token_rows
 from ..universality.compare import CorrelationStats, _csr, label_correlation, top_tokens
@@ -324,7 +324,8 @@ def get_family_analysis(preset=None, store=None, *, progress: bool = True, model
     model = model if model is not None else get_model(p, s, which="A", progress=progress)
     family, sae_ids = _family_inputs(p, s, family, progress)
     data = data if data is not None else get_tokens(p, s)
-    vocab = vocab_strings(tokenizer if tokenizer is not None else get_tokenizer(p, s))
+    # shown (hover, examples) as the atlas shows tokens; the digest below keys the cache on it
+    vocab = readable_vocab(tokenizer if tokenizer is not None else get_tokenizer(p, s))
     tokens, _, sub, desc = token_rows(p, data)
     sizes = sorted(family)
     ultralow = {n: ultralow_mask(family[n]) for n in sizes}   # each SAE's own cluster, left out

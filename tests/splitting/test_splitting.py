@@ -144,7 +144,7 @@ def test_family_analysis_and_umap_cached(smoke_preset, smoke_store, tmp_path, mo
 
     from mono_utils.pipeline import models as pipeline
     from mono_utils.pipeline.saes import get_sae_family
-    from mono_utils.features.dashboards import vocab_strings
+    from mono_utils.features.dashboards import readable_vocab
     from mono_utils.store.artifacts import ArtifactStore
     from mono_utils.universality import compare as U
     store = ArtifactStore(tmp_path)     # results here, the smoke model and family from the shared store
@@ -158,7 +158,7 @@ def test_family_analysis_and_umap_cached(smoke_preset, smoke_store, tmp_path, mo
     tokens, _, sub, _ = UC.token_rows(smoke_preset, data)
     acts = S.family_activations(model, family, tokens, progress=False)
     g = S.link_activations(acts)
-    vocab = vocab_strings(tok)
+    vocab = readable_vocab(tok)   # what the analysis shows (hover, examples)
     ref_layout = S.umap_layout({n: s.W_dec_raw.detach() for n, s in family.items()},
                                live={n: acts[n].getnnz(0) > 0 for n in family})
 
