@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
-from harness import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, require_browser
+from harness import SCREENSHOTS, require_browser
 
 from mono_utils.core.tokenizer import decode_run
 from mono_utils.html_export import export_all, find_math
@@ -58,27 +58,32 @@ def executed(executed_notebooks, tmp_path_factory) -> Executed:
     return Executed(executed_notebooks, tmp_path_factory.mktemp("html"))
 
 
-@pytest.fixture(scope="module")
-def chromium(tmp_path_factory):
-    require_browser()
-    from playwright.sync_api import sync_playwright
-    left: list[str] = []
+class FilePages:
+    """Pages of the session's Chromium (harness.browser_context: a second ``sync_playwright`` in the same
+    process fails once the Lab tests have started theirs), each routed so that anything off file:// is
+    aborted and remembered: a page that needs it would break offline."""
 
-    def route(r):
-        if r.request.url.startswith(LOCAL_SCHEMES):
-            r.continue_()
-        else:                      # anything off file:// is a page that would break offline
-            left.append(r.request.url)
-            r.abort()
-    with sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-export")), executable_path=CHROMIUM, headless=True,
-            args=CHROMIUM_ARGS + ["--allow-file-access-from-files"], viewport={"width": 1300, "height": 1000})
-        ctx.set_default_timeout(60_000)
-        ctx.route("**/*", route)
-        ctx.mono_left = left
-        yield ctx
-        ctx.close()
+    def __init__(self, ctx):
+        self.ctx, self.mono_left = ctx, []
+
+    def new_page(self):
+        page = self.ctx.new_page()
+        page.set_default_timeout(60_000)
+
+        def route(r):
+            if r.request.url.startswith(LOCAL_SCHEMES):
+                r.continue_()
+            else:
+                self.mono_left.append(r.request.url)
+                r.abort()
+        page.route("**/*", route)
+        return page
+
+
+@pytest.fixture(scope="module")
+def chromium(browser_context):
+    require_browser()
+    return FilePages(browser_context)
 
 
 def _outputs(nb: dict):
