@@ -55,7 +55,11 @@ def test_the_kernel_manager_refuses_past_its_cap_and_hides_the_token():
         async def three_loads():
             return await asyncio.gather(*(km.start_kernel(env={"JUPYTER_TOKEN": "t", "MONO_PRESET": "smoke"})
                                           for _ in range(3)), return_exceptions=True)
-        results = asyncio.run(three_loads())
+        # in a thread of its own: after the browser tests, Playwright's sync API leaves an event loop
+        # running in this one, where asyncio.run refuses to start
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(1) as pool:
+            results = pool.submit(asyncio.run, three_loads()).result()
     finally:
         base.start_kernel = original
     refused = [r for r in results if isinstance(r, HTTPError)]
