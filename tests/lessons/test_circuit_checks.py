@@ -68,3 +68,16 @@ def test_unwritten_and_strict(monkeypatch):
     with pytest.raises(ExerciseFailed, match="07.1"):
         check_feature_logit_edge(stub)
     assert np.isfinite(reference_feature_logit_edge(1.0, torch.ones(3), torch.arange(3.0), torch.ones(3), 2.0))
+
+
+def test_a_function_that_never_returns_is_stopped_with_a_hint(monkeypatch):
+    # the circuit checks run the student's function under the checks' time limit (they used to call it bare)
+    from mono_utils.lessons import circuit_checks as C
+    monkeypatch.setenv("MONO_CHECK_TIME_LIMIT", "1")
+
+    def loops(*args):
+        while True:
+            pass
+    for check in (C.check_feature_logit_edge, C.check_completeness_gap):
+        r = check(loops)
+        assert not r.ok and "loop that never ends" in r.message, r.message
