@@ -7,6 +7,7 @@ analyses.
 from __future__ import annotations
 
 from .autointerp.run import get_offline_scores, get_randomized_index, get_randomized_sae
+from .circuits.interp import get_transcoder_interp
 from .circuits.interventions import get_intervention_agreement
 from .pipeline.indexes import get_index, get_paper_index
 from .pipeline.models import get_corpus_dir, get_model, get_tokenizer, get_tokens
@@ -56,6 +57,8 @@ def build_stages(preset, store):
         ("family UMAP", lambda: get_umap_layout(preset, store)),
         # notebook 07 / the results file: do the attribution graphs predict interventions?
         ("circuit interventions", lambda: get_intervention_agreement(preset, store)),
+        # notebook 07: the transcoder's features on the offline autointerp and the proxies, beside A/1's
+        ("transcoder autointerp", lambda: get_transcoder_interp(preset, store)),
     ]
     return stages
 
@@ -79,4 +82,5 @@ STAGE_DEPS = {
     "feature catalog": ("SAE A/1",), "universality comparison": ("SAE A/1", "SAE B/1"),
     "family analysis": ("SAE family A",), "family UMAP": ("family analysis",),
     "circuit interventions": ("transcoder A",),
+    "transcoder autointerp": ("transcoder A", "autointerp offline", "proxy table"),
 }

@@ -132,6 +132,7 @@ def graph_figure(graph: AttributionGraph, examples: dict | None = None, *, title
         size = [10 + 14 * min(1.0, abs(graph.nodes[i]["value"]) / max(1e-9, max(abs(graph.nodes[j]["value"])
                                                                                for j in ids))) for i in ids]
         fig.add_trace(go.Scatter(x=[xy[i][0] for i in ids], y=[xy[i][1] for i in ids], mode="markers+text",
+                                 customdata=[graph.nodes[i].get("feature", -1) if kind == "feature" else -1 for i in ids],
                                  marker=dict(size=size, color=COLORS[kind], line=dict(width=1, color="white")),
                                  text=text, textposition="bottom center" if kind == "token" else "top center",
                                  textfont=dict(size=10), hovertext=hover, hoverinfo="text", name=kind))
@@ -155,3 +156,45 @@ def intervention_figure(table, r: float, *, title: str | None = None):
                       xaxis_title="predicted by the graph (frozen LayerNorm)", yaxis_title="actual (the model)",
                       height=420, width=560)
     return fig
+
+
+def strongest_feature(graph: AttributionGraph) -> int | None:
+    """The feature whose edge into the logit is largest in size (None: the graph has no feature there)."""
+    into = graph.edges_into("logit")
+    feats = [(abs(w), graph.node(src)["feature"]) for src, w in into.items() if graph.node(src)["kind"] == "feature"]
+    return max(feats)[1] if feats else None
+
+
+def graph_explorer(graph: AttributionGraph, examples: dict | None = None, dashboard_of=None, *,
+                   title: str | None = None, open_first: bool = True):
+    """``graph_figure`` as a widget: hover as there; a **click on a feature** opens its dashboard below the
+    graph (``dashboard_of(feature)``: an HTML string or anything with ``_repr_html_``, e.g.
+    ``circuits.interp.transcoder_dashboard``). ``open_first``: show the strongest feature's dashboard at
+    once, so that an exported copy of the notebook (which has no kernel to click) shows one."""
+    import ipywidgets as widgets  # lazy: widgets only in a notebook
+    import plotly.graph_objects as go
+    fig = go.FigureWidget(graph_figure(graph, examples, title=title))
+    panel = widgets.HTML(value="<i>click a feature (orange) to open its dashboard here</i>")
+
+    def show(feature: int) -> None:
+        if dashboard_of is None or feature < 0:
+            return
+        panel.value = "<i>computing the dashboard of F%d...</i>" % feature
+        out = dashboard_of(int(feature))
+        body = out if isinstance(out, str) else out._repr_html_()
+        panel.value = (f"<div style='margin:4px 0'><b>F{int(feature)}</b>, clicked in the graph "
+                       f"(click another feature to replace it)</div>{body}")
+
+    def on_click(trace, points, state):
+        if points.point_inds:
+            show(int(trace.customdata[points.point_inds[0]]))
+
+    for trace in fig.data:
+        if trace.name == "feature":
+            trace.on_click(on_click)
+    first = strongest_feature(graph) if open_first else None
+    if first is not None:
+        show(first)
+    box = widgets.VBox([fig, panel])
+    box.show_feature = show          # for a test, or a cell that opens a feature by its id
+    return box

@@ -139,16 +139,22 @@ def _context(index: ActivationIndex, acts_row: np.ndarray, eff_row: np.ndarray |
 def dashboard_data(index: ActivationIndex, kind: str, unit: int, model, tokenizer, sae=None, k_top: int = 10,
                    n_intervals: int = 11, per_interval: int = 2, seed: int = 0, before: int = 12, after: int = 4,
                    ablation: bool = True, n_logits: int = 10, interval_mode: str = "quantile",
-                   rel_effect: float = 0.2, min_effect: float = 0.01) -> dict:
+                   rel_effect: float = 0.2, min_effect: float = 0.01, logit_w: np.ndarray | None = None) -> dict:
     """Everything a dashboard shows, as plain numbers and strings (see module doc).
 
     Ablation effects are underlined where ``|effect| >= max(min_effect, rel_effect * largest |effect|)``
     among the shown contexts (nats), so the marks pick out where the unit matters most.
+
+    ``logit_w`` [d_vocab]: the unit's logit weights when they do not come from an SAE of the MLP's
+    activations (a transcoder's feature writes to the residual stream: ``transcoder_logit_weights``);
+    with it, ``sae`` may be None and ``ablation`` must be False (removing such a unit needs its own hook).
     """
     t0 = time.time()
     unit = index.check_unit(kind, unit)
-    if kind == "feature" and sae is None:
-        raise ValueError("a feature's dashboard needs its SAE: pass sae=...")
+    if logit_w is not None and ablation and sae is None:
+        raise ValueError("a dashboard from given logit weights has no SAE to ablate the unit with: pass ablation=False")
+    if kind == "feature" and sae is None and logit_w is None:
+        raise ValueError("a feature's dashboard needs its SAE: pass sae=... (or its logit weights, logit_w=...)")
     vocab = readable_vocab(tokenizer)
     dens = float(index.density(kind)[unit])
     vals = index.nonzero_acts(kind, unit)
@@ -158,7 +164,7 @@ def dashboard_data(index: ActivationIndex, kind: str, unit: int, model, tokenize
     counts, edges = np.histogram(vals, bins=30) if len(vals) else (np.zeros(0), np.zeros(0))
     data["act_hist"] = {"counts": counts.tolist(), "edges": edges.tolist()}
     # logit weights
-    lw = logit_weights(model, kind, unit, sae).numpy()
+    lw = np.asarray(logit_w, dtype=np.float32) if logit_w is not None else logit_weights(model, kind, unit, sae).numpy()
     order = np.argsort(lw)
     data["logits_top"] = [(vocab[i] if i < len(vocab) else str(i), float(lw[i])) for i in order[::-1][:n_logits]]
     data["logits_bottom"] = [(vocab[i] if i < len(vocab) else str(i), float(lw[i])) for i in order[:n_logits]]
