@@ -16,6 +16,8 @@ warm-up), and 40 greedy tokens steered by one A/1 feature (a forward pass and an
 
 Usage: .venv/bin/python benchmarks/bench_atlas.py [--preset default] [--out runs/default/atlas]
        [--sae B/1 ...] [--screenshot docs/atlas.png] [--no-live] [--live-times]
+       .venv/bin/python benchmarks/bench_atlas.py --existing runs/default/atlas --json runs/default/bench-atlas.json
+       (make run's atlas as it is: its size and the live times; ``make results`` reads the JSON)
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import json
 import os
 import platform
 import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -122,6 +125,34 @@ def live_times(out: Path) -> dict:
     return res
 
 
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True, cwd=Path(__file__).resolve().parents[1]).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def time_existing(out: Path, json_path: str | None) -> int:
+    """Size and live times of an atlas already written; with ``json_path``, the figures as JSON too."""
+    if not (out / "index.html").is_file():
+        raise SystemExit(f"no atlas in {out}: write one first (make run, or python -m mono_utils atlas --out {out})")
+    files = [f for f in out.rglob("*") if f.is_file()]
+    res = {"atlas_bytes": sum(f.stat().st_size for f in files), "atlas_files": len(files)}
+    if (out / "live").is_dir():
+        res.update(live_times(out))
+    res.update(date=time.strftime("%Y-%m-%d"), commit=_commit(),
+               machine=f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
+               load_average_after=round(os.getloadavg()[0], 2))
+    print(json.dumps(res, indent=1))
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(json_path).with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
+        tmp.replace(json_path)
+    return 0
+
+
 def main() -> int:
     from mono_utils.atlas import site
     from mono_utils.pipeline.presets import get_preset
@@ -136,7 +167,13 @@ def main() -> int:
     ap.add_argument("--artifacts", default=None, help="artifact store (default data/artifacts or $MONO_ARTIFACTS)")
     ap.add_argument("--no-build", action="store_true",
                     help="build nothing (the unit sets' indexes must be built; analyses not built are left out)")
+    ap.add_argument("--existing", default=None,
+                    help="time an atlas already written (e.g. make run's runs/default/atlas): no build, no writing")
+    ap.add_argument("--json", default=None,
+                    help="also write the figures here as JSON (make results reads runs/<preset>/bench-atlas.json)")
     args = ap.parse_args()
+    if args.existing:
+        return time_existing(Path(args.existing), args.json)
     preset, store = get_preset(args.preset), ArtifactStore(args.artifacts)
     if not args.no_build:
         warm(preset, store, args.sae)

@@ -23,6 +23,7 @@ import numpy as np
 
 from .atlas.site import NotBuilt, ReadOnlyStore
 from .autointerp.run import get_offline_scores, summarize
+from .circuits.interp import get_transcoder_interp
 from .circuits.interventions import get_intervention_agreement
 from .features.proxies import get_proxy_table, win_counts
 from .pipeline.models import get_model, model_metrics
@@ -106,6 +107,23 @@ def results_rows(p, s):
     yield ("circuits: features pinned on held-out prompts, correlation of the graph's predicted and the actual "
            "change of the logit difference to the runner-up / of the raw logit",
            f"{ia['n']:,} pins: r {ia['r_runner_up']:.3f} / {ia['r_raw_logit']:.3f}")
+
+    try:
+        ti = get_transcoder_interp(p, s, progress=False)
+    except NotBuilt:
+        yield ("transcoder autointerp (notebook 07)", "not built: stage \"transcoder autointerp\"")
+    else:
+        for kind, df in ti["scores"].items():
+            if kind in ("feature", "neuron"):        # A/1's run: its own rows below
+                continue
+            sm = summarize(df)
+            yield (f"autointerp offline, {kind} (on the transcoder's index tokens): scored units; medians headline / "
+                   f"Pearson / detection / logit test",
+                   f"{sm['scored']:,}: " + " / ".join(f"{sm['all'].get('median_' + c, np.nan):.2f}" for c in
+                                                     ("spearman", "pearson", "detection", "logit_accuracy")))
+        wins = win_counts(ti["proxies"]["transcoder"])
+        yield ("proxies (transcoder): labels where its best feature beats the best neuron",
+               ", ".join(f"{k} {v}" for k, v in wins.items()))
 
     fam = get_family_analysis(p, s, progress=False)
     links = [(k, v) for k, v in fam.graph.summary().items() if "->" in k]
@@ -269,6 +287,23 @@ def write_report(preset: str = "default", artifacts: str | None = None, out: str
             vb, vf = folder_bytes(root / venv)
             size_rows.append((what, gib(vb), f"{vf:,} files"))
     parts += [table(("what", "size on disk", "files"), size_rows), ""]
+
+    bench = runs_dir / "bench-atlas.json"
+    if bench.exists():
+        ba = json.loads(bench.read_text(encoding="utf-8"))
+        parts += ["## The atlas in the browser (`benchmarks/bench_atlas.py --existing`)", "",
+                  f"Headless Chromium from file://, commit {ba.get('commit', '?')}, {ba.get('date', '?')}, "
+                  f"{ba.get('machine', '?')}; load average {ba.get('load_average_after', '?')} when done.", ""]
+        arows = [("the atlas folder", mib(ba["atlas_bytes"]), f"{ba['atlas_files']:,} files")]
+        if "live_bytes" in ba:
+            arows += [("of which the live model and dictionaries (`live/`)", mib(ba["live_bytes"]), ""),
+                      ("time to interactive (load until the first typed text is analysed)",
+                       f"{ba['time_to_interactive_s']:.2f} s", ""),
+                      (f"one forward pass of {ba['forward_tokens']} tokens with A/1's encode (median of 5)",
+                       f"{ba['forward_encode_ms']:.0f} ms", ""),
+                      ("40 steered greedy tokens", f"{ba['generate_40_s']:.2f} s", ""),
+                      ("requests that left the folder", str(len(ba.get("requests_outside", []))), "")]
+        parts += [table(("what", "measured", ""), arows), ""]
 
     parts += ["## The models and the dictionaries", "",
               "Held-out tokens only. Loss recovered against zero ablation (the paper's) and mean ablation. "
