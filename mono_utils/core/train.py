@@ -44,6 +44,7 @@ class TrainSAEConfig:
     seed: int = 0
     grad_clip: float = 0.0             # clip the gradient's global norm to this (0: never, as the paper)
     threshold_lr: float = 0.01         # BatchTopK: EMA rate of the inference threshold (as SAELens)
+    freeze_decoder: bool = False       # a control: W_dec stays at its random init (no update, renorm, resample)
 
     def __post_init__(self):
         for name in ("total_tokens", "batch_size", "checkpoint_every", "log_every", "resample_batches"):
@@ -75,6 +76,7 @@ class TrainSAEConfig:
 
 
 _LATE_TRAIN_FIELDS = {"grad_clip": 0.0, "threshold_lr": 0.01}
+_LATE_TRAIN_FIELDS["freeze_decoder"] = False
 
 
 def recipe_configs(recipe: str, d_in: int, d_sae: int, total_tokens: int, *, sae: dict | None = None,
@@ -129,7 +131,8 @@ def init_sae(cfg: SAEConfig, source, tc: TrainSAEConfig, device) -> SparseAutoen
 
 
 @torch.no_grad()
-def resample_dead(sae: SparseAutoencoder, opt, dead: torch.Tensor, pool: torch.Tensor, seed: int) -> int:
+def resample_dead(sae: SparseAutoencoder, opt, dead: torch.Tensor, pool: torch.Tensor, seed: int,
+                  freeze_decoder: bool = False) -> int:
     """The paper's resampling of ``dead`` (bool [d_sae]) features from scaled inputs ``pool``."""
     idx = dead.nonzero()[:, 0]
     if len(idx) == 0:
@@ -148,7 +151,10 @@ def resample_dead(sae: SparseAutoencoder, opt, dead: torch.Tensor, pool: torch.T
     vec = vec / vec.norm(dim=1, keepdim=True).clamp_min(1e-12)
     alive = ~dead
     enc_norm = sae.W_enc[:, alive].norm(dim=0).mean() if alive.any() else torch.tensor(1.0)
-    sae.W_dec[idx] = vec
+    if freeze_decoder:   # the frozen rows stay: the encoder restarts along each one's own direction
+        vec = sae.W_dec[idx]
+    else:
+        sae.W_dec[idx] = vec
     sae.W_enc[:, idx] = (vec * 0.2 * enc_norm).t()
     sae.b_enc[idx] = 0.0
     for p, sl in ((sae.W_dec, (idx,)), (sae.W_enc, (slice(None), idx)), (sae.b_enc, (idx,))):
@@ -179,7 +185,7 @@ def _train_sae(cfg, source, tc, dev, checkpoint, progress, live, stop_after):
     ident = {"sae": cfg.to_dict(), "train": tc.to_dict()}
     torch.manual_seed(tc.seed)
     sae = init_sae(cfg, source, tc, dev)
-    opt = _adam(sae, tc.lr, dev)
+    opt = _adam(sae, tc.lr, dev, skip=("W_dec",) if tc.freeze_decoder else ())
     n, window = tc.steps, dead_window(tc)
     last_fired = torch.zeros(cfg.d_sae, dtype=torch.int64, device=dev)
     k_arch = cfg.architecture in ("topk", "batchtopk")
@@ -209,6 +215,8 @@ def _train_sae(cfg, source, tc, dev, checkpoint, progress, live, stop_after):
         dead_mask = (step - last_fired) >= window if k_arch else None
         stats = sae_grads(sae, xs, l1_coeff=cfg.l1_coeff * l1_factor(step, tc), dead_mask=dead_mask,
                           sparse=use_sparse, bf16=tc.bf16)
+        if tc.freeze_decoder:   # no update, no clipping share, no projection of the frozen decoder
+            sae.W_dec.grad = None
         if cfg.unit_decoder:
             sae.remove_parallel_grad()
         if tc.grad_clip > 0:
@@ -216,7 +224,7 @@ def _train_sae(cfg, source, tc, dev, checkpoint, progress, live, stop_after):
         for grp in opt.param_groups:
             grp["lr"] = tc.lr * lr_factor(step, tc)
         opt.step()
-        if cfg.unit_decoder:
+        if cfg.unit_decoder and not tc.freeze_decoder:
             sae.normalize_decoder()
         if stats.get("min_kept") is not None:   # BatchTopK: the inference threshold follows the batches
             with torch.no_grad():
@@ -229,7 +237,8 @@ def _train_sae(cfg, source, tc, dev, checkpoint, progress, live, stop_after):
         if done in resamples:
             dead = (done - last_fired) >= window
             pool = torch.cat([source.batch(j).to(dev).float() for j in _pool_steps(source, step, tc)])
-            k = resample_dead(sae, opt, dead, pool * sae.input_scale, seed=tc.seed * 1009 + done)
+            k = resample_dead(sae, opt, dead, pool * sae.input_scale, seed=tc.seed * 1009 + done,
+                              freeze_decoder=tc.freeze_decoder)
             last_fired[dead] = done
             if k:
                 use_sparse = False
@@ -265,12 +274,13 @@ def _pool_steps(source, step: int, tc: TrainSAEConfig) -> list[int]:
     return [j for j in range(step, step - tc.resample_batches, -1) if j >= first] or [step]
 
 
-def _adam(sae, lr, dev):
+def _adam(sae, lr, dev, skip=()):
     kw = {"fused": True} if dev.type in ("cpu", "cuda") else {}
+    params = [p for n, p in sae.named_parameters() if n not in skip]   # skip: frozen parameters (W_dec)
     try:
-        return torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999), **kw)
+        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), **kw)
     except (RuntimeError, TypeError):
-        return torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999))
+        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999))
 
 
 HIST_KEYS = ["step", "tokens", "loss", "mse", "fvu", "l0", "dead_frac", "lr", "act_per_s"]
