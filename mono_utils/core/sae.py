@@ -22,6 +22,11 @@ Four named recipes (``RECIPES``; :func:`mono_utils.core.train.recipe_configs` gi
   average of the smallest kept activation, as SAELens) replaces the batch top-k at inference,
   so the saved SAE is a JumpReLU with one shared threshold (SAELens saves BatchTopK so too).
 
+Any BatchTopK SAE may train as a nested (Matryoshka) dictionary (Nabeshima 2024; Bussmann et al.
+2025): ``matryoshka_prefixes = (m_1, ..., d_sae)`` makes the loss the mean over the prefixes of the
+MSE of ``f[:, :m] @ W_dec[:m] + b_dec``, so the first m features must reconstruct on their own
+(``prefix(m)`` gives them as an SAE of their own).
+
 Parameters live in the scaled space (decoder rows unit norm there); ``W_dec_raw`` /
 ``b_dec_raw`` give the dictionary in raw activation space. Saved in SAELens's on-disk format
 (``cfg.json`` + ``sae_weights.safetensors`` with only ``W_enc``, ``W_dec``, ``b_enc``,
@@ -50,7 +55,7 @@ PENALTIES = ("l1", "l1_decoder_norm")
 # Fields added after artifacts were first keyed by config hashes: ``to_dict`` leaves them out while
 # they hold their default, so every config written before they existed hashes as it did.
 _LATE_FIELDS = {"penalty": "l1", "unit_decoder": True, "pre_encoder_bias": True, "decoder_init_norm": None,
-                "b_dec_init": "geometric_median", "recipe": None}
+                "b_dec_init": "geometric_median", "recipe": None, "matryoshka_prefixes": ()}
 
 
 # Each recipe: the SAEConfig fields and the TrainSAEConfig fields it sets (see the module's docstring).
@@ -86,6 +91,9 @@ class SAEConfig:
     decoder_init_norm: float | None = None   # norm of the initial decoder rows (None: 1; 2024: 0.1)
     b_dec_init: str = "geometric_median"     # or "zeros" (2024)
     recipe: str | None = None       # the recipe's name, for the record (None: paper2023 or topk by architecture)
+    # BatchTopK only: nested dictionary sizes, increasing, ending at d_sae; the loss is the mean of
+    # their reconstruction losses (Matryoshka). () : one reconstruction, as every other SAE
+    matryoshka_prefixes: tuple = ()
 
     def __post_init__(self):
         for name in ("d_in", "d_sae"):
@@ -123,6 +131,23 @@ class SAEConfig:
                              f"got {self.decoder_init_norm!r}")
         if self.recipe is not None and self.recipe not in RECIPES:
             raise ValueError(f"SAEConfig.recipe must be None or one of {tuple(RECIPES)}, got {self.recipe!r}")
+        self._check_prefixes()
+
+    def _check_prefixes(self) -> None:
+        mp = self.matryoshka_prefixes
+        if not isinstance(mp, (tuple, list)) or any(isinstance(m, bool) or not isinstance(m, int) for m in mp):
+            raise ValueError(f"SAEConfig.matryoshka_prefixes must be a tuple of integers such as "
+                             f"(128, 512, {self.d_sae}), got {mp!r}")
+        mp = self.matryoshka_prefixes = tuple(mp)   # a JSON list (config.json) comes back as a tuple
+        if not mp:
+            return
+        if self.architecture != "batchtopk":
+            raise ValueError(f"SAEConfig.matryoshka_prefixes needs architecture 'batchtopk' (a Matryoshka "
+                             f"BatchTopK SAE), got {self.architecture!r}: use the batchtopk recipe or drop the prefixes")
+        if mp[0] <= 0 or any(b <= a for a, b in zip(mp, mp[1:])) or mp[-1] != self.d_sae:
+            raise ValueError(f"SAEConfig.matryoshka_prefixes must be strictly increasing positive sizes ending at "
+                             f"d_sae = {self.d_sae} (the last prefix is the whole dictionary), got {mp}: e.g. "
+                             f"({max(1, self.d_sae // 4)}, {self.d_sae})")
 
     @property
     def recipe_name(self) -> str:
@@ -142,6 +167,8 @@ class SAEConfig:
         for name, default in _LATE_FIELDS.items():
             if d[name] == default:
                 del d[name]
+        if "matryoshka_prefixes" in d:
+            d["matryoshka_prefixes"] = list(d["matryoshka_prefixes"])   # as JSON writes it
         return d
 
     @classmethod
@@ -283,6 +310,11 @@ class SparseAutoencoder(nn.Module):
         err = self.decode_scaled(f) - xs
         mse = err.pow(2).mean()
         out = {"mse": mse, "l0": (f > 0).float().sum(-1).mean()}
+        recon = mse
+        if self.cfg.matryoshka_prefixes:   # the mean of the nested prefixes' reconstruction losses
+            out["prefix_mse"] = torch.stack([(f[:, :m] @ self.W_dec[:m] + self.b_dec - xs).pow(2).mean()
+                                             for m in self.cfg.matryoshka_prefixes])
+            recon = out["recon"] = out["prefix_mse"].mean()
         if self.cfg.architecture == "relu":
             l1 = f.sum(-1).mean() if self.cfg.penalty == "l1" else (f * self.W_dec.norm(dim=1)).sum(-1).mean()
             out.update(l1=l1, loss=mse + self.cfg.l1_coeff * l1)
@@ -294,7 +326,29 @@ class SparseAutoencoder(nn.Module):
                 v, i = pre[:, dead].topk(kk, dim=-1)
                 e_hat = torch.relu(v)[..., None].mul(self.W_dec[dead][i]).sum(-2)
                 aux = (e_hat - (-err.detach())).pow(2).mean()
-            out.update(aux=aux, loss=mse + self.cfg.aux_coeff * aux)
+            out.update(aux=aux, loss=recon + self.cfg.aux_coeff * aux)
+        return out
+
+    def prefix(self, m: int) -> "SparseAutoencoder":
+        """The first ``m`` features as an SAE of their own (a copy): a nested (Matryoshka)
+        dictionary's prefix. Exact for SAEs whose features fire independently of each other at
+        inference (ReLU, BatchTopK's per-feature threshold), not for TopK (the k largest of all)."""
+        c = self.cfg
+        if c.architecture == "topk":
+            raise ValueError("a TopK SAE's first features depend on all the others (the k largest per token): "
+                             "prefix() needs a ReLU or BatchTopK (JumpReLU) SAE")
+        if isinstance(m, bool) or not isinstance(m, int) or not 0 < m <= c.d_sae:
+            raise ValueError(f"prefix size must be an integer in 1..{c.d_sae}, got {m!r}")
+        cfg = SAEConfig.from_dict({**c.to_dict(), "d_sae": m, "matryoshka_prefixes": ()})
+        out = SparseAutoencoder(cfg).to(self.device)
+        with torch.no_grad():
+            out.W_enc.copy_(self.W_enc[:, :m])
+            out.b_enc.copy_(self.b_enc[:m])
+            out.W_dec.copy_(self.W_dec[:m])
+            out.b_dec.copy_(self.b_dec)
+            out.input_scale.copy_(self.input_scale)
+            if hasattr(self, "threshold"):
+                out.threshold.copy_(self.threshold[:m])
         return out
 
     @torch.no_grad()

@@ -16,7 +16,9 @@ The 2024 recipes reuse both paths: ``anthropic2024``'s penalty lambda f_i ||W_de
 lambda ||W_dec,i|| / B to each feature's gradient (where the paper adds lambda / B) and
 lambda (sum_b f_bi) W_dec,i / (B ||W_dec,i||) to the decoder's; without a pre-encoder bias the
 encoder sees ``x`` itself. BatchTopK keeps the k*B largest activations of the batch and takes
-the sparse path with no penalty (plus AuxK, as TopK).
+the sparse path with no penalty (plus AuxK, as TopK). A Matryoshka BatchTopK SAE
+(``cfg.matryoshka_prefixes``) takes it too, through ``_nested_pass``: one sparse product per
+gradient for all its prefixes together.
 """
 from __future__ import annotations
 
@@ -86,8 +88,13 @@ def sae_grads(sae, xs: torch.Tensor, *, l1_coeff: float | None = None, dead_mask
             crow = torch.arange(0, B * cfg.k + 1, cfg.k, device=xs.device)
         pen = (lam if dec_norm is None else lam * dec_norm[col.to(torch.int64)]) if cfg.architecture == "relu" \
             else 0.0
-        x_hat, dW_dec, dW_encT, db_enc, d_xhat, sq = _sparse_pass(
-            crow, col, v, xs, xc, W_dec, b_dec, pen, scale, B)
+        if getattr(cfg, "matryoshka_prefixes", ()):   # the mean of the prefixes' losses (BatchTopK: no pen)
+            x_hat, dW_dec, dW_encT, db_enc, d_xhat, sq, prefix_sq = _nested_pass(
+                crow, col, v, xs, xc, W_dec, b_dec, cfg.matryoshka_prefixes, scale, B)
+        else:
+            x_hat, dW_dec, dW_encT, db_enc, d_xhat, sq = _sparse_pass(
+                crow, col, v, xs, xc, W_dec, b_dec, pen, scale, B)
+            prefix_sq = None
         active = v > 0
         fired = torch.zeros(cfg.d_sae, dtype=torch.bool, device=xs.device)
         fired[col[active]] = True
@@ -99,6 +106,9 @@ def sae_grads(sae, xs: torch.Tensor, *, l1_coeff: float | None = None, dead_mask
             stats = {"sq": sq, "l1": v.sum() / B, "nnz": active.sum(), "fired": fired}
         if cfg.architecture == "batchtopk":
             stats["min_kept"] = min_kept
+        if prefix_sq is not None:
+            stats["prefix_mse"] = prefix_sq / (B * d)
+            stats["recon"] = stats["prefix_mse"].mean()   # the training loss's reconstruction part
         if cfg.architecture in ("topk", "batchtopk") and dead_mask is not None and bool(dead_mask.any()):
             aux = _auxk(sae, pre, dead_mask, xs, xc, x_hat, W_dec, B, d)
             dW_dec += aux[0]
@@ -187,6 +197,44 @@ def _sparse_pass(crow, col, v, target, xc, W_dec, b_dec, lam, scale, B, with_bia
     dW_dec = torch.sparse.mm(_csr(crow_t, col_t, v[order], (m, B)), d_xhat)
     dW_encT = torch.sparse.mm(_csr(crow_t, col_t, dpre[order], (m, B)), xc)
     return x_hat, dW_dec, dW_encT, db_enc, d_xhat, sq
+
+
+def _nested_pass(crow, col, v, xs, xc, W_dec, b_dec, prefixes, scale, B):
+    """``_sparse_pass`` of a Matryoshka SAE: the loss is the mean over the P prefixes m of the MSE of
+    x_hat_m = f[:, :m] @ W_dec[:m] + b_dec. A feature of group g (prefixes[g-1] <= i < prefixes[g])
+    is in every reconstruction from the g-th on, so its gradients read G_g = sum_{p >= g} dL/dx_hat_p.
+    Each entry (b, i) goes to row g*B + b of a stacked [P*B, m] matrix: one sparse product gives every
+    group's part of the reconstruction, one each the feature and decoder gradients.
+
+    Returns ``_sparse_pass``'s tuple for the whole dictionary (x_hat: the full reconstruction, for
+    AuxK; d_xhat: the gradient that reaches b_dec, G_0; sq: the full reconstruction's squared error)
+    and the squared error of each prefix's reconstruction, [P]."""
+    m, d = W_dec.shape
+    P = len(prefixes)
+    crow, col = crow.to(torch.int64), col.to(torch.int64)
+    rows = torch.repeat_interleave(torch.arange(B, device=col.device), crow[1:] - crow[:-1])
+    group = torch.bucketize(col, torch.tensor(prefixes[:-1], dtype=torch.int64, device=col.device), right=True)
+    stacked = group * B + rows
+    order = torch.argsort(stacked, stable=True)          # row-major in the stack; columns stay sorted in a row
+    s_col, s_v = col[order], v[order]
+    s_crow = torch.zeros(P * B + 1, dtype=torch.int64, device=col.device)
+    s_crow[1:] = torch.bincount(stacked, minlength=P * B).cumsum(0)
+    parts = torch.sparse.mm(_csr(s_crow, s_col, s_v, (P * B, m)), W_dec).view(P, B, d)   # each group's share
+    err = parts.cumsum(0).add_(b_dec).sub_(xs)            # [P, B, d]: prefix p's x_hat - x
+    x_hat = err[-1] + xs
+    prefix_sq = err.pow(2).sum((1, 2))
+    G = err.mul_(scale / P).flip(0).cumsum(0).flip(0)    # G[g] = sum_{p >= g} dL/dx_hat_p
+    G2 = G.reshape(P * B, d)
+    pattern = _csr(s_crow, s_col, torch.zeros_like(s_v), (P * B, m))
+    dv = torch.empty_like(v)
+    dv[order] = torch.sparse.sampled_addmm(pattern, G2, W_dec.t(), beta=0.0).values()
+    dpre = dv * (v > 0)
+    crow_t, col_t, order_t = _transpose_pattern(crow, col, B, m)
+    db_enc = column_sums(dpre, col, crow_t, order_t, m, in_order=v.is_cuda)
+    s_crow_t, s_col_t, s_order_t = _transpose_pattern(s_crow, s_col, P * B, m)
+    dW_dec = torch.sparse.mm(_csr(s_crow_t, s_col_t, s_v[s_order_t], (m, P * B)), G2)
+    dW_encT = torch.sparse.mm(_csr(crow_t, col_t, dpre[order_t], (m, B)), xc)
+    return x_hat, dW_dec, dW_encT, db_enc, G[0], prefix_sq[-1], prefix_sq
 
 
 def _auxk(sae, pre, dead_mask, xs, xc, x_hat, W_dec, B, d):

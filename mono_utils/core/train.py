@@ -245,8 +245,9 @@ def _train_sae(cfg, source, tc, dev, checkpoint, progress, live, stop_after):
         if done % tc.log_every == 0 or done == n:
             mse = float(stats["mse"])
             var = float((xs - xs.mean(0)).pow(2).mean())
+            recon = float(stats.get("recon", mse))   # a Matryoshka SAE's: the mean over its prefixes
             rec = {"step": done, "tokens": done * tc.batch_size, "loss": mse + cfg.l1_coeff * float(stats["l1"])
-                   if cfg.architecture == "relu" else mse + cfg.aux_coeff * float(stats.get("aux", 0.0)),
+                   if cfg.architecture == "relu" else recon + cfg.aux_coeff * float(stats.get("aux", 0.0)),
                    "mse": mse, "fvu": mse / max(var, 1e-12), "l0": float(stats["nnz"]) / x.shape[0],
                    "dead_frac": float(((done - last_fired) >= min(window, done)).float().mean()),
                    "lr": opt.param_groups[0]["lr"],
