@@ -50,14 +50,15 @@ def sae_name(which: str, d_sae: int, architecture: str, p: Preset) -> str:
 
 def sae_artifact_config(p: Preset, *, which: str = "A", d_sae: int | None = None, architecture: str | None = None,
                         l1_coeff: float | None = None, k: int | None = None, cache: bool = False, seed: int = 0,
-                        recipe: str | None = None, **train_overrides):
+                        recipe: str | None = None, matryoshka_prefixes: tuple = (), **train_overrides):
     """``(cfg, tc, config, name)``: the SAE config, training config, artifact config (hashed into the
     folder name) and artifact name of ``get_sae`` with these arguments, nothing built.
 
     ``recipe`` (``core.sae.RECIPES``): ``paper2023`` is ``architecture="relu"`` (the same artifact),
     ``topk`` is ``architecture="topk"``; ``anthropic2024`` and ``batchtopk`` set the SAE fields and
     training fields of their recipe (``train_overrides`` still win). With neither ``recipe`` nor
-    ``architecture``, the preset's own: ``preset.sae_recipe`` (the recipe of A/1, B/1 and the family)."""
+    ``architecture``, the preset's own: ``preset.sae_recipe`` (the recipe of A/1, B/1 and the family).
+    ``matryoshka_prefixes`` (BatchTopK): a nested dictionary (``SAEConfig``), named ``...-matryoshka``."""
     if recipe is None and architecture is None:
         recipe = p.sae_recipe
     if recipe is not None:
@@ -77,7 +78,7 @@ def sae_artifact_config(p: Preset, *, which: str = "A", d_sae: int | None = None
     cfg = SAEConfig(d_in=p.d_mlp, d_sae=d_sae, architecture=architecture,
                     l1_coeff=l1_coeff if l1_coeff is not None else p.l1_coeff,
                     k=k if k is not None else p.topk_k, seed=seed, model_name=f"mono-1l-{which}-{p.name}",
-                    **sae_fields)
+                    matryoshka_prefixes=tuple(matryoshka_prefixes), **sae_fields)
     tc = sae_train_config(p, seed=seed, **train_overrides)
     sae_cfg = cfg.to_dict()
     sae_cfg.pop("input_scale")
@@ -85,7 +86,8 @@ def sae_artifact_config(p: Preset, *, which: str = "A", d_sae: int | None = None
               "eval": {"eval_tokens": p.eval_tokens, "density_tokens": p.density_tokens}, "version": 1}
     if cache:  # fp16-cached activations give (slightly) different SAEs: a different artifact
         config["fp16_cache"] = True
-    name = sae_name(which, d_sae, architecture if cfg.recipe is None else cfg.recipe, p)
+    name = sae_name(which, d_sae, (architecture if cfg.recipe is None else cfg.recipe)
+                    + ("-matryoshka" if cfg.matryoshka_prefixes else ""), p)
     return cfg, tc, config, name
 
 
@@ -95,7 +97,7 @@ STREAM_KW = {"tokens_per_context": None, "block_size": 1 << 17, "skip_bos": True
 def get_sae(preset=None, store: ArtifactStore | None = None, *, which: str = "A", d_sae: int | None = None,
             architecture: str | None = None, l1_coeff: float | None = None, progress: bool = True, live=None,
             k: int | None = None, cache: bool = False, seed: int = 0, recipe: str | None = None,
-            **train_overrides):
+            matryoshka_prefixes: tuple = (), **train_overrides):
     """The SAE on model ``which``'s MLP activations, trained (once) on the preset's train tokens.
 
     Defaults: ``d_sae = preset.sae_main`` (A/1), ``l1_coeff = preset.l1_coeff``,
@@ -103,12 +105,12 @@ def get_sae(preset=None, store: ArtifactStore | None = None, *, which: str = "A"
     ``recipe``: one of ``core.sae.RECIPES``; ``architecture`` (``"relu"`` or ``"topk"``) names
     the paper's recipe or TopK the older way. ``cache=True`` keeps the harvested activations on
     disk (fp16) for the next SAE of the same model. ``live``: e.g. a ``core.train.LivePlot()``
-    shown in a notebook.
+    shown in a notebook. ``matryoshka_prefixes``: a nested BatchTopK dictionary (``core.sae.SAEConfig``).
     """
     p, s = resolve(preset, store)
     cfg, tc, config, name = sae_artifact_config(p, which=which, d_sae=d_sae, architecture=architecture,
                                                 l1_coeff=l1_coeff, k=k, cache=cache, seed=seed, recipe=recipe,
-                                                **train_overrides)
+                                                matryoshka_prefixes=matryoshka_prefixes, **train_overrides)
     d_sae, architecture, stream_kw = cfg.d_sae, cfg.architecture, STREAM_KW
 
     def build(tmp: Path):
