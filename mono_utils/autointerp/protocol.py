@@ -109,6 +109,23 @@ class LogitInput:
     tokens: list[str]
 
 
+@dataclass(frozen=True)
+class OutputExplainInput:
+    """What an output-side explainer sees (``autointerp.output_side``): what the unit does, no activations.
+
+    ``top_logits`` / ``top_levels``: the tokens whose logits it raises most (the input side's explainer sees
+    the same ranks), each 0-9 relative to the largest raise; ``bottom_logits``: those it lowers most;
+    ``helped`` / ``hurt``: ``[token, level 0-9]`` pairs, the next tokens whose log-probability removing the
+    unit lowers (raises) most per occurrence, measured at ``contexts`` positions where it fires.
+    """
+    top_logits: list[str]
+    top_levels: list[int]
+    bottom_logits: list[str]
+    helped: list[list] = ()
+    hurt: list[list] = ()
+    contexts: int = 0
+
+
 class ParseFailure(ValueError):
     """A backend's reply could not be parsed (counted as a failure, never a crash)."""
 
