@@ -9,6 +9,8 @@ from __future__ import annotations
 from .autointerp.run import get_offline_scores, get_randomized_index, get_randomized_sae
 from .circuits.interp import get_transcoder_interp
 from .circuits.interventions import get_intervention_agreement
+from .evaluation.controls import get_frozen_decoder_sae, get_pca_dictionary
+from .evaluation.seeds import get_seed_runs
 from .pipeline.indexes import get_index, get_paper_index
 from .pipeline.models import get_corpus_dir, get_model, get_tokenizer, get_tokens
 from .pipeline.saes import get_lambda_sweep, get_paper_sae, get_recipe_runs, get_sae, get_sae_family, get_topk_sae
@@ -41,6 +43,10 @@ def build_stages(preset, store):
         # notebook 01's four recipes on the TopK run's tokens; its topk entry is that very artifact
         ("SAE recipes", lambda: get_recipe_runs(preset, store, which="A")),
         ("SAE A lambda sweep", lambda: get_lambda_sweep(preset, which="A", store=store)),
+        # issue 30's controls and error bars: side runs on an eighth of A/1's activations, a smaller evaluation
+        ("SAE A/1 seeds", lambda: get_seed_runs(preset, store)),
+        ("SAE A/1 frozen decoder", lambda: get_frozen_decoder_sae(preset, store)),
+        ("PCA A", lambda: get_pca_dictionary(preset, store)),
         # notebook 07: model A's MLP as a transcoder (A/1's width and recipe), for attribution graphs
         ("transcoder A", lambda: get_transcoder(preset, store, which="A")),
         ("index A/1", lambda: get_index(preset, which="A", store=store)),
@@ -69,6 +75,7 @@ STAGE_DEPS = {
     "model A": ("tokens",), "model B": ("tokens",),
     "SAE A/1": ("model A",), "SAE B/1": ("model B",), "SAE A/1 TopK": ("model A",), "SAE A/1 paper2023": ("model A",),
     "SAE A lambda sweep": ("model A",), "SAE family A": ("SAE A/1",),
+    "SAE A/1 seeds": ("model A",), "SAE A/1 frozen decoder": ("model A",), "PCA A": ("model A",),
     # after A/1: its metrics give A/1's FVU of the MLP output, and A/1's ablation baselines are reused
     "transcoder A": ("SAE A/1",),
     # after the stages whose artifacts it reuses: the TopK run always, the paper2023 run where side runs

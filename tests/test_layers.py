@@ -4,7 +4,9 @@ Every module's imports of the package are parsed (``ast``), wherever they sit in
 lazy import inside a function counts too. Layers, lowest first::
 
     store  <  core  <  pipeline  <  features (02) < autointerp (03) < universality (04)
-           <  splitting (05) < steering (06) < circuits (07)  <  top (cli, stages, apps, notebooks, ...)
+           <  splitting (05) < steering (06) < circuits (07)
+           <  evaluation (issue 30: every dictionary and control, measured with every lesson's measures)
+           <  top (cli, stages, apps, notebooks, ...)
 
 A lesson package may use the lessons before it (as the notebooks build on each other), never
 one after it.
@@ -17,7 +19,8 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "mono_utils"
-LAYERS = ["store", "core", "pipeline", "features", "autointerp", "universality", "splitting", "steering", "circuits"]
+LAYERS = ["store", "core", "pipeline", "features", "autointerp", "universality", "splitting", "steering", "circuits",
+          "evaluation"]
 TOP = len(LAYERS)   # modules straight under mono_utils/ and packages not listed (atlas, lessons)
 
 
