@@ -17,6 +17,7 @@ from .pipeline.saes import get_lambda_sweep, get_paper_sae, get_recipe_runs, get
 from .pipeline.transcoders import get_transcoder
 from .features.proxies import get_proxy_table
 from .splitting.family import get_family_analysis, get_umap_layout
+from .splitting.matryoshka import get_matryoshka_analysis, get_matryoshka_sae
 from .steering.catalog import get_feature_catalog
 from .universality.cache import get_comparison
 
@@ -61,6 +62,9 @@ def build_stages(preset, store):
         ("universality comparison", lambda: get_comparison(preset, store)),
         ("family analysis", lambda: get_family_analysis(preset, store)),
         ("family UMAP", lambda: get_umap_layout(preset, store)),
+        # notebook 05's nested dictionary: one Matryoshka SAE beside the family (the family's widest member's tokens)
+        ("Matryoshka A", lambda: get_matryoshka_sae(preset, store, which="A")),
+        ("Matryoshka analysis", lambda: get_matryoshka_analysis(preset, store)),
         # notebook 07 / the results file: do the attribution graphs predict interventions?
         ("circuit interventions", lambda: get_intervention_agreement(preset, store)),
         # notebook 07: the transcoder's features on the offline autointerp and the proxies, beside A/1's
@@ -88,6 +92,7 @@ STAGE_DEPS = {
     "autointerp offline": ("index A/1", "index randomized", "index A/1 paper2023"),
     "feature catalog": ("SAE A/1",), "universality comparison": ("SAE A/1", "SAE B/1"),
     "family analysis": ("SAE family A",), "family UMAP": ("family analysis",),
+    "Matryoshka A": ("model A",), "Matryoshka analysis": ("Matryoshka A", "family analysis"),
     "circuit interventions": ("transcoder A",),
     "transcoder autointerp": ("transcoder A", "autointerp offline", "proxy table"),
 }
