@@ -6,6 +6,7 @@ analyses.
 """
 from __future__ import annotations
 
+from .autointerp.output_side import get_output_side
 from .autointerp.run import get_offline_scores, get_randomized_index, get_randomized_sae
 from .circuits.interp import get_transcoder_interp
 from .circuits.interventions import get_intervention_agreement
@@ -58,6 +59,8 @@ def build_stages(preset, store):
         ("proxy table", lambda: get_proxy_table(preset, store)),
         ("proxy table paper2023", lambda: get_proxy_table(preset, store, dictionary="paper2023")),
         ("autointerp offline", lambda: get_offline_scores(preset, store)),
+        # notebook 03's output side: what each unit does, explained and scored as its input side is
+        ("autointerp output side", lambda: get_output_side(preset, store)),
         ("feature catalog", lambda: get_feature_catalog(preset, store)),
         ("universality comparison", lambda: get_comparison(preset, store)),
         ("family analysis", lambda: get_family_analysis(preset, store)),
@@ -90,6 +93,7 @@ STAGE_DEPS = {
     "index A/1 paper2023": ("SAE A/1 paper2023",), "proxy table": ("index A/1",),
     "proxy table paper2023": ("index A/1 paper2023",),
     "autointerp offline": ("index A/1", "index randomized", "index A/1 paper2023"),
+    "autointerp output side": ("index A/1", "index randomized", "index A/1 paper2023"),
     "feature catalog": ("SAE A/1",), "universality comparison": ("SAE A/1", "SAE B/1"),
     "family analysis": ("SAE family A",), "family UMAP": ("family analysis",),
     "Matryoshka A": ("model A",), "Matryoshka analysis": ("Matryoshka A", "family analysis"),
