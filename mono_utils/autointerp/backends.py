@@ -38,7 +38,7 @@ from pathlib import Path
 
 from ..store.artifacts import atomic_write_json, canonical_json, default_root
 from .offline import OfflineBackend
-from .protocol import ExplainInput, LogitInput, ParseFailure, SimulateInput, check_predictions
+from .protocol import ExplainInput, LogitInput, OutputExplainInput, ParseFailure, SimulateInput, check_predictions
 
 log = logging.getLogger("mono_utils.autointerp")
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
@@ -147,6 +147,16 @@ def render_explain(inp: ExplainInput) -> str:
         examples="\n".join(blocks), top_logits=fmt(inp.top_logits), bottom_logits=fmt(inp.bottom_logits))
 
 
+def render_explain_output(inp: OutputExplainInput) -> str:
+    """The output-side explainer's prompt: logit weights and measured next-token effects, no activations."""
+    q = lambda t: json.dumps(t, ensure_ascii=False)  # noqa: E731
+    levelled = lambda pairs: ", ".join(f"{q(t)} ({int(m)})" for t, m in pairs) or "(none measured)"  # noqa: E731
+    return _template("explain_output_user.txt").substitute(
+        top_logits=levelled(zip(inp.top_logits, inp.top_levels)) if inp.top_logits else "(not available)",
+        bottom_logits=", ".join(q(t) for t in inp.bottom_logits) or "(not available)",
+        contexts=int(inp.contexts), helped=levelled(inp.helped), hurt=levelled(inp.hurt))
+
+
 def render_simulate(inp: SimulateInput) -> str:
     lines = [f"{i}: {json.dumps(toks, ensure_ascii=False)}" for i, toks in enumerate(inp.examples, 1)]
     return _template("simulate_user.txt").substitute(explanation=inp.explanation, examples="\n".join(lines))
@@ -159,8 +169,10 @@ def render_logits(inp: LogitInput) -> str:
 
 def build_messages(task: str, inp) -> tuple[str, list[dict]]:
     """(system prompt, messages with the few-shot demonstrations first) for a task."""
-    render = {"explain": render_explain, "simulate": render_simulate, "logits": render_logits}[task]
-    cls = {"explain": ExplainInput, "simulate": SimulateInput, "logits": LogitInput}[task]
+    render = {"explain": render_explain, "simulate": render_simulate, "logits": render_logits,
+              "explain_output": render_explain_output}[task]
+    cls = {"explain": ExplainInput, "simulate": SimulateInput, "logits": LogitInput,
+           "explain_output": OutputExplainInput}[task]
     system = (PROMPTS_DIR / f"{task}_system.txt").read_text(encoding="utf-8").strip()
     messages = []
     for demo in _demos(f"{task}_demos.json"):
@@ -461,6 +473,10 @@ class LLMBackend:
 
     def explain(self, inp: ExplainInput) -> str:
         return self._ask("explain", inp, parse_explanation)
+
+    def explain_output(self, inp: OutputExplainInput) -> str:
+        """An explanation of what the unit does (``autointerp.output_side``), from its logits and measured effects."""
+        return self._ask("explain_output", inp, parse_explanation)
 
     def simulate(self, inp: SimulateInput) -> list[list[float]]:
         budget = max(self.max_tokens, 4 * sum(len(x) for x in inp.examples) + 200)

@@ -6,6 +6,12 @@ its explanation examples (mean 0-9 activation per token and per preceding token)
 tokens its output promotes, and the simulator looks tokens up in that table, reading it back
 from the explanation text alone. It captures token-level and bigram units, not contexts,
 meaning or syntax, so its scores are a lower bound on what an LLM explainer would reach.
+
+Its **output-side** mode (:meth:`OfflineBackend.explain_output`, ``autointerp.output_side``) explains
+what a unit *does* instead: the tokens it promotes and suppresses (its logit weights) and the next
+tokens whose prediction it measurably helps where it fires, each with a 0-9 level. Its simulator
+reads such an explanation the other way round: a unit that helps predict ``t`` is predicted active
+right before ``t``.
 """
 from __future__ import annotations
 
@@ -17,13 +23,15 @@ from functools import lru_cache
 import numpy as np
 
 from ..core.corpus import script_of
-from .protocol import ExplainInput, LogitInput, ParseFailure, SimulateInput
+from .protocol import ExplainInput, LogitInput, OutputExplainInput, ParseFailure, SimulateInput
 
 _JSON_STR = r'"(?:[^"\\]|\\.)*"'
 _ENTRY = re.compile(rf"({_JSON_STR}) \((\d)\)")
 _TOKEN = re.compile(_JSON_STR)
 SECTIONS = ("Fires on the tokens:", "Also fires on other tokens of these kinds:", "Also fires right after:",
-            "Output promotes:", "Seen in contexts like:")
+            "Output promotes:", "Seen in contexts like:", "Output suppresses:", "Helps predict the next token:",
+            "Hurts predicting the next token:")
+OUTPUT_HEADER = "Statistical explanation of the output side (offline baseline"
 
 
 def _q(s: str) -> str:
@@ -60,6 +68,14 @@ def token_class(tok: str) -> str:
     if t.isalnum():
         return "letters and digits"
     return "punctuation"
+
+
+def _predict_before(toks: list[str], before: dict) -> np.ndarray:
+    """Each token gets the level of the token that follows it (0 for the last: nothing visible follows)."""
+    out = np.zeros(len(toks))
+    for i in range(len(toks) - 1):
+        out[i] = before.get(toks[i + 1], 0)
+    return out
 
 
 def _predict(toks: list[str], on: dict, after: dict, classes: dict | None = None) -> np.ndarray:
@@ -127,6 +143,21 @@ class OfflineBackend:
             parts.append("Seen in contexts like: " + _q("".join(best[0]["tokens"])))
         return " ".join(parts)
 
+    def explain_output(self, inp: OutputExplainInput) -> str:
+        """The output side as text in the style of :meth:`explain`: what the unit promotes and suppresses
+        (logit weights) and, measured where it fires, the next tokens it helps and hurts, each with a level."""
+        entries = lambda pairs: ", ".join(f"{_q(t)} ({int(m)})" for t, m in pairs)  # noqa: E731
+        head = OUTPUT_HEADER + (f"; effects measured at {inp.contexts} positions where it fires)." if inp.contexts
+                                else "; no measured effects).")
+        parts = [head, "Output promotes: " + (entries(zip(inp.top_logits, inp.top_levels)) or "none") + "."]
+        if inp.bottom_logits:
+            parts.append("Output suppresses: " + ", ".join(_q(t) for t in inp.bottom_logits) + ".")
+        if inp.helped:
+            parts.append("Helps predict the next token: " + entries(inp.helped) + ".")
+        if inp.hurt:
+            parts.append("Hurts predicting the next token: " + entries(inp.hurt) + ".")
+        return " ".join(parts)
+
     def _table(self, stats, limit, floor) -> list[tuple[int, str]]:
         """(rounded shrunk mean, token) for the tokens that explain the most squared activation."""
         rows = []
@@ -147,6 +178,23 @@ class OfflineBackend:
         return err
 
     @staticmethod
+    def is_output_side(text: str) -> bool:
+        return text.startswith(OUTPUT_HEADER)
+
+    @staticmethod
+    def parse_output_explanation(text: str) -> dict:
+        """``{"promoted", "helped", "hurt": {token: 0-9}, "suppressed": [token]}`` from an output-side text."""
+        if not OfflineBackend.is_output_side(text):
+            raise ParseFailure("not an offline output-side explanation (it does not begin with "
+                               f"{OUTPUT_HEADER!r}): use the backend that wrote it")
+        sec = _sections(text)
+        def entries(s):
+            return {json.loads(t): int(v) for t, v in _ENTRY.findall(s)}
+        return {"promoted": entries(sec.get("Output promotes:", "")), "helped": entries(sec.get("Helps predict the next token:", "")),
+                "hurt": entries(sec.get("Hurts predicting the next token:", "")),
+                "suppressed": [json.loads(t) for t in _TOKEN.findall(sec.get("Output suppresses:", ""))]}
+
+    @staticmethod
     def parse_explanation(text: str) -> dict:
         """``{"on", "classes", "after": {token or class: 0-9}, "promoted": [token]}`` from the text."""
         sec = _sections(text)
@@ -160,13 +208,25 @@ class OfflineBackend:
                 "classes": entries(sec.get("Also fires on other tokens of these kinds:", "")), "promoted": promoted}
 
     def simulate(self, inp: SimulateInput) -> list[list[float]]:
+        if self.is_output_side(inp.explanation):
+            # what it does, read backwards: active right before a token it helps predict (its measured
+            # level) or promotes (its logit level), whichever is larger
+            e = self.parse_output_explanation(inp.explanation)
+            before = dict(e["promoted"])
+            for t, m in e["helped"].items():
+                before[t] = max(m, before.get(t, 0))
+            return [_predict_before(toks, before).tolist() for toks in inp.examples]
         e = self.parse_explanation(inp.explanation)
         return [_predict(toks, e["on"], e["after"], e["classes"]).tolist() for toks in inp.examples]
 
     def label_logits(self, inp: LogitInput) -> list[bool]:
         """Rank tokens by likeness to the promoted (and firing) tokens; label the top half."""
-        e = self.parse_explanation(inp.explanation)
-        ref = e["promoted"] or list(e["on"])
+        if self.is_output_side(inp.explanation):
+            e = self.parse_output_explanation(inp.explanation)
+            ref = list(e["promoted"]) + [t for t in e["helped"] if t not in e["promoted"]]
+        else:
+            e = self.parse_explanation(inp.explanation)
+            ref = e["promoted"] or list(e["on"])
         classes = Counter(token_class(t) for t in ref)
         grams = {t.strip().lower()[i:i + 2] for t in ref for i in range(max(1, len(t.strip()) - 1))}
         def sim(t):
