@@ -40,6 +40,8 @@ def build_stages(preset, store):
         # (on paper, whose recipe is the paper's, this is A/1 and loads at once)
         ("SAE A/1 paper2023", lambda: get_paper_sae(preset, which="A", store=store)),
         ("SAE family A", lambda: get_sae_family(preset, which="A", store=store)),
+        # one nested (Matryoshka) SAE of the family's widest width, on that member's tokens (notebook 05)
+        ("Matryoshka A", lambda: get_matryoshka_sae(preset, store, which="A")),
         ("SAE randomized", lambda: get_randomized_sae(preset, store=store)),
         ("SAE A/1 TopK", lambda: get_topk_sae(preset, which="A", store=store)),
         # notebook 01's four recipes on the TopK run's tokens; its topk entry is that very artifact
@@ -65,8 +67,7 @@ def build_stages(preset, store):
         ("universality comparison", lambda: get_comparison(preset, store)),
         ("family analysis", lambda: get_family_analysis(preset, store)),
         ("family UMAP", lambda: get_umap_layout(preset, store)),
-        # notebook 05's nested dictionary: one Matryoshka SAE beside the family (the family's widest member's tokens)
-        ("Matryoshka A", lambda: get_matryoshka_sae(preset, store, which="A")),
+        # notebook 05's nested dictionary beside the family (the SAE is trained above, beside the family)
         ("Matryoshka analysis", lambda: get_matryoshka_analysis(preset, store)),
         # notebook 07 / the results file: do the attribution graphs predict interventions?
         ("circuit interventions", lambda: get_intervention_agreement(preset, store)),
