@@ -11,6 +11,7 @@ from .autointerp.run import get_offline_scores, get_randomized_index, get_random
 from .circuits.interp import get_transcoder_interp
 from .circuits.interventions import get_intervention_agreement
 from .evaluation.controls import get_frozen_decoder_sae, get_pca_dictionary
+from .evaluation.panel import get_evaluation_panel
 from .evaluation.seeds import get_seed_runs
 from .pipeline.indexes import get_index, get_paper_index
 from .pipeline.models import get_corpus_dir, get_model, get_tokenizer, get_tokens
@@ -73,6 +74,8 @@ def build_stages(preset, store):
         ("circuit interventions", lambda: get_intervention_agreement(preset, store)),
         # notebook 07: the transcoder's features on the offline autointerp and the proxies, beside A/1's
         ("transcoder autointerp", lambda: get_transcoder_interp(preset, store)),
+        # notebook 08: every measure for every dictionary and control, on fewer tokens and units than A/1's tables
+        ("evaluation panel", lambda: get_evaluation_panel(preset, store)),
     ]
     return stages
 
@@ -100,4 +103,6 @@ STAGE_DEPS = {
     "Matryoshka A": ("model A",), "Matryoshka analysis": ("Matryoshka A", "family analysis"),
     "circuit interventions": ("transcoder A",),
     "transcoder autointerp": ("transcoder A", "autointerp offline", "proxy table"),
+    "evaluation panel": ("SAE A/1", "SAE A/1 paper2023", "SAE randomized", "SAE A/1 frozen decoder", "PCA A",
+                         "SAE A/1 seeds", "universality comparison"),
 }
