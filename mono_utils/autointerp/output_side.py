@@ -234,6 +234,9 @@ def run_unit_output(backend, acts, corpus: EvalCorpus, unit: int = 0, kind: str 
     nxt, eff, vocab_effect = measured_effects(probe, unit, acts, corpus, ue)
     row["effect_positions"] = int(len(nxt))
     if vocab_effect is not None:
+        if len(vocab_effect) != len(logit_weights):
+            raise ValueError(f"the logit weights cover {len(logit_weights)} tokens but the probe's model has "
+                             f"{len(vocab_effect)}: pass the logit weights of the probe's model")
         row["effect_vs_logits"] = weighted_spearman(np.asarray(logit_weights, np.float64), vocab_effect)
     oin = output_explain_input(logit_weights, corpus.vocab_strs, nxt, eff, len(nxt), cfg)
     test = logit_test_tokens(logit_weights, s, cfg)
