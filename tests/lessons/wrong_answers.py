@@ -916,3 +916,60 @@ def rounded_to_integers(m, t):
 def x_hat_as_a_list(x, We, be, Wd, bd):
     f = torch.relu((x - bd) @ We + be)
     return f, (f @ Wd + bd).tolist()
+
+
+# ---------------------------------------------------------------- 08.1 absorption_rate(feature_acts, labels, main, decoder, direction, min_cos)
+def _carriers(decoder, direction, main, min_cos, normalise=True):
+    d = np.asarray(decoder, float)
+    if normalise:
+        d = d / np.linalg.norm(d, axis=1, keepdims=True)
+    u = np.asarray(direction, float) / np.linalg.norm(direction)
+    return [j for j in np.flatnonzero(d @ u >= min_cos) if j != main]
+
+
+@wrong("08.1", "check_absorption_rate", "divided by every token")
+def absorption_over_all_tokens(acts, labels, main, decoder, direction, min_cos=0.5):
+    c = _carriers(decoder, direction, main, min_cos)
+    hit = labels & (acts[:, main] == 0) & (acts[:, c] > 0).any(1)
+    return hit.sum() / len(labels)
+
+
+@wrong("08.1", "check_absorption_rate", "1 - its recall")
+def only_the_main_feature_silent(acts, labels, main, decoder, direction, min_cos=0.5):
+    return float((acts[labels, main] == 0).mean())
+
+
+@wrong("08.1", "check_absorption_rate", "raw dot products")
+def unnormalised_decoder(acts, labels, main, decoder, direction, min_cos=0.5):
+    c = _carriers(decoder, direction, main, min_cos, normalise=False)
+    dom = acts[labels]
+    return float(((dom[:, main] == 0) & (dom[:, c] > 0).any(1)).mean())
+
+
+@wrong("08.1", "check_absorption_rate", "firing beside the main feature is not absorption")
+def absorber_fires_anywhere(acts, labels, main, decoder, direction, min_cos=0.5):
+    c = _carriers(decoder, direction, main, min_cos)
+    return float((acts[labels][:, c] > 0).any(1).mean())
+
+
+@wrong("08.1", "check_absorption_rate", "pointing AWAY")
+def absolute_cosine(acts, labels, main, decoder, direction, min_cos=0.5):
+    d = decoder / np.linalg.norm(decoder, axis=1, keepdims=True)
+    cos = d @ (direction / np.linalg.norm(direction))
+    c = [j for j in np.flatnonzero(np.abs(cos) >= min_cos) if j != main]
+    dom = acts[labels]
+    return float(((dom[:, main] == 0) & (dom[:, c] > 0).any(1)).mean())
+
+
+@right("08.1", "check_absorption_rate")
+def absorption_token_by_token(acts, labels, main, decoder, direction, min_cos=0.5):
+    u = torch.as_tensor(direction, dtype=torch.float64)
+    u = u / u.norm()
+    carriers = [j for j in range(len(decoder)) if j != main and
+                float(torch.as_tensor(decoder[j], dtype=torch.float64) @ u) / float(np.linalg.norm(decoder[j])) >= min_cos]
+    n = hits = 0
+    for t in range(len(labels)):
+        if labels[t]:
+            n += 1
+            hits += acts[t, main] <= 0 and any(acts[t, j] > 0 for j in carriers)
+    return hits / n
