@@ -339,7 +339,8 @@ class SparseAutoencoder(nn.Module):
                              "prefix() needs a ReLU or BatchTopK (JumpReLU) SAE")
         if isinstance(m, bool) or not isinstance(m, int) or not 0 < m <= c.d_sae:
             raise ValueError(f"prefix size must be an integer in 1..{c.d_sae}, got {m!r}")
-        cfg = SAEConfig.from_dict({**c.to_dict(), "d_sae": m, "matryoshka_prefixes": ()})
+        # k: BatchTopK's training sparsity, unused at inference (the threshold decides), at most d_sae
+        cfg = SAEConfig.from_dict({**c.to_dict(), "d_sae": m, "k": min(c.k, m), "matryoshka_prefixes": ()})
         out = SparseAutoencoder(cfg).to(self.device)
         with torch.no_grad():
             out.W_enc.copy_(self.W_enc[:, :m])
