@@ -164,7 +164,7 @@ EXERCISES = "mono_utils.lessons"
 # keyed by how a notebook's file name starts; the longest key wins, so the superposition intro (a notebook
 # before 00 that needs no build) may use core only, while 00_model and 01 may use pipeline
 NOTEBOOK_LESSON = {"00_intro": "core", "00": None, "01": None, "02": "features", "03": "autointerp", "04": "universality",
-                   "05": "splitting", "06": "steering", "07": "circuits"}
+                   "05": "splitting", "06": "steering", "07": "circuits", "08": "evaluation"}
 
 
 def notebook_imports(path: Path) -> list[str]:
