@@ -468,3 +468,28 @@ def panel_figure(panel: EvaluationPanel, title: str | None = None):
                                      "spread, ≈ within it, ✘ not beyond",
                       height=60 + 26 * len(t), margin=dict(l=10, r=10, t=60, b=10), xaxis_side="top")
     return fig
+
+
+def probing_figure(panel: EvaluationPanel, title: str | None = None):
+    """Mean held-out accuracy against k (log axis), one line per dictionary: the domain tasks on the left, the hard
+    pairs on the right; chance (0.5) dashed. Controls dashed, the seed runs thin, so A/1's spread shows."""
+    from plotly.subplots import make_subplots  # lazy: plotly is heavy: figures only
+    s = panel.probing_summary()
+    kinds = [k for k in ("domain", "pair") if k in s.columns.get_level_values(0)]
+    fig = make_subplots(rows=1, cols=len(kinds), shared_yaxes=True,
+                        subplot_titles=[{"domain": "each domain against the rest", "pair": "hard pairs"}[k] for k in kinds])
+    kind_of = dict(zip(panel.dictionaries["dictionary"], panel.dictionaries["kind"]))
+    for c, kind in enumerate(kinds, start=1):
+        ks = sorted(s[kind].columns)
+        for name in s.index:
+            seed = name.startswith("A/1 seed")
+            fig.add_scatter(x=ks, y=[s.loc[name, (kind, k)] for k in ks], mode="lines+markers", name=name,
+                            legendgroup=name, showlegend=c == 1, row=1, col=c,
+                            line=dict(dash="dash" if kind_of.get(name) == CONTROL else "solid",
+                                      width=1 if seed else 2.5),
+                            opacity=0.6 if seed else 1.0)
+        fig.add_hline(y=0.5, line_dash="dot", line_color="grey", row=1, col=c)
+    fig.update_xaxes(type="log", title_text="k (units the probe reads)")
+    fig.update_yaxes(title_text="held-out accuracy (balanced)", row=1, col=1)
+    fig.update_layout(height=380, title=title or "Sparse probing: how many units does a label need?")
+    return fig

@@ -231,9 +231,10 @@ def probing_summary(table: pd.DataFrame) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------- absorption
-def best_unit(acts: sp.csr_matrix, y: np.ndarray) -> tuple[int, float, float, float]:
-    """(unit, precision, recall, F1) of the unit with the best F1 at "on" (> 0) for the bool label ``y``."""
-    on = acts.tocsr(copy=True)
+def best_unit(acts, y: np.ndarray) -> tuple[int, float, float, float]:
+    """(unit, precision, recall, F1) of the unit with the best F1 at "on" (> 0) for the bool label ``y``;
+    ``acts`` [tokens, units], sparse or dense."""
+    on = acts.tocsr(copy=True) if sp.issparse(acts) else sp.csr_matrix(np.asarray(acts))
     on.data = (on.data > 0).astype(np.float64)
     fires = np.asarray(on.sum(0)).ravel()
     hits = np.asarray(on.T @ y.astype(np.float64)).ravel()
