@@ -52,6 +52,11 @@ NESTED, FAMILY = "nested", "family"   # the two dictionaries of every table: one
 MIN_COS = 0.5        # a feature carries a domain's direction at this decoder cosine (core.probing's default)
 MIN_TOKENS = 32      # subdomains with fewer tokens on the analysed rows are left out
 SPECIFIC = 0.5       # an owner is specific when at least half of its firings are on its domain (the probing table's bar)
+# the tables' columns, in order (the stored JSON keeps no order)
+COLUMNS = {"quality": ["dictionary", "width", "train tokens", "L0", "FVU", "loss recovered", "dead"],
+           "owners": ["domain", "tokens", "dictionary", "width", "owner", "f1", "recall", "precision", "specific",
+                      "absorption", "absorbers", "keeps first owner"],
+           "links": ["dictionary", "step", "live new features", "linked_frac", "parents_that_split", "max_children"]}
 
 
 def matryoshka_tokens(p: Preset) -> int:
@@ -284,8 +289,8 @@ def get_matryoshka_analysis(preset=None, store=None, *, progress: bool = True, m
         return {"sizes": np.asarray(sizes, np.int64)}, {**res, "params": config}
 
     _, meta = cached_result(f"matryoshka-{p.name}", config, compute, s)
-    return MatryoshkaAnalysis(sizes, pd.DataFrame(meta["quality"]), pd.DataFrame(meta["owners"]),
-                              pd.DataFrame(meta["links"]), meta["params"])
+    tables = {k: pd.DataFrame(meta[k], columns=cols) for k, cols in COLUMNS.items()}
+    return MatryoshkaAnalysis(sizes, tables["quality"], tables["owners"], tables["links"], meta["params"])
 
 
 # ---------------------------------------------------------------- notebook 05's views
