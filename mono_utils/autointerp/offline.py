@@ -70,6 +70,14 @@ def token_class(tok: str) -> str:
     return "punctuation"
 
 
+def _marked(tokens: list[str], acts: list[int]) -> str:
+    """A context as the explainer's prompt shows it: each active token as ``«token:N»`` (N its 0-9 level).
+
+    A reader sees where the unit fired, and a quoted run of digits (a constant in code) is cut by the
+    marks where the unit fires on it, instead of reading as one long number."""
+    return "".join(f"\u00ab{t}:{a}\u00bb" if a > 0 else t for t, a in zip(tokens, acts))
+
+
 def _predict_before(toks: list[str], before: dict) -> np.ndarray:
     """Each token gets the level of the token that follows it (0 for the last: nothing visible follows)."""
     out = np.zeros(len(toks))
@@ -140,7 +148,7 @@ class OfflineBackend:
         if inp.top_logits:
             parts.append("Output promotes: " + ", ".join(_q(t) for t in inp.top_logits) + ".")
         if best[0] is not None:
-            parts.append("Seen in contexts like: " + _q("".join(best[0]["tokens"])))
+            parts.append("Seen in contexts like: " + _q(_marked(best[0]["tokens"], best[0]["acts"])))
         return " ".join(parts)
 
     def explain_output(self, inp: OutputExplainInput) -> str:

@@ -481,7 +481,8 @@ def score_all(sources: dict, backend, n_units: int | None = None, seed: int = 0,
 
 
 # ---------------------------------------------------------------- cached offline scores (notebook 03, the build)
-OFFLINE_SCORES_VERSION = 2   # 2: every score of autointerp.scores, the density-matched neurons
+OFFLINE_SCORES_VERSION = 3   # 2: every score of autointerp.scores, the density-matched neurons; 3: the
+                             # explanation's context marks the active tokens (offline._marked)
 
 
 def default_n_units(preset) -> int | None:
