@@ -52,7 +52,7 @@ from .run import (_frame_from_parts, _frame_to_parts, get_randomized_sae, preset
                   source_identity, unit_seed, with_density_control)
 from .scores import KIND_LABELS, median_ci
 
-OUTPUT_SIDE_VERSION = 1
+OUTPUT_SIDE_VERSION = 2   # 2: residuals read through a shared float16 cache (ResidualCache)
 HOOK_FINAL_RESID = "ln_final.hook_in"    # the residual stream the final LayerNorm reads
 LOGIT_CHANCE = 0.5                       # 50 promoted + 50 random tokens: any guess blind to the truth
 SIMULATION_CHANCE = 0.0                  # a constant or random prediction
@@ -67,14 +67,56 @@ class _Stop(Exception):
     pass
 
 
+@torch.no_grad()
+def final_residual(model, tokens: torch.Tensor) -> torch.Tensor:
+    """[rows, n, d_model] float32: the residual stream the final LayerNorm reads (the forward pass stops there)."""
+    box = {}
+
+    def grab(act, hook):
+        box["act"] = act.detach()
+        raise _Stop
+    try:
+        model.run_with_hooks(tokens, fwd_hooks=[(HOOK_FINAL_RESID, grab)])
+    except _Stop:
+        pass
+    return box["act"].float()
+
+
+class ResidualCache:
+    """Final residuals of whole rows of ``tokens`` [rows, n_ctx] through ``model``, computed on demand and kept
+    (float16: 32 kB a row of 128 x 128) for every probe of that model on that corpus: scoring many units reads
+    each row once instead of once per unit that drew it. The rounding to float16 (a relative 5e-4) is shared by
+    the clean and the ablated prediction, so a measured effect moves by far less than its 0-9 level's step."""
+
+    def __init__(self, model, tokens, batch_rows: int = 64):
+        self.model, self.tokens, self.batch_rows = model, np.asarray(tokens), int(batch_rows)
+        self._rows: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @torch.no_grad()
+    def rows(self, row_ids) -> torch.Tensor:
+        """[len(row_ids), n_ctx, d_model] float32."""
+        row_ids = [int(r) for r in row_ids]
+        missing = sorted(set(row_ids) - set(self._rows))
+        for i in range(0, len(missing), self.batch_rows):
+            chunk = missing[i:i + self.batch_rows]
+            resid = final_residual(self.model, torch.as_tensor(self.tokens[chunk].astype(np.int64)))
+            for r, x in zip(chunk, resid.half()):
+                self._rows[r] = x
+        return torch.stack([self._rows[r] for r in row_ids]).float()
+
+
 class EffectProbe:
     """A unit's measured effect on the next token: removed where it fires, in a one-layer model.
 
     ``directions`` [units, d_model]: what each unit writes into the residual stream (a feature:
-    ``W_dec_raw[i] @ W_out``; a neuron: ``W_out[i]``). Build one with :meth:`of`.
+    ``W_dec_raw[i] @ W_out``; a neuron: ``W_out[i]``). Build one with :meth:`of`; :meth:`with_cache` shares
+    a :class:`ResidualCache` between probes of one model (the build's many units).
     """
 
-    def __init__(self, model, directions, batch_rows: int = 64):
+    def __init__(self, model, directions, batch_rows: int = 16, cache: ResidualCache | None = None):
         cfg = model_config_of(model)
         if cfg.n_layers != 1:
             raise ValueError(f"EffectProbe's short cut holds for a one-layer model only, not {cfg.n_layers} "
@@ -82,7 +124,9 @@ class EffectProbe:
         d = torch.as_tensor(np.asarray(directions, np.float32))
         if d.ndim != 2 or d.shape[1] != cfg.d_model:
             raise ValueError(f"directions must be [units, d_model={cfg.d_model}], got {tuple(d.shape)}")
-        self.model, self.directions, self.batch_rows = model, d, int(batch_rows)
+        if cache is not None and cache.model is not model:
+            raise ValueError("the residual cache belongs to another model: make one per model (ResidualCache(model, ...))")
+        self.model, self.directions, self.batch_rows, self.cache = model, d, int(batch_rows), cache
 
     @classmethod
     @torch.no_grad()
@@ -92,18 +136,9 @@ class EffectProbe:
         dirs = sae.W_dec_raw.detach().float() @ wo if sae is not None else wo
         return cls(model, dirs.numpy(), **kw)
 
-    @torch.no_grad()
-    def _residual(self, tokens: torch.Tensor) -> torch.Tensor:
-        box = {}
-
-        def grab(act, hook):
-            box["act"] = act.detach()
-            raise _Stop
-        try:
-            self.model.run_with_hooks(tokens, fwd_hooks=[(HOOK_FINAL_RESID, grab)])
-        except _Stop:
-            pass
-        return box["act"].float()
+    def with_cache(self, cache: ResidualCache | None) -> "EffectProbe":
+        """The same probe reading whole rows through ``cache`` (rows named by their index in the cache's tokens)."""
+        return EffectProbe(self.model, self.directions, self.batch_rows, cache)
 
     @torch.no_grad()
     def _log_probs(self, resid: torch.Tensor) -> torch.Tensor:
@@ -111,14 +146,37 @@ class EffectProbe:
         return torch.log_softmax(logits.float(), dim=-1)
 
     @torch.no_grad()
-    def effects(self, unit: int, tokens, acts) -> tuple[np.ndarray, np.ndarray | None]:
+    def _residual_at(self, tokens: np.ndarray, pos: np.ndarray, row_ids) -> torch.Tensor:
+        """[len(pos), d_model]: the residual at each (row, position) of ``pos``."""
+        if self.cache is not None and row_ids is not None:
+            rows = np.unique(pos[:, 0])
+            resid = self.cache.rows(np.asarray(row_ids)[rows])
+            where = np.searchsorted(rows, pos[:, 0])
+            return resid[where, pos[:, 1]]
+        # causal: a row is read up to its last needed position only; rows of like widths share a batch
+        last = np.zeros(len(tokens), np.int64)
+        np.maximum.at(last, pos[:, 0], pos[:, 1])
+        rows = np.unique(pos[:, 0])
+        rows = rows[np.argsort(last[rows], kind="stable")]
+        r = torch.empty((len(pos), self.directions.shape[1]))
+        for i in range(0, len(rows), self.batch_rows):
+            chunk = rows[i:i + self.batch_rows]
+            resid = final_residual(self.model, torch.as_tensor(tokens[chunk, :int(last[chunk].max()) + 1].astype(np.int64)))
+            where = {int(row): k for k, row in enumerate(chunk)}
+            sel = np.flatnonzero(np.isin(pos[:, 0], chunk))
+            r[sel] = resid[[where[int(row)] for row in pos[sel, 0]], pos[sel, 1]]
+        return r
+
+    @torch.no_grad()
+    def effects(self, unit: int, tokens, acts, row_ids=None) -> tuple[np.ndarray, np.ndarray | None]:
         """``(next_effect, vocab_effect)`` of ``unit`` on token rows ``tokens`` [k, n_ctx] where it has
         activations ``acts`` [k, n_ctx] (zero where it should not be removed).
 
         ``next_effect[r, p]`` = log P(token p | clean) - log P(token p | unit removed at p - 1), as
         ``features.dashboards.ablation_effects`` (positive: the unit helped predict token p); 0 where
         the unit was silent at p - 1 and at p = 0. ``vocab_effect`` [d_vocab]: the mean change of every
-        token's log-probability over those positions (None when there are none).
+        token's log-probability over those positions (None when there are none). ``row_ids`` [k]: the
+        rows' indices in the probe's cache (``with_cache``), if it has one.
         """
         tokens = np.asarray(tokens)
         acts = np.asarray(acts, np.float32)
@@ -128,15 +186,9 @@ class EffectProbe:
         pos = np.argwhere(acts[:, :-1] > 0)
         if len(pos) == 0:
             return out, None
-        direction = self.directions[int(unit)]
-        rows = np.unique(pos[:, 0])
-        width = int(pos[:, 1].max()) + 1              # causal: nothing after the last position matters
-        row_of = {int(r): i for i, r in enumerate(rows)}
-        resid = torch.cat([self._residual(torch.as_tensor(tokens[rows[i:i + self.batch_rows], :width].astype(np.int64)))
-                           for i in range(0, len(rows), self.batch_rows)])
-        r = resid[[row_of[int(i)] for i in pos[:, 0]], pos[:, 1]]                  # [m, d_model]
+        r = self._residual_at(tokens, pos, row_ids)
         a = torch.as_tensor(acts[pos[:, 0], pos[:, 1]])[:, None]
-        clean, ablated = self._log_probs(r), self._log_probs(r - a * direction)
+        clean, ablated = self._log_probs(r), self._log_probs(r - a * self.directions[int(unit)])
         nxt = torch.as_tensor(tokens[pos[:, 0], pos[:, 1] + 1].astype(np.int64))
         idx = torch.arange(len(pos))
         out[pos[:, 0], pos[:, 1] + 1] = (clean[idx, nxt] - ablated[idx, nxt]).numpy()
@@ -201,7 +253,8 @@ def measured_effects(probe: EffectProbe | None, unit: int, acts: np.ndarray, cor
     for i, e in enumerate(ue.explain):
         masked[i, e.start:e.start + len(e.acts)] = acts[e.row, e.start:e.start + len(e.acts)]
     tokens = corpus.tokens[rows]
-    eff, vocab_effect = probe.effects(unit, tokens, masked)
+    cached = probe.cache is not None and probe.cache.tokens is corpus.tokens     # rows named in that corpus
+    eff, vocab_effect = probe.effects(unit, tokens, masked, row_ids=rows if cached else None)
     r, p = np.nonzero(masked[:, :-1] > 0)      # the last position has no next token in its row
     return tokens[r, p + 1].astype(np.int64), eff[r, p + 1].astype(np.float64), vocab_effect
 
@@ -329,9 +382,16 @@ def cached_output_side(sources: dict, probes: dict, n_units: int | None, seed: i
 
     def compute():
         arrays, meta = {}, {"kinds": list(sources)}
-        for k, src in sources.items():
-            df = score_output_side(src, sample_units(src, n_units, seed), backend, probes[k], seed=seed,
-                                   progress=progress)
+        # kinds of one model on one corpus share its residuals (each row read once), one model at a time
+        key = {k: (id(probes[k].model), id(src.corpus.tokens)) for k, src in sources.items()}
+        order = sorted(sources, key=lambda k: list(dict.fromkeys(key.values())).index(key[k]))
+        cache = None
+        for k in order:
+            src = sources[k]
+            if cache is None or (id(cache.model), id(cache.tokens)) != key[k]:
+                cache = ResidualCache(probes[k].model, src.corpus.tokens)
+            df = score_output_side(src, sample_units(src, n_units, seed), backend, probes[k].with_cache(cache),
+                                   seed=seed, progress=progress)
             a, m = _frame_to_parts(k, df)
             arrays.update(a)
             meta[k] = m

@@ -141,6 +141,14 @@ def test_effect_probe_equals_the_dashboards_ablation_effects(tiny_model):
     eff, _ = osd.EffectProbe.of(tiny_model, sae).effects(u, tokens, f[..., u].numpy())
     ref = ablation_effects(tiny_model, tokens, "feature", u, sae)
     assert np.abs(ref).max() > 0 and np.allclose(eff, ref, atol=2e-5), np.abs(eff - ref).max()
+    # whole rows through a shared float16 cache: the same effects, to well under a level's step
+    cache = osd.ResidualCache(tiny_model, tokens)
+    cached, cached_vocab = osd.EffectProbe.of(tiny_model, sae).with_cache(cache).effects(
+        u, tokens, f[..., u].numpy(), row_ids=np.arange(len(tokens)))
+    assert np.allclose(cached, eff, atol=2e-3) and len(cache) == int((f[:, :-1, u] > 0).any(1).sum())
+    with pytest.raises(ValueError, match="another model"):
+        osd.EffectProbe(osd.EffectProbe.of(tiny_model).model, np.zeros((2, 32)),
+                        cache=osd.ResidualCache(object(), tokens))
     # where the unit is silent nothing changes; a unit silent everywhere has no vocabulary effect
     none, vocab_none = osd.EffectProbe.of(tiny_model).effects(3, tokens, np.zeros(tokens.shape, np.float32))
     assert not none.any() and vocab_none is None
