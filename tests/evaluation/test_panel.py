@@ -55,12 +55,13 @@ def test_the_panel_marks_what_separates_on_planted_data(planted_panel):
     for key in ("probe_domain_k1", "probe_pair_k1", "specific_labels"):
         assert t.loc[key, "mark"] == EP.SEPARATES, (key, t.loc[key].to_dict())
         assert t.loc[key, "gap to the controls"] > t.loc[key, "seed spread"]
+        assert t.loc[key, "mark, seed runs"] == EP.SEPARATES                # the recipe at the seeds' budget too
     # no SAE folder behind a planted dictionary: reconstruction has no value, hence no mark
     assert t.loc["fvu", "mark"] == EP.NOT_APPLICABLE and math.isnan(t.loc["fvu", "A/1"])
     # universality applies to A/1 and the neurons only: no control has a value
     assert t.loc["universality", "A/1"] == 0.7 and t.loc["universality", "mark"] == EP.NOT_APPLICABLE
     # every mark is one of the rule's
-    assert set(t["mark"]) <= set(EP.MARK_SYMBOL)
+    assert set(t["mark"]) <= set(EP.MARK_SYMBOL) and set(t["mark, seed runs"]) <= set(EP.MARK_SYMBOL)
     marks = planted_panel.marks()
     assert marks["hard pairs, k = 1"] == EP.SEPARATES
 
