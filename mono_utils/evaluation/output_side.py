@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..autointerp.offline import OfflineBackend
-from ..autointerp.output_side import OUTPUT_SIDE_VERSION, EffectProbe, score_output_side
+from ..autointerp.output_side import OUTPUT_SIDE_VERSION, EffectProbe, ResidualCache, score_output_side
 from ..autointerp.protocol import EvalCorpus, ProtocolConfig
 from ..autointerp.run import _frame_from_parts, _frame_to_parts, score_units
 from ..core.model import W_out, direction_logit_weights, model_folder
@@ -63,7 +63,10 @@ def dictionary_square(dictionaries: dict, ts, tokenizer, n_units: int, seed: int
     corpus = EvalCorpus.from_tokenizer(ts.tokens, tokenizer)
     backend = OfflineBackend()
     inputs, outputs = {}, {}
+    cache = None        # the residuals of one model's rows, shared by its dictionaries (iter_acts groups them)
     for name, d, acts, _, _ in iter_acts(dictionaries, ts, progress=progress):
+        if cache is None or cache.model is not d.transformer:
+            cache = ResidualCache(d.transformer, corpus.tokens)
         units = sample_live_units(acts, n_units, seed)
         if not units:
             continue
@@ -71,9 +74,11 @@ def dictionary_square(dictionaries: dict, ts, tokenizer, n_units: int, seed: int
         logits = direction_logit_weights(d.transformer, dirs).cpu().numpy()
         src = _PanelSource(corpus, acts.tocsc(), {u: logits[i] for i, u in enumerate(units)}, name)
         inputs[name] = score_units(src, units, backend, seed=seed, progress=False, verbose=False)
-        outputs[name] = score_output_side(src, units, backend, effect_probe(d), seed=seed, progress=False)
+        outputs[name] = score_output_side(src, units, backend, effect_probe(d).with_cache(cache), seed=seed,
+                                          progress=False)
         del acts
-    return {"input": inputs, "output": outputs}
+    order = [n for n in dictionaries if n in outputs]          # the order asked (iter_acts groups by model)
+    return {"input": {n: inputs[n] for n in order}, "output": {n: outputs[n] for n in order}}
 
 
 def get_dictionary_output_side(preset=None, store=None, *, names=DICTIONARY_NAMES, dictionaries: dict | None = None,
@@ -102,5 +107,7 @@ def get_dictionary_output_side(preset=None, store=None, *, names=DICTIONARY_NAME
         return arrays, meta
 
     arrays, meta = cached_result("dictionary-output-side", config, compute, s, force=force)
-    return {side: {name: _frame_from_parts(f"{side}{i}", arrays, meta[f"{side}{i}"])
-                   for i, name in enumerate(meta["names"])} for side in ("input", "output")}
+    index = {name: i for i, name in enumerate(meta["names"])}
+    order = [n for n in dictionaries if n in index]             # the order asked
+    return {side: {n: _frame_from_parts(f"{side}{index[n]}", arrays, meta[f"{side}{index[n]}"]) for n in order}
+            for side in ("input", "output")}

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from mono_utils.autointerp.output_side import EffectProbe, output_side_table
+from mono_utils.autointerp.scores import KIND_LABELS
 from mono_utils.evaluation import output_side as EO
 
 
@@ -34,7 +35,7 @@ def test_every_dictionary_gets_both_halves_once_then_loads(tiny, smoke_store, mo
         assert len(ok) and ok.out_logit_accuracy.between(0, 1).all(), name
         assert (ok.effect_positions > 0).mean() > 0.8, name
     table = output_side_table(sq["input"], sq["output"])
-    assert list(table.index) == [*DICTIONARY_NAMES, "chance"]
+    assert list(table.index) == [*(KIND_LABELS.get(n, n) for n in DICTIONARY_NAMES), "chance"]
     monkeypatch.setattr(EO, "dictionary_square", lambda *a, **k: pytest.fail("recomputed instead of loaded"))
     again = EO.get_dictionary_output_side(tiny, smoke_store, dictionaries=dicts, progress=False)
     for side in ("input", "output"):
