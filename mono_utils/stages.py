@@ -11,6 +11,7 @@ from .autointerp.run import get_offline_scores, get_randomized_index, get_random
 from .circuits.interp import get_transcoder_interp
 from .circuits.interventions import get_intervention_agreement
 from .evaluation.controls import get_frozen_decoder_sae, get_pca_dictionary
+from .evaluation.output_side import get_dictionary_output_side
 from .evaluation.panel import get_evaluation_panel
 from .evaluation.seeds import get_seed_runs
 from .pipeline.indexes import get_index, get_paper_index
@@ -64,6 +65,8 @@ def build_stages(preset, store):
         ("autointerp offline", lambda: get_offline_scores(preset, store)),
         # notebook 03's output side: what each unit does, explained and scored as its input side is
         ("autointerp output side", lambda: get_output_side(preset, store)),
+        # the same for every dictionary of issue 30 (the frozen-decoder and PCA controls too), on held-out rows
+        ("autointerp output side, every dictionary", lambda: get_dictionary_output_side(preset, store)),
         ("feature catalog", lambda: get_feature_catalog(preset, store)),
         ("universality comparison", lambda: get_comparison(preset, store)),
         ("family analysis", lambda: get_family_analysis(preset, store)),
@@ -98,6 +101,8 @@ STAGE_DEPS = {
     "proxy table paper2023": ("index A/1 paper2023",),
     "autointerp offline": ("index A/1", "index randomized", "index A/1 paper2023"),
     "autointerp output side": ("index A/1", "index randomized", "index A/1 paper2023"),
+    "autointerp output side, every dictionary": ("SAE A/1", "SAE A/1 paper2023", "SAE randomized",
+                                                 "SAE A/1 frozen decoder", "PCA A"),
     "feature catalog": ("SAE A/1",), "universality comparison": ("SAE A/1", "SAE B/1"),
     "family analysis": ("SAE family A",), "family UMAP": ("family analysis",),
     "Matryoshka A": ("model A",), "Matryoshka analysis": ("Matryoshka A", "family analysis"),
