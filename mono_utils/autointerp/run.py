@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 from ..pipeline.indexes import get_index, index_source, sae_identity
 from ..pipeline.models import get_model, get_tokenizer, get_tokens, model_artifact_config
 from ..pipeline.presets import resolve
-from ..pipeline.saes import get_paper_sae, get_sae, sae_artifact_config, ultralow_cutoff, ultralow_mask
+from ..pipeline.saes import (get_paper_sae, get_sae, sae_artifact_config, side_eval_preset, ultralow_cutoff,
+                              ultralow_mask)
 from ..core.activations import ActivationStream
 from ..core.device import device_name, on_device, pick_device
 from ..core.index import ActivationIndex, build_index
@@ -379,16 +380,17 @@ def randomized_model(model, seed: int = 0):
 
 def get_randomized_sae(preset=None, store=None, *, seed: int = 0, progress: bool = True, model=None,
                        **train_overrides):
-    """``(randomized model A, its SAE)``: the paper's control, A/1's recipe on half its activations
-    (all of them on ``paper``), an artifact.
+    """``(randomized model A, its SAE)``: the paper's control, A/1's recipe on a quarter of its activations
+    (all of them on ``paper``) with the side runs' evaluation (``pipeline.saes.side_eval_preset``), an artifact.
 
     ``model``: model A if already loaded (it is only shuffled, never changed).
     """
     p, s = resolve(preset, store)
     rmodel = randomized_model(model if model is not None else get_model(p, s, which="A", progress=progress), seed)
     model_cfg = model_artifact_config(p, "A")
-    if not p.side_runs_full:   # the control only needs its features' examples: half A/1's activations
-        train_overrides.setdefault("total_tokens", max(p.sae_batch, p.sae_tokens // 2))
+    p = side_eval_preset(p)    # a side run: the smaller evaluation (the model's config above is the preset's own)
+    if not p.side_runs_full:   # the control only needs its features' examples: a quarter of A/1's activations
+        train_overrides.setdefault("total_tokens", max(p.sae_batch, p.sae_tokens // 4))
     # A/1's recipe and setting (preset.sae_recipe), so that the control differs from A/1 only in the model
     cfg, tc, _, _ = sae_artifact_config(p, which="A", seed=seed, **train_overrides)
     cfg = dataclasses.replace(cfg, model_name=f"mono-1l-A-randomized{seed}-{p.name}")

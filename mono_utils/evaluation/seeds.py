@@ -25,12 +25,10 @@ from tqdm.auto import tqdm
 from ..core.malloc_tuning import release_memory
 from ..pipeline.models import get_model
 from ..pipeline.presets import Preset, resolve
-from ..pipeline.saes import get_sae, sae_metrics
+from ..pipeline.saes import get_sae, sae_metrics, side_eval_preset
 
 SEEDS = (0, 1, 2)
 SIDE_FRACTION = 8          # a side run of this package trains on sae_tokens / SIDE_FRACTION activations
-EVAL_FRACTION = 4          # ... and is evaluated on eval_tokens / EVAL_FRACTION held-out tokens
-DENSITY_FRACTION = 2       # ... and its feature densities on density_tokens / DENSITY_FRACTION
 
 # (key in metrics.json, label in the table), in the order notebook 01 shows A/1's figures
 SEED_METRICS = (("l0", "L0"), ("fvu", "FVU"), ("loss_recovered", "loss recovered (zero abl.)"),
@@ -45,15 +43,9 @@ def side_tokens(p: Preset) -> int:
 
 
 def side_preset(p: Preset) -> Preset:
-    """``p`` with the smaller evaluation of the side runs (a quarter of ``eval_tokens``, half of
-    ``density_tokens``; default: 65,536 and 262,144); ``p`` itself where side runs are full.
-
-    Only the evaluation fields change, so the model, tokens and training of the runs are ``p``'s;
-    the evaluation is part of each run's artifact config."""
-    if p.side_runs_full:
-        return p
-    return p.replace(eval_tokens=max(p.n_ctx, p.eval_tokens // EVAL_FRACTION),
-                     density_tokens=max(p.n_ctx, p.density_tokens // DENSITY_FRACTION))
+    """``p`` with the side runs' smaller evaluation (``pipeline.saes.side_eval_preset``: a quarter of
+    ``eval_tokens``, half of ``density_tokens``); ``p`` itself where side runs are full."""
+    return side_eval_preset(p)
 
 
 def get_seed_runs(preset=None, store=None, *, which: str = "A", seeds=SEEDS, progress: bool = True) -> dict:

@@ -144,6 +144,30 @@ def get_sae(preset=None, store: ArtifactStore | None = None, *, which: str = "A"
     return sae
 
 
+SIDE_EVAL_FRACTION = 4      # a side run is evaluated on eval_tokens / 4 held-out tokens...
+SIDE_DENSITY_FRACTION = 2   # ... and counts its feature densities on density_tokens / 2
+
+
+def side_eval_preset(p: Preset) -> Preset:
+    """``p`` with the smaller evaluation every side run uses (a quarter of ``eval_tokens``, half of
+    ``density_tokens``; default: 65,536 and 262,144); ``p`` itself where side runs are full (``paper``).
+
+    Side runs: the family's other sizes, TopK and notebook 01's recipes, the lambda sweep, the randomized
+    control and issue 30's seeds and controls. A/1, B/1 and the paper's recipe at A/1's tokens keep the
+    preset's evaluation. The evaluation is part of each run's artifact config (``sae_artifact_config``); the
+    time it saves (about 45 s of one thread a run on default) pays for the new stages of ``make run``."""
+    if p.side_runs_full:
+        return p
+    return p.replace(eval_tokens=max(p.n_ctx, p.eval_tokens // SIDE_EVAL_FRACTION),
+                     density_tokens=max(p.n_ctx, p.density_tokens // SIDE_DENSITY_FRACTION))
+
+
+def _model_first(p: Preset, store, which: str, progress: bool) -> None:
+    """Model ``which`` built (if at all) with the preset's own evaluation, before a side run asks for it
+    through ``side_eval_preset(p)``: the model's artifact ignores the evaluation fields, its metrics do not."""
+    get_model(p, store, which=which, progress=progress)
+
+
 def get_sae_family(preset=None, store: ArtifactStore | None = None, *, which: str = "A", sizes=None,
                    architecture: str | None = None, l1_coeff: float | None = None, progress: bool = True,
                    cache: bool = False, **kw) -> dict[int, SparseAutoencoder]:
@@ -151,13 +175,14 @@ def get_sae_family(preset=None, store: ArtifactStore | None = None, *, which: st
     setting (a shared lambda or k); ``cache=True`` harvests once (fp16)."""
     p = get_preset(preset)
     sizes = tuple(sizes) if sizes is not None else p.sae_sizes
+    _model_first(p, store, which, progress)
     out = {}
     for n in sizes:
         extra = dict(kw)
         if n != p.sae_main and "total_tokens" not in kw and not p.side_runs_full:
             extra["total_tokens"] = family_tokens(p, n)
-        out[n] = get_sae(p, store, which=which, d_sae=n, architecture=architecture, l1_coeff=l1_coeff,
-                         progress=progress, cache=cache, **extra)
+        out[n] = get_sae(p if n == p.sae_main else side_eval_preset(p), store, which=which, d_sae=n,
+                         architecture=architecture, l1_coeff=l1_coeff, progress=progress, cache=cache, **extra)
         release_memory()   # the next (wider) size starts from the memory this one freed
     return out
 
@@ -165,11 +190,11 @@ def get_sae_family(preset=None, store: ArtifactStore | None = None, *, which: st
 def family_tokens(p: Preset, d_sae: int) -> int:
     """Training tokens of a family member other than the main size (not on ``paper``).
 
-    The other sizes only serve the splitting lesson: half the main run's tokens, and at most
+    The other sizes only serve the splitting lesson: a quarter of the main run's tokens, and at most
     half its compute (tokens x width), so the 8x-wider dictionary does not cost as much as the
-    rest of the build.
+    rest of the build (default: 1M each; half of A/1's before issue 30's stages needed the time).
     """
-    return max(p.sae_batch, min(p.sae_tokens // 2, p.sae_tokens * p.sae_main // (2 * d_sae)))
+    return max(p.sae_batch, min(p.sae_tokens // 4, p.sae_tokens * p.sae_main // (2 * d_sae)))
 
 
 def topk_tokens(p: Preset) -> int:
@@ -194,7 +219,9 @@ def get_topk_sae(preset=None, store: ArtifactStore | None = None, *, which: str 
     """The TopK SAE of notebook 01 at A/1's width (AuxK for dead latents), on ``topk_tokens``."""
     p = get_preset(preset)
     kw.setdefault("total_tokens", topk_tokens(p))
-    return get_sae(p, which=which, architecture="topk", store=store, progress=progress, live=live, **kw)
+    _model_first(p, store, which, progress)
+    return get_sae(side_eval_preset(p), which=which, architecture="topk", store=store, progress=progress, live=live,
+                   **kw)
 
 
 # The 2024 recipe's penalty is lambda * sum_i f_i ||W_dec,i|| with a free decoder. Once its decoder
@@ -232,13 +259,14 @@ def get_recipe_runs(preset=None, store: ArtifactStore | None = None, *, which: s
     if unknown or not names:
         raise ValueError(f"unknown SAE recipe(s) {unknown or list(names)!r}: choose among {tuple(RECIPES)}")
     tokens = recipe_tokens(p)
+    _model_first(p, s, which, progress)
     runs = {}
     for name in tqdm([r for r in RECIPES if r in names], desc="SAE recipes", disable=not progress):
         if name == "topk":
             runs[name] = get_topk_sae(p, s, which=which, progress=progress, total_tokens=tokens)
         else:
             l1 = p.l1_coeff * ANTHROPIC2024_L1_SCALE if name == "anthropic2024" else None
-            runs[name] = get_sae(p, s, which=which, recipe=name, l1_coeff=l1, total_tokens=tokens,
+            runs[name] = get_sae(side_eval_preset(p), s, which=which, recipe=name, l1_coeff=l1, total_tokens=tokens,
                                  progress=progress)
         release_memory()   # the next run starts from the memory this one freed
     return runs
@@ -250,15 +278,17 @@ SWEEP_MULTIPLIERS = (0.5, 2.0)
 def get_lambda_sweep(preset=None, store: ArtifactStore | None = None, *, which: str = "A",
                      multipliers=SWEEP_MULTIPLIERS, progress: bool = True) -> dict[float, SparseAutoencoder]:
     """The small L0 vs loss-recovered sweep of notebook 01: the paper's recipe at lambda x each
-    multiplier, a quarter of the main run's tokens (the paper preset: all of them).
+    multiplier, an eighth of the main run's tokens (the paper preset: all of them), with the side runs'
+    smaller evaluation (``side_eval_preset``).
 
     One definition shared by the notebook and ``python -m mono_utils build`` so both name the
     same artifacts.
     """
     p = get_preset(preset)
-    tokens = p.sae_tokens if p.side_runs_full else max(p.sae_batch, p.sae_tokens // 4)
-    return {m: get_sae(p, store, which=which, recipe="paper2023", l1_coeff=p.l1_coeff * m, progress=progress,
-                       total_tokens=tokens)
+    tokens = p.sae_tokens if p.side_runs_full else max(p.sae_batch, p.sae_tokens // 8)
+    _model_first(p, store, which, progress)
+    return {m: get_sae(side_eval_preset(p), store, which=which, recipe="paper2023", l1_coeff=p.l1_coeff * m,
+                       progress=progress, total_tokens=tokens)
             for m in multipliers}
 
 
