@@ -15,15 +15,16 @@ promotes: 50 tokens from ranks 10-60 of its logit weights and 50 random ones, wh
   the residual minus its activation times its output direction, through the final LayerNorm and the
   unembedding; :class:`EffectProbe`, tested equal to ``ablation_effects``). Pinning a unit
   (``steering``) would measure what it does where it is *not* active; removal measures what it
-  contributes where it is, at the price of one forward pass over the rows, and is the cheaper.
+  contributes where it is, at the price of one forward pass over the rows (shared by every unit of a
+  model through :class:`ResidualCache`), and is the cheaper.
 * both explanations **scored the same two ways**: the simulation (:func:`~.protocol.score_simulation`
   on the same held-out examples; an output-side explanation is read backwards: active right before a
   token it helps predict) and the logit test (the same 100 tokens, the same labeller, the same
   accuracy). The input side's two numbers are the offline scores of ``run.get_offline_scores``; a
   third column asks the logit test of an input-side explanation written *without* the logits
   (``fires_only``): the offline explainer copies the top logits into its explanation, so with them its
-  logit test measures the copy, and only without them does it ask whether what a unit fires on says
-  what it promotes.
+  logit test may measure the copy; without them it asks whether what a unit fires on says what it
+  promotes.
 
 :func:`get_output_side` is the build stage (a cached result; ``output_side_units`` units per kind,
 the offline scores' sample of them) and :func:`output_side_table` / :func:`output_side_figure` the
@@ -57,7 +58,8 @@ HOOK_FINAL_RESID = "ln_final.hook_in"    # the residual stream the final LayerNo
 LOGIT_CHANCE = 0.5                       # 50 promoted + 50 random tokens: any guess blind to the truth
 SIMULATION_CHANCE = 0.0                  # a constant or random prediction
 # units per kind the build scores (a sample of the live units, the same for the input side's numbers):
-# every unit costs a forward pass over its explanation rows; ~300 a kind keeps default near 2 min of one thread
+# each unit reads its explanation rows' residuals (cached per model) and is explained and scored twice; ~300 a
+# kind was planned to keep default near 2 minutes of one thread
 OUTPUT_SIDE_UNITS = {"smoke": 40}
 DEFAULT_OUTPUT_SIDE_UNITS = 300
 
