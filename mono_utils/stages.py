@@ -109,5 +109,5 @@ STAGE_DEPS = {
     "circuit interventions": ("transcoder A",),
     "transcoder autointerp": ("transcoder A", "autointerp offline", "proxy table"),
     "evaluation panel": ("SAE A/1", "SAE A/1 paper2023", "SAE randomized", "SAE A/1 frozen decoder", "PCA A",
-                         "SAE A/1 seeds", "universality comparison"),
+                         "SAE A/1 seeds", "universality comparison", "autointerp offline"),
 }

@@ -11,10 +11,16 @@ of ``seeds.get_seed_runs``). The measures, all on the same held-out rows (``prob
   proxies, each dictionary's best unit (the best F1 at its own threshold among the ten units best correlated
   with the proxy, as ``features.proxies.best_units`` picks it); the panel shows the mean over the four proxies
   of its best F1, its specificity when on (> 0) and its Pearson correlation;
-- **autointerp** (notebook 03, the offline backend, no network): ``PANEL_UNITS`` live units of each dictionary
-  drawn with a seed, explained and simulated on the panel's rows; the median of each score (the headline
-  weighted Spearman, raw and unweighted Spearman, Pearson), of detection (balanced accuracy) and of the logit
-  test; the headline on multi-token units alone; the share of single-token units;
+- **autointerp** (notebook 03, the offline backend, no network): ``panel_units(preset)`` live units of each
+  dictionary drawn with a seed, explained and simulated on the panel's rows; the median of each score (the
+  headline weighted Spearman, raw and unweighted Spearman, Pearson), of detection (balanced accuracy) and of the
+  logit test; the headline on multi-token units alone; the share of single-token units. Beside them, for the
+  four dictionaries notebook 03 scores (A/1, the neurons, the randomized control, the paper's recipe), the
+  medians of notebook 03's own run (every live unit on the activation index's tokens): the panel's smaller
+  sample can disagree with it, and the randomized control is where it did (on default it scored lower on the
+  panel's tokens than on the index's), so both are shown;
+- the proxies and autointerp leave out each SAE's ultralow cluster (``pipeline.saes.ultralow_mask``), as
+  notebooks 02 and 03 and the paper do (the paper's recipe has a large one at our budget);
 - **sparse probing** and **absorption** (``probing_table``): mean held-out accuracy over the domain tasks
   and over the hard pairs at k = 1 and k = 20; the mean absorption rate over labels whose main unit is
   specific, and how many labels have one;
@@ -35,9 +41,9 @@ not the recipe, may be what separates. The neurons and PCA are shown beside them
 dictionaries nor random ones: the rule does not read them.
 
 **Budget.** The panel reads every dictionary on ``panel_tokens(preset)`` held-out tokens (65,536 on default)
-and scores ``PANEL_UNITS`` units of each with the offline backend: fewer than A/1's own tables (notebook 02's
-proxy table reads the 1M tokens of the activation index; notebook 03 scores every live unit), so its figures
-for A/1 differ from theirs by sampling; the panel says so (``EvaluationPanel.budget``).
+and scores ``panel_units(preset)`` units of each (256 on default) with the offline backend: fewer than A/1's own
+tables (notebook 02's proxy table reads the 1M tokens of the activation index; notebook 03 scores every live
+unit), so its figures for A/1 differ from theirs by sampling; the panel says so (``EvaluationPanel.budget``).
 """
 from __future__ import annotations
 
@@ -54,12 +60,13 @@ from tqdm.auto import tqdm
 
 from ..autointerp.offline import OfflineBackend
 from ..autointerp.protocol import EvalCorpus, ProtocolConfig
-from ..autointerp.run import score_units, summarize
+from ..autointerp.run import get_offline_scores, score_units, summarize
 from ..core.model import direction_logit_weights, model_folder
 from ..features.detection import auroc, operating_point
 from ..features.proxies import LLR_PROXIES, proxy_llr, token_bytes, tokenizer_bytes_id, unigram_logp
 from ..pipeline.models import get_model, get_tokenizer, get_tokens
 from ..pipeline.presets import resolve
+from ..pipeline.saes import ultralow_mask
 from ..store.artifacts import read_json
 from ..store.results import array_digest, cached_result, frame_from_json, frame_to_json, input_id
 from ..universality.cache import get_comparison
@@ -68,8 +75,7 @@ from .probing_table import (HARD_PAIRS, KS, MAX_PER_CLASS, MIN_COS, PRECISION_BA
                             absorption_table, heldout_rows, iter_acts, label_tasks, probing_summary, probing_table)
 from .seeds import side_tokens
 
-PANEL_VERSION = 2   # 2: the second mark (the seed runs against the controls)
-PANEL_UNITS = 64          # units per dictionary scored by the offline autointerp backend
+PANEL_VERSION = 3   # 2: the second mark (the seed runs against the controls); 3: ultralow left out, notebook 03's rows
 PROXY_CANDIDATES = 10     # units per proxy whose best-F1 threshold is searched (the proxy table's choice)
 MIN_FIRINGS = 5           # a unit must fire this often on the panel's rows to be drawn for autointerp
 CONTROL = "control"       # the dictionaries' kind that the marking rule reads as random
@@ -97,6 +103,9 @@ MEASURES = [
     ("ai_logit", "autointerp", "logit test, median", +1),
     ("ai_multi_token", "autointerp", "headline on multi-token units, median", +1),
     ("ai_single_token_share", "autointerp", "share of single-token units", 0),
+    ("nb03_spearman", "autointerp, notebook 03's run", "headline, every live unit on the index's tokens", +1),
+    ("nb03_detection", "autointerp, notebook 03's run", "detection, every live unit", +1),
+    ("nb03_logit", "autointerp, notebook 03's run", "logit test, every live unit", +1),
     ("probe_domain_k1", "sparse probing", "domains, k = 1", +1),
     ("probe_domain_k20", "sparse probing", "domains, k = 20", +1),
     ("probe_pair_k1", "sparse probing", "hard pairs, k = 1", +1),
@@ -105,6 +114,18 @@ MEASURES = [
     ("specific_labels", "absorption", "labels with a specific main unit", +1),
     ("universality", "universality", "median max correlation with model B's twin", +1),
 ]
+
+
+# notebook 03's cached run has no seed runs: its rows borrow the seed spread of the same score at the panel's budget
+SPREAD_FROM = {"nb03_spearman": "ai_spearman", "nb03_detection": "ai_detection", "nb03_logit": "ai_logit"}
+# the kinds of notebook 03's cached offline scores (autointerp.run.get_offline_scores) -> the panel's dictionaries
+NB03_KINDS = {"feature": MAIN, "neuron": "neurons", "randomized": "randomized", "feature_paper2023": "paper2023"}
+
+
+def panel_units(preset) -> int:
+    """Units of each dictionary the panel scores with the offline autointerp backend: A/1's width / 16 (default
+    256, smoke 32), at most 256. The median of 64 units moved by 0.1 between two draws on default."""
+    return int(min(256, max(16, int(preset.sae_main) // 16)))
 
 
 def panel_tokens(preset) -> int:
@@ -146,9 +167,11 @@ def proxy_masks(tokens: np.ndarray, tokenizer, keep: np.ndarray, names=LLR_PROXI
     return {n: (proxy_llr(tokens, tb, n, lpu) > 0).reshape(-1)[keep] for n in names}
 
 
-def proxy_scores(acts: sp.csr_matrix, y: np.ndarray, candidates: int = PROXY_CANDIDATES) -> dict:
+def proxy_scores(acts: sp.csr_matrix, y: np.ndarray, candidates: int = PROXY_CANDIDATES,
+                 excluded: np.ndarray | None = None) -> dict:
     """The unit of ``acts`` [tokens, units] that detects ``y`` best, as ``features.proxies.best_units`` picks it:
-    the best F1 at its own threshold among the ``candidates`` units best correlated with ``y``; its scores."""
+    the best F1 at its own threshold among the ``candidates`` units best correlated with ``y`` (units of
+    ``excluded``, the ultralow cluster, left out as notebook 02 leaves them out); its scores."""
     a = acts.tocsc()
     y = np.asarray(y, bool)
     n = a.shape[0]
@@ -161,8 +184,11 @@ def proxy_scores(acts: sp.csr_matrix, y: np.ndarray, candidates: int = PROXY_CAN
     var = np.maximum(s_aa / n - mean_a ** 2, 0)
     den = np.sqrt(var * p * (1 - p))
     r = np.where(den > 0, (s_ay / n - mean_a * p) / np.where(den > 0, den, 1), -np.inf)
+    if excluded is not None:
+        r = np.where(np.asarray(excluded, bool), -np.inf, r)
     best = None
-    for u in np.argsort(-r, kind="stable")[:max(1, candidates)]:
+    order = np.argsort(-r, kind="stable")[:max(1, candidates)]
+    for u in [v for v in order if np.isfinite(r[v])] or order[:1]:   # excluded or constant units only if nothing else
         lo, hi = a.indptr[u], a.indptr[u + 1]
         pos, val = a.indices[lo:hi], a.data[lo:hi]
         op = operating_point(pos, val, y)
@@ -177,8 +203,9 @@ def proxy_scores(acts: sp.csr_matrix, y: np.ndarray, candidates: int = PROXY_CAN
             "pearson": float(r[u]) if np.isfinite(r[u]) else 0.0, "average_precision": op["average_precision"]}
 
 
-def proxy_rows(acts: sp.csr_matrix, masks: dict, candidates: int = PROXY_CANDIDATES) -> list[dict]:
-    return [{"proxy": name, "proxy tokens": int(y.sum()), **proxy_scores(acts, y, candidates)}
+def proxy_rows(acts: sp.csr_matrix, masks: dict, candidates: int = PROXY_CANDIDATES,
+               excluded: np.ndarray | None = None) -> list[dict]:
+    return [{"proxy": name, "proxy tokens": int(y.sum()), **proxy_scores(acts, y, candidates, excluded)}
             for name, y in masks.items() if 0 < int(y.sum()) < len(y)]
 
 
@@ -204,9 +231,22 @@ class _PanelSource:
         return self._logits[unit]
 
 
-def sample_live_units(acts: sp.csr_matrix, n: int, seed: int = 0, min_firings: int = MIN_FIRINGS) -> list[int]:
-    """``n`` units drawn with ``seed`` among those firing on at least ``min_firings`` tokens (all when fewer)."""
-    live = np.flatnonzero(np.asarray((acts > 0).sum(0)).ravel() >= min_firings)
+def excluded_units(dictionary) -> np.ndarray | None:
+    """Bool [n_units]: the dictionary's ultralow cluster (its SAE's metrics), which notebooks 02 and 03 leave out
+    of the proxies and autointerp as the paper does; None where there is none recorded (bases, planted ones)."""
+    sae = getattr(dictionary, "sae", None)
+    mask = ultralow_mask(sae) if sae is not None else None
+    return None if mask is None else np.asarray(mask, bool)
+
+
+def sample_live_units(acts: sp.csr_matrix, n: int, seed: int = 0, min_firings: int = MIN_FIRINGS,
+                      excluded: np.ndarray | None = None) -> list[int]:
+    """``n`` units drawn with ``seed`` among those firing on at least ``min_firings`` tokens and not ``excluded``
+    (all of them when fewer)."""
+    ok = np.asarray((acts > 0).sum(0)).ravel() >= min_firings
+    if excluded is not None:
+        ok &= ~np.asarray(excluded, bool)
+    live = np.flatnonzero(ok)
     if len(live) > n:
         live = np.sort(np.random.default_rng(seed).choice(live, size=n, replace=False))
     return [int(u) for u in live]
@@ -214,12 +254,13 @@ def sample_live_units(acts: sp.csr_matrix, n: int, seed: int = 0, min_firings: i
 
 @torch.no_grad()
 def autointerp_frame(acts: sp.csr_matrix, decoder: np.ndarray, model, corpus: EvalCorpus, name: str,
-                     n_units: int = PANEL_UNITS, seed: int = 0, progress: bool = False) -> pd.DataFrame:
+                     n_units: int = 64, seed: int = 0, progress: bool = False,
+                     excluded: np.ndarray | None = None) -> pd.DataFrame:
     """Every offline autointerp score of ``n_units`` live units of one dictionary (``score_units``, offline backend).
 
     ``acts`` [rows * n_ctx, units] on ``corpus.tokens``; ``decoder`` [units, d_mlp]; ``model``: the transformer
     whose MLP the dictionary reads (the logit test's weights: decoder direction -> W_out -> W_U)."""
-    units = sample_live_units(acts, n_units, seed)
+    units = sample_live_units(acts, n_units, seed, excluded=excluded)
     if not units:
         return pd.DataFrame()
     dirs = torch.as_tensor(np.asarray(decoder)[units], dtype=torch.float32)
@@ -304,11 +345,13 @@ def _value_table(values: dict, names: list[str], seeds: list[str], controls: lis
     rows = []
     for key, group, label, better in MEASURES:
         v = values.get(key, {})
-        seed_vals = [v.get(n) for n in seeds]
+        # a row without seed runs of its own (notebook 03's run) borrows the spread of the same score at the panel's budget
+        seed_vals = [values.get(SPREAD_FROM.get(key, key), {}).get(n) for n in seeds]
         ctrl_vals = [v.get(n) for n in controls]
         mark = separation_mark(v.get(MAIN), seed_vals, ctrl_vals)
         finite = [float(x) for x in seed_vals if x is not None and np.isfinite(float(x))]
-        at_budget = separation_mark(float(np.mean(finite)) if finite else None, seed_vals, ctrl_vals)
+        at_budget = separation_mark(float(np.mean(finite)) if finite and key not in SPREAD_FROM else None,
+                                    seed_vals, ctrl_vals)
         row = {"group": group, "measure": label, "key": key, "better": {1: "higher", -1: "lower", 0: ""}[better]}
         row.update({n: (float(v[n]) if v.get(n) is not None else float("nan")) for n in names})
         row.update({"seed spread": mark["spread"], "gap to the controls": mark["gap"], "mark": mark["mark"],
@@ -317,15 +360,17 @@ def _value_table(values: dict, names: list[str], seeds: list[str], controls: lis
     return pd.DataFrame(rows)
 
 
-def compute_panel(dictionaries: dict, ts, tokenizer, *, universality: dict | None = None, n_units: int = PANEL_UNITS,
+def compute_panel(dictionaries: dict, ts, tokenizer, *, universality: dict | None = None, n_units: int = 64,
                   seed: int = 0, ks=KS, pairs=HARD_PAIRS, max_per_class: int = MAX_PER_CLASS,
                   precision_bar: float = PRECISION_BAR, min_cos: float = MIN_COS, progress: bool = True,
-                  notes: dict | None = None) -> EvaluationPanel:
+                  notes: dict | None = None, reference_scores: dict | None = None) -> EvaluationPanel:
     """Every measure for every dictionary on the token set ``ts`` (``probing_table.heldout_rows``).
 
     ``dictionaries``: ``{name: Dictionary}`` with A/1 (``MAIN``) among them; those whose name is in
     ``dictionaries.SEED_NAMES`` give the seed spread, those of kind ``"control"`` are the random ones;
-    ``universality``: ``{dictionary name: median max correlation with model B's twin}``."""
+    ``universality``: ``{dictionary name: median max correlation with model B's twin}``;
+    ``reference_scores``: ``{dictionary name: per-unit DataFrame}`` of notebook 03's own run (every live unit on
+    the activation index's tokens, ``autointerp.run.get_offline_scores``), shown beside the panel's sample."""
     t0 = time.time()
     if MAIN not in dictionaries:
         raise ValueError(f"the panel compares A/1 with the controls: pass a dictionary named {MAIN!r} "
@@ -345,12 +390,14 @@ def compute_panel(dictionaries: dict, ts, tokenizer, *, universality: dict | Non
         m = stored_metrics(d) if d.kind != "basis" else {}
         values["fvu"][name] = m.get("fvu")
         values["loss_recovered"][name] = m.get("loss_recovered")
-        prow = proxy_rows(kept, pmasks)
+        excluded = excluded_units(d)
+        prow = proxy_rows(kept, pmasks, excluded=excluded)
         proxy_out[name] = [{"dictionary": name, **r} for r in prow]
         if prow:
             for key, col in (("proxy_f1", "best_f1"), ("proxy_specificity", "specificity"), ("proxy_pearson", "pearson")):
                 values[key][name] = float(np.mean([r[col] for r in prow]))
-        df = autointerp_frame(acts, d.decoder, d.transformer, corpus, name, n_units, seed)
+        df = autointerp_frame(acts, d.decoder, d.transformer, corpus, name, n_units, seed, excluded=excluded)
+        dict_rows[name]["ultralow (left out of proxies, autointerp)"] = int(excluded.sum()) if excluded is not None else 0
         for key, v in autointerp_measures(df).items():
             values[key][name] = v
         if not df.empty:
@@ -374,6 +421,11 @@ def compute_panel(dictionaries: dict, ts, tokenizer, *, universality: dict | Non
         values["absorption"][n] = asum.loc[n, "mean absorption"]
         values["specific_labels"][n] = float(asum.loc[n, "specific labels"])
     values["universality"].update(universality or {})
+    for name, df in (reference_scores or {}).items():
+        ref = summarize(df)["all"]
+        values["nb03_spearman"][name] = ref.get("median_spearman")
+        values["nb03_detection"][name] = ref.get("median_detection")
+        values["nb03_logit"][name] = ref.get("median_logit_accuracy")
     seeds = [n for n in names if n in SEED_NAMES]
     controls = [n for n in names if dictionaries[n].kind == CONTROL]
     table = _value_table(values, names, seeds, controls)
@@ -405,14 +457,17 @@ def _from_result(arrays: dict, meta: dict) -> EvaluationPanel:
 
 
 def get_evaluation_panel(preset=None, store=None, *, progress: bool = True, dictionaries: dict | None = None,
-                         n_units: int = PANEL_UNITS, n_tokens: int | None = None, force: bool = False) -> EvaluationPanel:
+                         n_units: int | None = None, n_tokens: int | None = None, reference_scores: bool = True,
+                         force: bool = False) -> EvaluationPanel:
     """The panel of "real against random" for the preset: computed once (the build stage "evaluation panel"),
     then loaded in a second.
 
     Needs model A, the tokenizer, every dictionary of ``get_dictionaries`` (``DICTIONARY_NAMES`` and the seed
-    runs ``SEED_NAMES``) and the universality comparison (each built if missing). ``dictionaries``: already
-    loaded ones (A/1 among them), to skip loading them."""
+    runs ``SEED_NAMES``), the universality comparison and notebook 03's offline scores (each built if missing;
+    ``reference_scores=False`` leaves notebook 03's rows empty). ``dictionaries``: already loaded ones (A/1 among
+    them), to skip loading them. ``n_units``: default ``panel_units(preset)``; ``n_tokens``: ``panel_tokens``."""
     p, s = resolve(preset, store)
+    n_units = panel_units(p) if n_units is None else int(n_units)
     if dictionaries is None:
         dictionaries = get_dictionaries(p, s, names=DICTIONARY_NAMES + SEED_NAMES, progress=progress)
     data = get_tokens(p, s)
@@ -423,7 +478,10 @@ def get_evaluation_panel(preset=None, store=None, *, progress: bool = True, dict
               "dictionaries": [dictionary_identity(d) for d in dictionaries.values()], "units": int(n_units),
               "seed": 0, "ks": list(KS), "pairs": [list(x) for x in HARD_PAIRS], "max_per_class": MAX_PER_CLASS,
               "precision_bar": PRECISION_BAR, "min_cos": MIN_COS, "candidates": PROXY_CANDIDATES,
-              "min_firings": MIN_FIRINGS, "protocol": asdict(ProtocolConfig()), "version": PANEL_VERSION}
+              "min_firings": MIN_FIRINGS, "protocol": asdict(ProtocolConfig()), "reference_scores": bool(reference_scores),
+              "ultralow": {n: (array_digest(m) if m is not None else None)
+                           for n, m in ((n, excluded_units(d)) for n, d in dictionaries.items())},
+              "version": PANEL_VERSION}
     seeds = [n for n in dictionaries if n in SEED_NAMES]
     notes = {"seed_note": (f"Seed spread: A/1's recipe at {len(seeds)} seeds ({', '.join(seeds)}), each a side run "
                            f"on {side_tokens(p):,} activations (A/1: {p.sae_tokens:,}), so the spread is that of "
@@ -436,8 +494,12 @@ def get_evaluation_panel(preset=None, store=None, *, progress: bool = True, dict
         if MAIN in dictionaries or "neurons" in dictionaries:
             res = get_comparison(p, s, progress=progress)
             uni = {MAIN: res.features.median, "neurons": res.neurons.median}
+        ref = {}
+        if reference_scores:   # notebook 03's own run, cached by the build's stage "autointerp offline"
+            ref = {NB03_KINDS[k]: df for k, df in get_offline_scores(p, s, progress=progress).items()
+                   if k in NB03_KINDS and NB03_KINDS[k] in dictionaries}
         panel = compute_panel(dictionaries, ts, tok, universality=uni, n_units=n_units, progress=progress,
-                              notes=notes)
+                              notes=notes, reference_scores=ref)
         return _to_result(panel)
 
     arrays, meta = cached_result(f"evaluation-panel-{p.name}", config, compute, s, force=force)

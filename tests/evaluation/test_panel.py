@@ -83,6 +83,49 @@ def test_the_panels_tables(planted_panel):
     assert p.absorption_summary().loc["A/1", "specific labels"] >= 4
 
 
+def _scores(spearman, detection, logit):
+    import pandas as pd
+    n = len(spearman)
+    return pd.DataFrame({"status": ["ok"] * n, "single_token": [False] * n, "spearman": spearman,
+                         "detection": detection, "logit_accuracy": logit})
+
+
+def test_notebook_03s_run_is_shown_beside_the_sample(smoke_tokenizer):
+    """Notebook 03's own scores (every live unit) get rows of their own, marked with the spread of the same score
+    at the panel's budget; a dictionary without them (the frozen decoder) is left out of their rule."""
+    ts = planted_tokens(rows=24)
+    ref = {"A/1": _scores([0.5, 0.7, 0.9], [0.6, 0.6, 0.8], [0.7, 0.8, 0.9]),
+           "randomized": _scores([0.1, 0.2, 0.3], [0.5, 0.5, 0.5], [0.5, 0.5, 0.5])}
+    p = EP.compute_panel(planted_dictionaries(ts), ts, smoke_tokenizer, n_units=3, progress=False,
+                         reference_scores=ref)
+    t = p.table.set_index("key")
+    assert t.loc["nb03_spearman", "A/1"] == 0.7 and t.loc["nb03_spearman", "randomized"] == 0.2
+    assert t.loc["nb03_logit", "A/1"] == 0.8 and math.isnan(t.loc["nb03_spearman", "frozen decoder"])
+    assert t.loc["nb03_spearman", "seed spread"] == pytest.approx(t.loc["ai_spearman", "seed spread"], nan_ok=True)
+    spread = t.loc["ai_spearman", "seed spread"]
+    assert t.loc["nb03_spearman", "mark"] == (EP.SEPARATES if 0.5 > spread else EP.WITHIN)
+    assert t.loc["nb03_spearman", "mark, seed runs"] == EP.NOT_APPLICABLE
+
+
+def test_the_ultralow_cluster_is_left_out():
+    import scipy.sparse as sp
+    g = np.random.default_rng(0)
+    y = g.random(400) < 0.3
+    a = np.zeros((400, 5), np.float32)
+    a[:, 0] = y * 2.0                                # the perfect detector...
+    a[:, 1] = (y & (g.random(400) < 0.7)) * 1.0      # ...and a weaker one
+    a[:, 2:] = g.random((400, 3)) < 0.2
+    acts = sp.csr_matrix(a)
+    assert EP.proxy_scores(acts, y)["unit"] == 0
+    ultralow = np.array([True, False, False, False, False])
+    best = EP.proxy_scores(acts, y, excluded=ultralow)
+    assert best["unit"] == 1 and best["specificity"] == 1.0 and best["sensitivity"] < 1.0
+    assert 0 not in EP.sample_live_units(acts, 5, excluded=ultralow)
+    assert EP.sample_live_units(acts, 2, seed=3) == EP.sample_live_units(acts, 2, seed=3)
+    assert EP.panel_units(type("P", (), {"sae_main": 4096})) == 256
+    assert EP.panel_units(type("P", (), {"sae_main": 512})) == 32
+
+
 def test_the_panel_needs_a1(smoke_tokenizer):
     ts = planted_tokens(rows=8)
     d = planted_dictionaries(ts, seeds=0)
@@ -112,7 +155,8 @@ def test_the_figure_shows_every_measure_and_its_mark(planted_panel):
 def test_the_stage_is_in_the_build():
     from mono_utils import stages
     deps = stages.STAGE_DEPS["evaluation panel"]
-    assert {"SAE A/1 frozen decoder", "PCA A", "SAE A/1 seeds", "SAE randomized", "universality comparison"} <= set(deps)
+    assert {"SAE A/1 frozen decoder", "PCA A", "SAE A/1 seeds", "SAE randomized", "universality comparison",
+            "autointerp offline"} <= set(deps)
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +177,9 @@ def test_the_stage_on_smoke_is_computed_once_then_loaded(tiny, smoke_store, monk
     assert np.isfinite(t.loc["fvu", "A/1"]) and np.isfinite(t.loc["fvu", "frozen decoder"])
     assert math.isnan(t.loc["fvu", "neurons"]) and math.isnan(t.loc["fvu", "PCA"])
     assert np.isfinite(t.loc["universality", "A/1"]) and math.isnan(t.loc["universality", "randomized"])
+    # notebook 03's own run, for the dictionaries it scores
+    assert np.isfinite(t.loc["nb03_spearman", "A/1"]) and np.isfinite(t.loc["nb03_logit", "randomized"])
+    assert math.isnan(t.loc["nb03_spearman", "frozen decoder"])
     assert np.isfinite(t["seed spread"].astype(float)).any()
     assert panel.params["seeds"] == ["A/1 seed 0", "A/1 seed 1", "A/1 seed 2"]
     assert set(panel.probing.dictionary) == set(ALL_NAMES)
