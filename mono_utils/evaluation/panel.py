@@ -17,8 +17,9 @@ of ``seeds.get_seed_runs``). The measures, all on the same held-out rows (``prob
   logit test; the headline on multi-token units alone; the share of single-token units. Beside them, for the
   four dictionaries notebook 03 scores (A/1, the neurons, the randomized control, the paper's recipe), the
   medians of notebook 03's own run (every live unit on the activation index's tokens): the panel's smaller
-  sample can disagree with it, and the randomized control is where it did (on default it scored lower on the
-  panel's tokens than on the index's), so both are shown;
+  sample can disagree with it, and the randomized control is where it did (on default its headline was lower in
+  the panel's sample than in notebook 03's run as docs/findings.md reports it, A/1's close to its own), so both
+  are shown;
 - the proxies and autointerp leave out each SAE's ultralow cluster (``pipeline.saes.ultralow_mask``), as
   notebooks 02 and 03 and the paper do (the paper's recipe has a large one at our budget);
 - **sparse probing** and **absorption** (``probing_table``): mean held-out accuracy over the domain tasks
