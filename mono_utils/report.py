@@ -24,6 +24,8 @@ import numpy as np
 from .atlas.site import NotBuilt, ReadOnlyStore
 from .autointerp.run import get_offline_scores, summarize
 from .circuits.interp import get_transcoder_interp
+from .evaluation.panel import get_evaluation_panel
+from .evaluation.seeds import get_seed_runs, seed_table
 from .circuits.interventions import get_intervention_agreement
 from .features.proxies import get_proxy_table, win_counts
 from .pipeline.models import get_model, model_metrics
@@ -33,6 +35,7 @@ from .pipeline.saes import (get_lambda_sweep, get_paper_sae, get_recipe_runs, ge
 from .pipeline.transcoders import get_transcoder, transcoder_metrics
 from .runrecord import git_commit, machine
 from .splitting.family import get_family_analysis
+from .splitting.matryoshka import get_matryoshka_analysis
 from .store.artifacts import LOCAL_FOLDERS, ArtifactStore, atomic_output, repo_root
 from .universality.cache import get_comparison
 
@@ -217,6 +220,55 @@ def stage_table(build_log: Path) -> list[tuple[str, str]]:
     return rows
 
 
+def frame_md(df, digits: int = 3, index: bool = True) -> str:
+    """A DataFrame as a markdown table, floats rounded (no float with all its digits)."""
+    def cell(v):
+        if isinstance(v, (float, np.floating)):
+            return "n/a" if not np.isfinite(v) else f"{v:,.{digits}f}"
+        if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+            return f"{v:,}"
+        return str(v).replace("|", "/").replace("\n", " ")
+    cols = ([str(df.index.name or "")] if index else []) + [str(c) for c in df.columns]
+    rows = [tuple(([cell(i)] if index else []) + [cell(v) for v in r]) for i, r in zip(df.index, df.itertuples(index=False))]
+    return table(tuple(cols), rows)
+
+
+def evaluation_sections(p, s) -> list[str]:
+    """Notebooks 05 and 08's tables: A/1's seed spread, the panel of real against random (every measure, every
+    dictionary and control, marked), sparse probing, absorption, and the nested dictionary beside the family."""
+    parts = []
+    try:
+        seeds = seed_table(get_seed_runs(p, s, progress=False), reference=get_sae(p, s, which="A", progress=False))
+        parts += ["## Error bars: A/1's recipe at three seeds (notebook 08)", "", seeds.attrs.get("caption", ""), "",
+                  frame_md(seeds, 4), ""]
+    except NotBuilt:
+        parts += ["## Error bars", "", "Not built: stage \"SAE A/1 seeds\".", ""]
+    try:
+        panel = get_evaluation_panel(p, s, progress=False)
+    except NotBuilt:
+        parts += ["## Real against random", "", "Not built: stage \"evaluation panel\".", ""]
+    else:
+        t = panel.table
+        d = panel.dictionaries
+        names = [n for n in (d["name"] if "name" in d.columns else d.index) if n in t.columns]
+        shown = [c for c in ["group", "measure", *names, "seed spread", "gap to the controls", "mark"] if c in t.columns]
+        rest = [c for c in t.columns if c.startswith("mark") and c not in shown]
+        parts += ["## Real against random: every measure, every dictionary and control (notebook 08)", "",
+                  panel.budget, "", frame_md(t[shown + rest], 3, index=False), "",
+                  "### Sparse probing (held-out accuracy, balanced classes: chance 0.5)", "",
+                  frame_md(panel.probing_summary(), 3), "",
+                  "### Absorption (share of a label's tokens: its main unit silent, a unit carrying its direction firing)", "",
+                  frame_md(panel.absorption_summary(), 3), ""]
+    try:
+        mat = get_matryoshka_analysis(p, s, progress=False)
+    except NotBuilt:
+        parts += ["## The nested dictionary", "", "Not built: stages \"Matryoshka A\", \"Matryoshka analysis\".", ""]
+    else:
+        parts += ["## The nested (Matryoshka) dictionary beside the family (notebook 05)", "",
+                  frame_md(mat.quality, 3, index=False), "", frame_md(mat.summary(), 3), ""]
+    return parts
+
+
 # ---------------------------------------------------------------------------- the file
 def write_report(preset: str = "default", artifacts: str | None = None, out: str | Path | None = None,
                  runs: str | Path | None = None) -> Path:
@@ -310,6 +362,7 @@ def write_report(preset: str = "default", artifacts: str | None = None, out: str
               "Dead: never firing on the density tokens. Ultralow: the located low-density cluster "
               "(the paper's definition), or below 1e-5 where there is none.", "",
               table(("what", "measured"), rows), ""]
+    parts += evaluation_sections(p, ro)
     text = "\n".join(parts).rstrip() + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(out) as tmp:
