@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .atlas.site import NotBuilt, ReadOnlyStore
+from .autointerp.compare import synthetic_demo
 from .autointerp.run import get_offline_scores, summarize
 from .circuits.interp import get_transcoder_interp
 from .evaluation.panel import get_evaluation_panel
@@ -229,14 +230,16 @@ def frame_md(df, digits: int = 3, index: bool = True) -> str:
             return f"{v:,}"
         return str(v).replace("|", "/").replace("\n", " ")
     cols = ([str(df.index.name or "")] if index else []) + [str(c) for c in df.columns]
-    rows = [tuple(([cell(i)] if index else []) + [cell(v) for v in r]) for i, r in zip(df.index, df.itertuples(index=False))]
+    label = lambda i: " · ".join(str(x) for x in i) if isinstance(i, tuple) else cell(i)  # noqa: E731
+    rows = [tuple(([label(i)] if index else []) + [cell(v) for v in r]) for i, r in zip(df.index, df.itertuples(index=False))]
     return table(tuple(cols), rows)
 
 
 def evaluation_sections(p, s) -> list[str]:
     """Notebooks 05 and 08's tables: A/1's seed spread, the panel of real against random (every measure, every
     dictionary and control, marked), sparse probing, absorption, and the nested dictionary beside the family."""
-    parts = []
+    parts = ["## Notebook 03's synthetic units (seeded: the same on every machine)", "",
+             frame_md(synthetic_demo(seed=0), 3), ""]
     try:
         seeds = seed_table(get_seed_runs(p, s, progress=False), reference=get_sae(p, s, which="A", progress=False))
         parts += ["## Error bars: A/1's recipe at three seeds (notebook 08)", "", seeds.attrs.get("caption", ""), "",

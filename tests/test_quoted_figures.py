@@ -80,7 +80,14 @@ def figures_in(text: str) -> list[str]:
 def results_tokens() -> set[str]:
     text = RESULTS.read_text(encoding="utf-8")
     tokens = set(re.findall(r"\d[\d,]*(?:\.\d+)?%?M?", text))
-    # a figure may be quoted rounded to fewer digits than the table prints: 39.93 min -> 39.9
+    # a figure may be quoted rounded to fewer digits than the table prints: 39.93 min -> 39.9, 0.243 -> 0.24
+    rounded = set()
+    for t in tokens:
+        m = re.fullmatch(r"([\d,]+)\.(\d+)(%?)", t)
+        if m:
+            value = float(m.group(1).replace(",", "") + "." + m.group(2))
+            rounded |= {f"{value:,.{d}f}{m.group(3)}" for d in range(0, len(m.group(2)))}
+    tokens |= {r for r in rounded if "." in r or r.endswith("%")}
     return tokens | {t.rstrip("%") for t in tokens}
 
 
@@ -118,6 +125,14 @@ def test_every_quoted_figure_is_in_the_results():
     assert not stale, (f"{len(stale)} figure(s) quoted in prose are not in docs/results.md (a stale figure, or one "
                        f"the report does not write): {stale[:40]}. Requote from docs/results.md (make results), "
                        f"add the figure to mono_utils/report.py, or, for a constant, to CONSTANTS with why")
+
+
+def test_a_rounded_quote_counts(tmp_path, monkeypatch):
+    results = tmp_path / "results.md"
+    results.write_text("A/1 FVU 0.243, loss recovered 97.94%\n", encoding="utf-8")
+    monkeypatch.setattr(__import__(__name__), "RESULTS", results)
+    known = results_tokens()
+    assert {"0.243", "0.24", "0.2", "97.9%", "98%"} <= known and "0.25" not in known and "0.3" not in known
 
 
 @pytest.mark.parametrize("text, expected", [
