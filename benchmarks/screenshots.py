@@ -103,7 +103,14 @@ def main() -> int:
                     raise RuntimeError("the steering app stopped before it served a page")
                 m = re.search(r"(http://127\.0\.0\.1:\d+\S*)", line or "")
                 url = m.group(1) if m else None
-            page.goto(url, timeout=120_000)
+            for attempt in range(60):     # the app prints its address a moment before it listens
+                try:
+                    page.goto(url, timeout=120_000)
+                    break
+                except Exception as e:  # noqa: BLE001 - connection refused until the server is up
+                    if "ERR_CONNECTION_REFUSED" not in str(e) or attempt == 59:
+                        raise
+                    time.sleep(2)
             page.wait_for_selector(".mono-steer-output", timeout=300_000)
             page.wait_for_function("() => /steered:/.test(document.querySelector('.mono-steer-output').innerText)",
                                    timeout=300_000)
