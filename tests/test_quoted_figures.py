@@ -27,6 +27,7 @@ PAPER = {
     "0.46": "universality, neurons", "0.92": "named-feature correlations", "0.85": "named-feature correlations",
     "0.91": "named-feature correlations", "0.74": "logit test, features", "0.53": "logit test, neurons",
     "0.50": "logit test, randomized (chance)", "0.5": "chance of a balanced accuracy",
+    "40M": "the paper's number of contexts sampled (250 tokens each)",
 }
 # Constants of the method, of the lessons' synthetic data or of a preset: set, not measured
 CONSTANTS = {
@@ -35,6 +36,9 @@ CONSTANTS = {
     "0.9": "a bar stated by an exercise or a check (cosine above 0.9, correlation >= 0.9)",
     "0.95": "a bar stated by an exercise or a check",
     "8.32": "the loss of the uniform distribution over 4,096 tokens (ln 4096)",
+    "8.3": "the same, ln 4096, to one decimal",
+    "80%": "the last resampling of the default schedule, at 80% of the run (a recipe constant)",
+    "2410.13928": "an arXiv identifier, not a figure",
     "15%": "the share of token rows held out for validation (a preset constant)",
     "20%": "the last share of training whose learning rate decays (a recipe constant)",
     "25%": "the dead window of a recipe ablation (a constant)",
