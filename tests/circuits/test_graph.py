@@ -17,13 +17,6 @@ PROMPTS = ["ACGTTGCAACGTAGCTTGCA", "SGVsbG8gd29ybGQhIFRoaXMgaXM=", "שלום ע�
 
 
 @pytest.fixture(scope="module")
-def tiny(smoke_preset):
-    # the same small transcoder as tests/pipeline/test_transcoders.py (one artifact per session)
-    return smoke_preset.replace(sae_main=128, sae_tokens=32_768, sae_batch=256, eval_tokens=4_096,
-                                density_tokens=8_192)
-
-
-@pytest.fixture(scope="module")
 def parts(tiny, smoke_store, smoke_model, smoke_tokenizer):
     return smoke_model, get_transcoder(tiny, smoke_store, progress=False), smoke_tokenizer
 

@@ -13,13 +13,6 @@ from mono_utils.pipeline.transcoders import get_transcoder, get_transcoder_index
 
 
 @pytest.fixture(scope="module")
-def tiny(smoke_preset):
-    # the same small transcoder as tests/circuits/test_graph.py (one artifact per session)
-    return smoke_preset.replace(sae_main=128, sae_tokens=32_768, sae_batch=256, eval_tokens=4_096,
-                                density_tokens=8_192)
-
-
-@pytest.fixture(scope="module")
 def parts(tiny, smoke_store, smoke_model, smoke_tokenizer):
     trc = get_transcoder(tiny, smoke_store, progress=False)
     index = get_transcoder_index(tiny, smoke_store, progress=False, model=smoke_model)
