@@ -42,7 +42,7 @@ RECORD = $(BIN)/python -m mono_utils.runrecord --record runs/$(PRESET)/make-run.
 run: env atlas-js
 	@mkdir -p runs/$(PRESET)
 	$(RECORD) --step build --log runs/$(PRESET)/build.log -- $(BIN)/python -m mono_utils build --preset $(PRESET) --jobs 2
-	$(RECORD) --step notebooks -- $(BIN)/python -m mono_utils run-notebooks --preset $(PRESET)
+	$(RECORD) --step notebooks -- $(BIN)/python -m mono_utils run-notebooks --preset $(PRESET) --jobs 2
 	$(RECORD) --step atlas -- $(BIN)/python -m mono_utils atlas --preset $(PRESET) --sae B/1 --sae paper2023 --out runs/$(PRESET)/atlas
 
 # docs/results.md from what `make run` built and recorded (every figure the README and the lessons quote)

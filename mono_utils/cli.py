@@ -7,6 +7,7 @@ import os
 import platform
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .pipeline.parallel import run_parallel
@@ -124,18 +125,30 @@ def cmd_run_notebooks(args) -> int:
     env = dict(os.environ)
     if args.artifacts:
         env["MONO_ARTIFACTS"] = str(Path(args.artifacts).resolve())
-    rows = []
-    for p in paths:
+    if args.jobs < 1:
+        print(f"error: --jobs {args.jobs}: run at least one notebook at a time (e.g. --jobs 2 on two cores)",
+              file=sys.stderr)
+        return 2
+
+    def run_one(p):
         print(f"== {p.name}", flush=True)
         r = execute_notebook(p, out_dir / p.name, preset=args.preset, env=env, timeout=args.timeout,
                              total_timeout=args.notebook_timeout or None)
-        print(f"   {'ok' if r['ok'] else 'FAILED'} in {r['seconds']:.0f}s, peak {r['peak_mb']:.0f} MB", flush=True)
+        print(f"   {p.name}: {'ok' if r['ok'] else 'FAILED'} in {r['seconds']:.0f}s, peak {r['peak_mb']:.0f} MB",
+              flush=True)
         if not r["ok"]:
             print(r["log"])
-        rows.append(r)
+        return r
+
+    if args.jobs > 1 and "OMP_NUM_THREADS" not in env:   # N kernels share the cores, as build --jobs N's stages do
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))
+    # each notebook is its own kernel process, so --jobs N runs N of them side by side (threads only wait)
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        rows = list(pool.map(run_one, paths))    # in the notebooks' order, whatever order they finish in
     table = format_table(rows)
-    print("\n" + table + f"\n\nmachine: {_machine()}; preset {args.preset}; executed copies in {out_dir}")
-    (out_dir / "timings.md").write_text(table + f"\n\nmachine: {_machine()}\n", encoding="utf-8")
+    side = f"; {args.jobs} notebooks at a time" if args.jobs > 1 else ""
+    print("\n" + table + f"\n\nmachine: {_machine()}; preset {args.preset}{side}; executed copies in {out_dir}")
+    (out_dir / "timings.md").write_text(table + f"\n\nmachine: {_machine()}{side}\n", encoding="utf-8")
     return 0 if all(r["ok"] for r in rows) else 1
 
 
@@ -229,6 +242,8 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--timeout", type=int, default=3600, help="seconds a cell may run (then it fails, named)")
     r.add_argument("--notebook-timeout", type=int, default=7200,
                    help="seconds a whole notebook may run (then it is stopped, named with its cell; 0: no limit)")
+    r.add_argument("--jobs", type=int, default=1,
+                   help="notebooks executed side by side, each in its own kernel (make run: 2, one per core)")
     r.add_argument("--force", action="store_true",
                    help="replace notebooks already in --out that are not earlier executed copies (a student's: each is "
                         "first copied to <out>/backups/)")

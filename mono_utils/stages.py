@@ -46,11 +46,14 @@ def build_stages(preset, store):
         ("Matryoshka A", lambda: get_matryoshka_sae(preset, store, which="A")),
         ("SAE randomized", lambda: get_randomized_sae(preset, store=store)),
         ("SAE A/1 TopK", lambda: get_topk_sae(preset, which="A", store=store)),
-        # notebook 01's four recipes on the TopK run's tokens; its topk entry is that very artifact
+        # issue 30's error bars: A/1's recipe at three seeds, side runs (an eighth of A/1's activations, a
+        # smaller evaluation); seed 0 is also the recipes' batchtopk entry
+        ("SAE A/1 seeds", lambda: get_seed_runs(preset, store)),
+        # notebook 01's four recipes on the side runs' tokens; its topk and batchtopk entries are the TopK run
+        # and seed 0 of the seed runs (the same artifacts)
         ("SAE recipes", lambda: get_recipe_runs(preset, store, which="A")),
         ("SAE A lambda sweep", lambda: get_lambda_sweep(preset, which="A", store=store)),
-        # issue 30's controls and error bars: side runs on an eighth of A/1's activations, a smaller evaluation
-        ("SAE A/1 seeds", lambda: get_seed_runs(preset, store)),
+        # issue 30's control: A/1's recipe with a frozen random decoder, a side run
         ("SAE A/1 frozen decoder", lambda: get_frozen_decoder_sae(preset, store)),
         ("PCA A", lambda: get_pca_dictionary(preset, store)),
         # notebook 07: model A's MLP as a transcoder (A/1's width and recipe), for attribution graphs
@@ -92,9 +95,10 @@ STAGE_DEPS = {
     "SAE A/1 seeds": ("model A",), "SAE A/1 frozen decoder": ("model A",), "PCA A": ("model A",),
     # after A/1: its metrics give A/1's FVU of the MLP output, and A/1's ablation baselines are reused
     "transcoder A": ("SAE A/1",),
-    # after the stages whose artifacts it reuses: the TopK run always, the paper2023 run where side runs
-    # train on all of sae_tokens (paper); side by side, --jobs 2 would wait on their locks
-    "SAE recipes": ("model A", "SAE A/1 paper2023", "SAE A/1 TopK"),
+    # after the stages whose artifacts it reuses: the TopK run and seed 0 of the seed runs (its batchtopk
+    # entry) always, the paper2023 run where side runs train on all of sae_tokens (paper); side by side,
+    # --jobs 2 would wait on their locks
+    "SAE recipes": ("model A", "SAE A/1 paper2023", "SAE A/1 TopK", "SAE A/1 seeds"),
     "index A/1": ("SAE A/1",), "index B/1": ("SAE B/1",),
     "SAE randomized": ("model A",), "index randomized": ("SAE randomized", "tokens"),
     "index A/1 paper2023": ("SAE A/1 paper2023",), "proxy table": ("index A/1",),

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core.tokenizer import str_tokens
+from ..core.tokenizer import readable_each
 
 
 # ---------------------------------------------------------------- configuration
@@ -153,7 +153,8 @@ class EvalCorpus:
 
     @classmethod
     def from_tokenizer(cls, tokens, tokenizer) -> "EvalCorpus":
-        return cls(tokens, str_tokens(tokenizer, range(len(tokenizer))))
+        # as the dashboards show tokens: a split byte as ‹d7›, not "�" (which all split bytes share)
+        return cls(tokens, readable_each(tokenizer, range(len(tokenizer))))
 
     def positions_of(self, token_id: int) -> np.ndarray:
         """Flat positions (row * n_ctx + pos) where ``token_id`` occurs, ascending."""

@@ -175,3 +175,9 @@ def pack_documents(docs, tokenizer, n_ctx: int, labels: list[str] | None = None)
         a = np.asarray(x[: rows * body], dtype=np.uint8).reshape(rows, body)
         return np.concatenate([a[:, :1], a], axis=1)
     return tokens, lab(dom), lab(sub), domains, subdomains, counts
+
+
+def readable_each(tokenizer, ids) -> list[str]:
+    """Each id alone as ``decode_run`` shows it (not as a run): whole characters as text, a byte that
+    starts no whole character as ``‹d7›``, so no two split bytes read alike and no page shows "�"."""
+    return [decode_run([b])[0] for b in token_bytes_of(tokenizer, ids)]

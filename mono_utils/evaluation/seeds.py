@@ -26,20 +26,14 @@ from ..core.malloc_tuning import release_memory
 from ..pipeline.models import get_model
 from ..pipeline.presets import Preset, resolve
 from ..pipeline.saes import get_sae, sae_metrics, side_eval_preset
+from ..pipeline.saes import side_run_tokens as side_tokens   # one budget for every side run
 
 SEEDS = (0, 1, 2)
-SIDE_FRACTION = 8          # a side run of this package trains on sae_tokens / SIDE_FRACTION activations
 
 # (key in metrics.json, label in the table), in the order notebook 01 shows A/1's figures
 SEED_METRICS = (("l0", "L0"), ("fvu", "FVU"), ("loss_recovered", "loss recovered (zero abl.)"),
                 ("loss_recovered_mean", "loss recovered (mean abl.)"), ("kl_sae", "KL (clean || spliced)"),
                 ("dead", "dead"), ("ultralow", "ultralow"))
-
-
-def side_tokens(p: Preset) -> int:
-    """Training activations of each seed run and of the frozen-decoder control: ``sae_tokens / 8``
-    (default: 500,000; smoke: 25,000), all of ``sae_tokens`` where the preset trains side runs in full."""
-    return p.sae_tokens if p.side_runs_full else max(p.sae_batch, p.sae_tokens // SIDE_FRACTION)
 
 
 def side_preset(p: Preset) -> Preset:

@@ -17,7 +17,7 @@ import torch
 
 from ..core.index import ActivationIndex, _check_kind
 from ..core.model import HOOK_MLP_POST, W_U, W_out, lm_loss
-from ..core.tokenizer import decode_run, readable_tokens, token_bytes_of
+from ..core.tokenizer import decode_run, readable_each, readable_tokens, token_bytes_of
 
 _VOCAB_CACHE: dict = {}
 
@@ -38,7 +38,7 @@ def readable_vocab(tokenizer, d_vocab: int | None = None) -> list[str]:
     key = ("readable", id(tokenizer))
     n = d_vocab or len(tokenizer)
     if key not in _VOCAB_CACHE or len(_VOCAB_CACHE[key]) < n:
-        _VOCAB_CACHE[key] = [decode_run([b])[0] for b in token_bytes_of(tokenizer, range(n))]
+        _VOCAB_CACHE[key] = readable_each(tokenizer, range(n))
     return _VOCAB_CACHE[key]
 
 

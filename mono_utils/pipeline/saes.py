@@ -144,7 +144,8 @@ def get_sae(preset=None, store: ArtifactStore | None = None, *, which: str = "A"
     return sae
 
 
-SIDE_EVAL_FRACTION = 4      # a side run is evaluated on eval_tokens / 4 held-out tokens...
+SIDE_RUN_FRACTION = 8       # a side run trains on sae_tokens / 8 activations (side_run_tokens)...
+SIDE_EVAL_FRACTION = 4      # ... is evaluated on eval_tokens / 4 held-out tokens...
 SIDE_DENSITY_FRACTION = 2   # ... and counts its feature densities on density_tokens / 2
 
 
@@ -187,22 +188,31 @@ def get_sae_family(preset=None, store: ArtifactStore | None = None, *, which: st
     return out
 
 
-def family_tokens(p: Preset, d_sae: int) -> int:
-    """Training tokens of a family member other than the main size (not on ``paper``).
+def side_run_tokens(p: Preset) -> int:
+    """Training activations of every side run (not on ``paper``, where side runs train on all of
+    ``sae_tokens``): an eighth of the main run's (default: 500,000 against A/1's 4M; smoke: 25,000).
 
-    The other sizes only serve the splitting lesson: a quarter of the main run's tokens, and at most
-    half its compute (tokens x width), so the 8x-wider dictionary does not cost as much as the
-    rest of the build (default: 1M each; half of A/1's before issue 30's stages needed the time).
-    """
-    return max(p.sae_batch, min(p.sae_tokens // 4, p.sae_tokens * p.sae_main // (2 * d_sae)))
+    Side runs: TopK and notebook 01's recipes, the lambda sweep, the family's other sizes, the nested
+    (Matryoshka) SAE, issue 30's seeds and frozen-decoder control. One budget for all of them, so that
+    runs of one recipe, width and seed are one artifact (the recipes' ``batchtopk`` is seed 0 of the
+    seed runs; the recipes' ``paper2023`` is the sweep's lambda x 1) and every comparison among side runs
+    is at matched tokens. It was a quarter of A/1's for TopK, the recipes and the family until the build
+    outgrew ``make run``'s 45 minutes (docs/results.md times each stage)."""
+    return p.sae_tokens if p.side_runs_full else max(p.sae_batch, p.sae_tokens // SIDE_RUN_FRACTION)
+
+
+def family_tokens(p: Preset, d_sae: int) -> int:
+    """Training tokens of a family member other than the main size (not on ``paper``): the side runs'
+    budget (``side_run_tokens``), and at most half the main run's compute (tokens x width)."""
+    return max(p.sae_batch, min(side_run_tokens(p), p.sae_tokens * p.sae_main // (2 * d_sae)))
 
 
 def topk_tokens(p: Preset) -> int:
-    """TopK trains on a quarter of the main run's tokens (not on ``paper``): it only serves the
-    side-by-side comparison of notebook 01 (and the recipes at matched tokens), and the suite's time
-    budget is tight. On default at k 18 that budget leaves 28% of its latents dead (at k 24, 0.8%;
-    docs/findings.md, "SAE recipes")."""
-    return p.sae_tokens if p.side_runs_full else max(p.sae_batch, p.sae_tokens // 4)
+    """TopK trains on the side runs' budget (``side_run_tokens``): it only serves the side-by-side
+    comparison of notebook 01 (and the recipes at matched tokens). With so few activations at k 18
+    many of its latents die (docs/results.md counts them; at k 24, far fewer: docs/findings.md,
+    "SAE recipes")."""
+    return side_run_tokens(p)
 
 
 def get_paper_sae(preset=None, store: ArtifactStore | None = None, *, which: str = "A", progress: bool = True,
@@ -285,7 +295,7 @@ def get_lambda_sweep(preset=None, store: ArtifactStore | None = None, *, which: 
     same artifacts.
     """
     p = get_preset(preset)
-    tokens = p.sae_tokens if p.side_runs_full else max(p.sae_batch, p.sae_tokens // 8)
+    tokens = side_run_tokens(p)
     _model_first(p, store, which, progress)
     return {m: get_sae(side_eval_preset(p), store, which=which, recipe="paper2023", l1_coeff=p.l1_coeff * m,
                        progress=progress, total_tokens=tokens)

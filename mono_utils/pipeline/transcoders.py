@@ -162,9 +162,9 @@ class _MlpInputEncoder:
 
 
 def transcoder_index_tokens(p: Preset) -> int:
-    """Tokens of the transcoder's activation index: A/1's on smoke, a quarter on larger presets (the
-    index only serves the atlas's pages and top examples; A/1's 1M tokens take ~2 min and 1.3 GB on default)."""
-    return p.index_tokens if p.name == "smoke" else max(p.n_ctx, p.index_tokens // 4)
+    """Tokens of the transcoder's activation index: A/1's on smoke, half of them on larger presets (default:
+    262,144; it serves notebook 07's dashboards and autointerp, each beside the neurons on the same tokens)."""
+    return p.index_tokens if p.name == "smoke" else max(p.n_ctx, p.index_tokens // 2)
 
 
 def get_transcoder_index(preset=None, store=None, *, which: str = "A", progress: bool = True, model=None):

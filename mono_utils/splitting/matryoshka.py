@@ -42,7 +42,8 @@ from ..core.model import mlp_post, model_folder
 from ..core.probing import absorption
 from ..pipeline.models import get_model, get_tokens
 from ..pipeline.presets import Preset, resolve
-from ..pipeline.saes import family_tokens, feature_density, get_sae, get_sae_family, sae_metrics, ultralow_mask
+from ..pipeline.saes import (family_tokens, feature_density, get_sae, get_sae_family, sae_metrics, side_eval_preset,
+                              ultralow_mask)
 from ..store.results import cached_result, input_id
 from ..universality.cache import token_rows
 from ..universality.compare import _csr
@@ -65,6 +66,13 @@ def matryoshka_tokens(p: Preset) -> int:
     return p.sae_tokens if (n == p.sae_main or p.side_runs_full) else family_tokens(p, n)
 
 
+def matryoshka_eval_preset(p: Preset) -> Preset:
+    """The evaluation the nested SAE and each of its prefixes get: that of the family's member of its
+    width, a side run's (``side_eval_preset``) unless that member is the main SAE (smoke) or side runs
+    are full (paper)."""
+    return p if max(p.sae_sizes) == p.sae_main else side_eval_preset(p)
+
+
 def get_matryoshka_sae(preset=None, store=None, which: str = "A", *, progress: bool = True, live=None):
     """The nested BatchTopK SAE of model ``which``: ``max(preset.sae_sizes)`` features with the
     family's sizes as prefixes, k ``preset.topk_k``, on ``matryoshka_tokens(preset)`` activations.
@@ -73,7 +81,9 @@ def get_matryoshka_sae(preset=None, store=None, which: str = "A", *, progress: b
     with nested prefixes here), so its comparison with the family there crosses recipes."""
     p, s = resolve(preset, store)
     sizes = tuple(_check_family(sorted(p.sae_sizes)))
-    return get_sae(p, s, which=which, d_sae=sizes[-1], recipe="batchtopk", matryoshka_prefixes=sizes,
+    get_model(p, s, which=which, progress=progress)   # built (if at all) with the preset's own evaluation
+    return get_sae(matryoshka_eval_preset(p), s, which=which, d_sae=sizes[-1], recipe="batchtopk",
+                   matryoshka_prefixes=sizes,
                    total_tokens=matryoshka_tokens(p), progress=progress, live=live)
 
 
@@ -276,15 +286,17 @@ def get_matryoshka_analysis(preset=None, store=None, *, progress: bool = True, m
                                               threshold=threshold)
     tokens, _, sub, desc = token_rows(p, data)
     sizes = _check_family(sorted(family))
+    # each prefix is evaluated as the nested SAE itself was (a side run's evaluation on default)
+    eval_tokens = int(matryoshka_eval_preset(p).eval_tokens)
     config = {"model": input_id(model_folder(model)), "nested": input_id(nested),
               "family": {str(n): input_id(family[n]) for n in sizes}, "family_analysis": family_analysis.params,
-              "tokens": desc, "labels": "subdomain", "eval_tokens": int(p.eval_tokens), "threshold": float(threshold),
+              "tokens": desc, "labels": "subdomain", "eval_tokens": eval_tokens, "threshold": float(threshold),
               "min_cos": MIN_COS, "min_tokens": MIN_TOKENS, "version": 1}
 
     def compute():
         tv, _, _ = data.split("val")
         res = matryoshka_analysis(model, nested, family, tokens, sub, list(data.subdomain_names),
-                                  family_analysis.graph, tv, p.eval_tokens, store=s, threshold=threshold,
+                                  family_analysis.graph, tv, eval_tokens, store=s, threshold=threshold,
                                   progress=progress)
         return {"sizes": np.asarray(sizes, np.int64)}, {**res, "params": config}
 
