@@ -59,7 +59,8 @@ def test_stage_dependencies_cover_every_stage_in_order():
 def test_recipes_stage_comes_after_the_saes_it_reuses():
     # get_recipe_runs reuses the TopK side run (and the paper2023 run on paper): built side by side
     # under --jobs 2, the recipes stage would only wait on their locks, holding a worker
-    assert {"SAE A/1 TopK", "SAE A/1 paper2023"} <= set(stages.STAGE_DEPS["SAE recipes"])
+    # and seed 0 of the seed runs, its batchtopk entry
+    assert {"SAE A/1 TopK", "SAE A/1 paper2023", "SAE A/1 seeds"} <= set(stages.STAGE_DEPS["SAE recipes"])
 
 
 def test_the_paper_recipe_is_built_and_compared_beside_a1():
@@ -79,6 +80,11 @@ def test_parallel_build_runs_stages_in_worker_processes(smoke_store, smoke_model
     for stage in ("corpus", "tokenizer", "tokens", "model A", "model B"):
         assert f"   {stage} done in" in r.stdout
     assert "total wall time (2 jobs" in r.stdout
+
+
+def test_run_notebooks_rejects_zero_jobs(capsys, tmp_path):
+    assert cli.main(["run-notebooks", "--preset", "smoke", "--jobs", "0", "--out", str(tmp_path / "x")]) == 2
+    assert "--jobs 0" in capsys.readouterr().err
 
 
 def test_build_rejects_zero_jobs(capsys):

@@ -67,6 +67,19 @@ def test_topk_is_the_side_runs_artifact_not_retrained(recipe_runs, tiny, smoke_s
     assert all(Path(again[n].folder) == Path(runs[n].folder) for n in again)
 
 
+def test_side_runs_share_one_budget_and_their_artifacts(recipe_runs, tiny, smoke_store):
+    """Every side run trains on side_run_tokens, so one recipe at one seed is one artifact: the recipes'
+    batchtopk entry is seed 0 of the seed runs (A/1's recipe on smoke), loaded, not trained twice."""
+    from mono_utils.evaluation.seeds import get_seed_runs, side_tokens
+    from mono_utils.pipeline.saes import family_tokens, side_run_tokens, topk_tokens
+    runs, *_ = recipe_runs
+    assert recipe_tokens(tiny) == topk_tokens(tiny) == side_tokens(tiny) == side_run_tokens(tiny) < tiny.sae_tokens
+    assert all(family_tokens(tiny, n) <= side_run_tokens(tiny) for n in tiny.sae_sizes)
+    assert tiny.sae_recipe == "batchtopk"
+    seed0 = get_seed_runs(tiny, smoke_store, seeds=(0,), progress=False)[0]
+    assert Path(seed0.folder) == Path(runs["batchtopk"].folder)
+
+
 def test_unknown_recipe_names_the_choices(tiny, smoke_store):
     with pytest.raises(ValueError, match=r"unknown SAE recipe.*'gated'.*choose among.*paper2023"):
         get_recipe_runs(tiny, smoke_store, recipes=["paper2023", "gated"], progress=False)
