@@ -336,6 +336,36 @@ def shrink_widget_state(nb, max_model_bytes: int = 200_000) -> list[str]:
     return dropped
 
 
+SHELL_POLL_STEP_S = 5.0
+
+
+def _poll_shell_in_steps(channel, step: float = SHELL_POLL_STEP_S) -> None:
+    """Make ``channel.get_msg(timeout)`` poll in steps of ``step`` seconds up to ``timeout``.
+
+    Why (issue 25's stall): nbclient waits for a cell's ``execute_reply`` with one poll of the shell
+    socket for the whole cell limit. Notebook 03 on smoke once sat ~15 minutes (the 900 s limit) with
+    both the client and the kernel idle in ``epoll_wait``, then finished and passed: the reply had
+    arrived, the wake-up for it had not, and the poll's final check at its timeout found it. zmq's
+    socket descriptor is edge-triggered, so a notification can be consumed without the waiting poll
+    seeing it; widget traffic in the same cell makes that likelier (nbclient issue 312 reports the same
+    block with ipywidgets). A new poll checks the queue first, so re-polling every few seconds turns a
+    missed wake-up into at most ``step`` seconds of delay; a real stall still ends at the cell limit."""
+    from queue import Empty   # lazy, with the rest of the notebook runner
+    inner = channel.get_msg
+
+    async def get_msg(timeout=None):
+        deadline = None if timeout is None else time.monotonic() + float(timeout)
+        while True:
+            wait = step if deadline is None else max(0.0, min(step, deadline - time.monotonic()))
+            try:
+                return await inner(timeout=wait)
+            except Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+
+    channel.get_msg = get_msg
+
+
 def _run_here(path: str, out: str, timeout: str) -> int:
     """Child-process entry: execute with nbclient, save the executed copy (even on error) with a static
     fallback for every widget output."""
@@ -363,6 +393,7 @@ def _run_here(path: str, out: str, timeout: str) -> int:
     code = 0
     try:
         with client.setup_kernel():
+            _poll_shell_in_steps(client.kc.shell_channel)
             info = client.wait_for_reply(client.kc.kernel_info())
             if info is not None and "language_info" in info["content"]:
                 nb.metadata["language_info"] = info["content"]["language_info"]

@@ -313,6 +313,39 @@ def test_h47_an_empty_mono_preset_is_the_default_for_every_command(argv, monkeyp
 
 
 # ---------------------------------------------------------------- H48: a notebook that stalls
+def test_h48_a_reply_whose_wake_up_was_missed_is_read_at_the_next_step():
+    """The stall's likely cause: one poll of the shell socket for a cell's whole limit, whose wake-up
+    was missed. The runner polls in steps: a reply the first poll did not see is read at the next one
+    (here after 0.02 s, not the 5 s limit), and with no reply the limit still ends it with Empty."""
+    import asyncio
+    from queue import Empty
+
+    from mono_utils.notebooks import _poll_shell_in_steps
+
+    class Channel:
+        def __init__(self, reply_at_call):
+            self.calls, self.reply_at_call = [], reply_at_call
+
+        async def get_msg(self, timeout=None):
+            self.calls.append(timeout)
+            await asyncio.sleep(timeout)
+            if len(self.calls) == self.reply_at_call:
+                return {"msg_type": "execute_reply"}
+            raise Empty
+
+    ch = Channel(reply_at_call=2)       # the first poll misses the reply, the second reads it
+    _poll_shell_in_steps(ch, step=0.01)
+    t0 = time.monotonic()
+    assert asyncio.run(ch.get_msg(timeout=5.0)) == {"msg_type": "execute_reply"}
+    assert time.monotonic() - t0 < 1.0 and ch.calls == [0.01, 0.01]
+    never = Channel(reply_at_call=-1)
+    _poll_shell_in_steps(never, step=0.01)
+    t0 = time.monotonic()
+    with pytest.raises(Empty):
+        asyncio.run(never.get_msg(timeout=0.05))
+    assert 0.05 <= time.monotonic() - t0 < 1.0 and len(never.calls) >= 5
+
+
 def test_h48_a_stalled_notebook_is_stopped_naming_its_cell_and_what_it_waits_on(tmp_path):
     """Notebook 03 once sat ~15 minutes idle in CI. Now each notebook has a total limit: past it the
     process tree (kernel included) is stopped, and the message names the notebook, the cell, and what

@@ -1,4 +1,4 @@
-"""The live atlas: model A and its dictionaries as ONNX, run in the page by onnxruntime-web.
+"""The live atlas: the models and their dictionaries as ONNX, run in the page by onnxruntime-web.
 
 The static atlas shows what the build measured; the live part lets a student type a sentence
 and see which units fire, or steer a feature, with nothing but a browser and the folder.
@@ -11,7 +11,8 @@ What is exported (``export_onnx``), from the trained artifacts, with torch's ONN
   and ``mlp_post`` [1, T, d_mlp] (the hook's activations);
   ``back``: (``resid_mid``, ``mlp_post``) -> ``logits`` [1, T, d_vocab].
   ``back(front(tokens))`` is the model's forward pass.
-- each SAE of a unit set on model A: ``encode``: x [N, d_mlp] -> f [N, d_sae] and ``decode``:
+- model B the same way (``live/model-B-*``) where the atlas holds a set of model B;
+- each SAE of a unit set, on its own model's activations: ``encode``: x [N, d_mlp] -> f [N, d_sae] and ``decode``:
   f -> (``x_hat``, ``dirs`` = f @ W_dec_raw, the reconstruction without the decoder bias; with a
   one-hot f that is exactly one dictionary vector, which the page's steering edit needs).
 
@@ -267,12 +268,23 @@ def tokenizer_files(tokenizer) -> tuple[dict, dict]:
     return json.loads(tj.read_text(encoding="utf-8")), (json.loads(tc.read_text(encoding="utf-8")) if tc.is_file() else {})
 
 
-def write_live(folder: str | Path, model, tokenizer, saes: dict[str, SparseAutoencoder], n_units: dict[str, int],
-               labels: dict[str, str], neuron_sets: tuple[str, ...] = ()) -> dict:
+def write_live(folder: str | Path, models, tokenizer, saes: dict[str, SparseAutoencoder], n_units: dict[str, int],
+               labels: dict[str, str], neuron_sets: tuple[str, ...] = (), set_models: dict[str, str] | None = None) -> dict:
     """Write ``<folder>/live/`` (runtime, tokenizer, ONNX graphs as scripts) and hook it into the page.
 
-    ``saes``: unit set key -> its SAE on model A; ``neuron_sets``: keys of sets that are model A's
-    neurons (shown from ``mlp_post`` directly). Returns a report (bytes per file)."""
+    ``models``: ``{"A": model, "B": model}`` (or model A alone); ``saes``: unit set key -> its SAE;
+    ``neuron_sets``: keys of sets that are a model's neurons (shown from ``mlp_post`` directly);
+    ``set_models``: set key -> the model it reads (default ``"A"``). Model A's graphs are
+    ``live/model-{front,back}.js``, another model W's ``live/model-W-{front,back}.js``, loaded by the page
+    the first time a set of W is shown. Returns a report (bytes per file)."""
+    models = models if isinstance(models, dict) else {"A": models}
+    set_models = dict(set_models or {})
+    if "A" not in models:
+        raise ValueError("write_live needs model A (the page starts on it): pass models={'A': model, ...}")
+    missing = sorted({set_models.get(k, "A") for k in (*saes, *neuron_sets)} - set(models))
+    if missing:
+        raise ValueError(f"unit sets read model(s) {missing} that write_live was not given: pass them in models")
+    model = models["A"]
     check_libraries()
     folder = Path(folder)
     live = folder / "live"
@@ -296,21 +308,28 @@ def write_live(folder: str | Path, model, tokenizer, saes: dict[str, SparseAutoe
         TOKENIZERS_CJS.read_text(encoding="utf-8") + "\n;window.HFTokenizers=module.exports;})();\n")
     tj, tc = tokenizer_files(tokenizer)
     put("tokenizer.js", _json_js("live/tokenizer", {"json": tj, "config": tc}))
-    graphs = export_model(model)
-    for part, data in graphs.items():
-        put(f"model-{part}.js", _b64_js(f"live/model-{part}", data))
+    c = model_config_of(model)
+    prefixes = {}
+    for w, m in models.items():
+        cw = model_config_of(m)
+        if (cw.n_ctx, cw.d_mlp, cw.d_vocab, cw.n_layers) != (c.n_ctx, c.d_mlp, c.d_vocab, c.n_layers):
+            raise ValueError(f"model {w} has another shape than model A (n_ctx, d_mlp, d_vocab, n_layers): "
+                             f"the page shares one tokenizer and one panel; write it in an atlas of its own")
+        prefixes[w] = "live/model" if w == "A" else f"live/model-{w}"
+        for part, data in export_model(m).items():
+            name = prefixes[w].removeprefix("live/")
+            put(f"{name}-{part}.js", _b64_js(f"{prefixes[w]}-{part}", data))
     sets = {}
     for key, sae in saes.items():
         g = export_sae(sae)
         for part, data in g.items():
             put(f"sae-{key}-{part}.js", _b64_js(f"live/sae-{key}-{part}", data))
         sets[key] = {"kind": "feature", "d_sae": int(sae.cfg.d_sae), "label": labels.get(key, key),
-                     "n_units": int(n_units.get(key, sae.cfg.d_sae))}
-    c = model_config_of(model)
+                     "n_units": int(n_units.get(key, sae.cfg.d_sae)), "model": set_models.get(key, "A")}
     for key in neuron_sets:
         sets[key] = {"kind": "neuron", "d_sae": int(c.d_mlp), "label": labels.get(key, key),
-                     "n_units": int(c.d_mlp)}
-    meta = {"version": LIVE_VERSION, "n_ctx": int(c.n_ctx), "d_mlp": int(c.d_mlp), "d_vocab": int(c.d_vocab),
+                     "n_units": int(c.d_mlp), "model": set_models.get(key, "A")}
+    meta = {"version": LIVE_VERSION, "models": prefixes, "n_ctx": int(c.n_ctx), "d_mlp": int(c.d_mlp), "d_vocab": int(c.d_vocab),
             "n_layers": int(c.n_layers),
             "bos": int(tokenizer.convert_tokens_to_ids(EOT)), "sets": sets, "max_new": 40,
             "libraries": {"onnxruntime-web": _npm_version("onnxruntime-web"),
@@ -337,23 +356,33 @@ def _hook_page(index_html: Path) -> None:
 
 
 def write_atlas_live(folder: str | Path, preset, store, tokenizer, sets, loaded: dict) -> dict:
-    """``write_live`` for the unit sets of an atlas (``site.load_sets``): model A, the SAE of every
-    feature set on model A, and A's neurons. Sets on model B are not live (the page says so)."""
-    model = loaded["models"].get("A") or get_model(preset, store, which="A", progress=False)
-    saes, labels, n_units, neurons = {}, {}, {}, []
+    """``write_live`` for the unit sets of an atlas (``site.load_sets``): every model a set reads (A, and B
+    where the atlas holds B/1 or B's neurons), the SAE of every feature set, and the models' neurons."""
+    models, saes, labels, n_units, neurons, set_models = {}, {}, {}, {}, [], {}
+
+    def model(w: str):
+        if w not in models:
+            models[w] = loaded["models"].get(w) or get_model(preset, store, which=w, progress=False)
+        return models[w]
+
+    model("A")
     for us in sets:
-        if us.model != "A":
-            continue
-        labels[us.key], n_units[us.key] = us.label, us.n_units
+        sae = None
         if us.kind == "neuron":
             neurons.append(us.key)
-        elif us.key == "A1":
-            saes[us.key] = loaded["saes"].get("A/1") or get_sae(preset, store, which="A", progress=False)
+        elif us.key in ("A1", "B1"):
+            sae = loaded["saes"].get(f"{us.model}/1") or get_sae(preset, store, which=us.model, progress=False)
         elif us.key == "A1paper":
-            saes[us.key] = get_paper_sae(preset, store, which="A", progress=False)
+            sae = get_paper_sae(preset, store, which="A", progress=False)
         elif us.key == "A1topk":
-            saes[us.key] = get_topk_sae(preset, store, which="A", progress=False)
+            sae = get_topk_sae(preset, store, which="A", progress=False)
         elif us.key.startswith("Af") and us.key[2:].isdigit():
             n = int(us.key[2:])
-            saes[us.key] = get_sae_family(preset, store, which="A", sizes=(n,), progress=False)[n]
-    return write_live(folder, model, tokenizer, saes, n_units, labels, tuple(neurons))
+            sae = get_sae_family(preset, store, which="A", sizes=(n,), progress=False)[n]
+        else:
+            continue              # a set with no dictionary the page can run (a transcoder's: its input is not hook_post)
+        if sae is not None:
+            saes[us.key] = sae
+        model(us.model)
+        labels[us.key], n_units[us.key], set_models[us.key] = us.label, us.n_units, us.model
+    return write_live(folder, models, tokenizer, saes, n_units, labels, tuple(neurons), set_models)

@@ -60,16 +60,15 @@ def live_atlas(smoke_live, smoke_preset, smoke_store, tmp_path_factory):
     return out.resolve()
 
 
-@pytest.fixture()
-def page(live_atlas, browser_context):
-    """A page whose every request outside the atlas folder is aborted and recorded."""
+def _guarded_page(folder: Path, browser_context):
+    """A page whose every request outside ``folder`` is aborted and recorded; checked when it closes."""
     pg = browser_context.new_page()
     pg.outside, pg.errors, pg.requests = [], [], []
 
     def guard(route):
         url = route.request.url
         pg.requests.append(url)
-        if url.startswith("file://") and Path(unquote(urlparse(url).path)).resolve().is_relative_to(live_atlas):
+        if url.startswith("file://") and Path(unquote(urlparse(url).path)).resolve().is_relative_to(folder):
             route.continue_()
         elif url.startswith("data:"):
             route.continue_()             # the runtime's loader module, from a string in live/ort-wasm.js
@@ -83,6 +82,12 @@ def page(live_atlas, browser_context):
     pg.close()
     assert not pg.outside, f"requests outside the atlas folder (aborted): {pg.outside[:5]}"
     assert not pg.errors, pg.errors[:5]
+
+
+@pytest.fixture()
+def page(live_atlas, browser_context):
+    """A page of the A-only atlas whose every request outside its folder is aborted and recorded."""
+    yield from _guarded_page(live_atlas, browser_context)
 
 
 def _ready(page, atlas: Path, hash_: str = ""):
@@ -210,3 +215,62 @@ def test_no_live_writes_the_static_atlas(smoke_live, smoke_preset, smoke_store, 
     rep = build_atlas(smoke_preset, out, store=smoke_store, progress=False, build_missing=False, live=False)
     assert "live" not in rep and not (out / "live").exists()
     assert "live/live.js" not in (out / "index.html").read_text()
+
+
+# ---------------------------------------------------------------- model B's sets are live too
+@pytest.fixture(scope="module")
+def live_atlas_b(smoke_live, smoke_preset, smoke_store, tmp_path_factory):
+    """The atlas with B/1 (and B's neurons): model B exported beside model A, B's sets run on model B."""
+    from mono_utils.atlas.site import build_atlas
+    model_b = get_model(smoke_preset, smoke_store, which="B", progress=False)
+    sae_b = get_sae(smoke_preset, smoke_store, which="B", progress=False)
+    get_index(smoke_preset, smoke_store, which="B", sae=sae_b, model=model_b, progress=False)
+    out = tmp_path_factory.mktemp("atlas-live-b") / "atlas"
+    rep = build_atlas(smoke_preset, out, store=smoke_store, saes=("B/1",), progress=False, build_missing=False)
+    assert rep["live"]["sets"] == ["A1", "AN", "B1", "BN"]
+    assert "model-B-front.js" in rep["live"]["bytes"] and "model-B-back.js" in rep["live"]["bytes"]
+    return out.resolve(), model_b, sae_b
+
+
+@pytest.fixture()
+def page_b(live_atlas_b, browser_context):
+    yield from _guarded_page(live_atlas_b[0], browser_context)
+
+
+def test_model_b_sets_run_on_model_b(page_b, live_atlas_b, smoke_live):
+    """B/1 and B's neurons on typed text equal model B's and B/1's in torch (within 1e-4), not model A's;
+    greedy steering with a B/1 feature equals notebook 06's ``generate`` on model B."""
+    folder, model_b, sae_b = live_atlas_b
+    model_a, tok, _, _ = smoke_live
+    _ready(page_b, folder)
+    bos = tok.convert_tokens_to_ids(EOT)
+    worst, off_a = 0.0, 0.0
+    for text in PROMPTS[:6]:
+        got = page_b.evaluate("""async ([text]) => {
+            const L = ATLAS.live, f = await L.analyse(text, 'B1'), n = await L.analyse(text, 'BN');
+            return {ids: f.ids, feats: Array.from(f.acts), acts: Array.from(n.acts)};
+        }""", [text])
+        ids = ([bos] + encode(tok, text))[:model_b.cfg.n_ctx]
+        assert got["ids"] == ids, text
+        x = torch.tensor([ids])
+        with torch.no_grad():
+            ref_act = mlp_post(model_b, x)[0]
+            ref_f = sae_b.encode(ref_act).numpy()
+            act_a = mlp_post(model_a, x)[0].numpy()
+        T = len(ids)
+        got_act = np.array(got["acts"]).reshape(T, -1)
+        worst = max(worst, float(np.abs(got_act - ref_act.numpy()).max()),
+                    float(np.abs(np.array(got["feats"]).reshape(T, -1) - ref_f).max()))
+        off_a = max(off_a, float(np.abs(got_act - act_a).max()))
+    assert worst <= ATOL, worst
+    assert off_a > 100 * ATOL, "B's neurons equal model A's: the page ran model A for a set of model B"
+    unit = int(np.argmax(ref_f.max(0)))
+    for prompt in STEER_PROMPTS[:2]:
+        got = page_b.evaluate("""async (o) => await ATLAS.live.generate(o)""",
+                              {"prompt": prompt, "set": "B1", "unit": unit, "mode": "clamp",
+                               "value": float(2 * ref_f[:, unit].max() + 1), "n": 12, "temperature": 0})
+        ref = generate(model_b, tok, sae_b, prompt, [Intervention(unit, "clamp", float(2 * ref_f[:, unit].max() + 1))],
+                       max_new_tokens=12, temperature=0.0).new_ids
+        first_tie = min([t["step"] for t in got["ties"]], default=12)
+        diff = next((k for k in range(12) if got["ids"][k] != ref[k]), None)
+        assert diff is None or diff >= first_tie, (prompt, diff, got["ids"], ref)

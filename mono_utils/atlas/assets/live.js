@@ -84,9 +84,9 @@
       ort.env.wasm.wasmBinary = r[1];
       L.t.decoded_ms = performance.now() - t0;
       ort.env.wasm.wasmPaths = {mjs: 'data:text/javascript;base64,' + A.data['live/ort-mjs']};
-      return Promise.all([session('live/model-front'), session('live/model-back')]);
-    }).then(function (s) {
-      L.front = s[0]; L.back = s[1];
+      return L.model('A');                   // model A at once; another model's graphs on first use
+    }).then(function (m) {
+      L.front = m.front; L.back = m.back;
       L.t.init_ms = performance.now() - t0;
       return L;
     });
@@ -94,17 +94,27 @@
   };
 
   // ------------------------------------------------------------ the computations
+  L.model = function (m) {                    // {front, back} sessions of model m ('A', 'B'), loaded once
+    var prefix = ((L.meta && L.meta.models) || {})[m || 'A'] || (m && m !== 'A' ? null : 'live/model');
+    if (!prefix) return Promise.reject(new Error('no live model ' + m + ' in this atlas'));
+    return Promise.all([session(prefix + '-front'), session(prefix + '-back')]).then(function (s) {
+      return {front: s[0], back: s[1]};
+    });
+  };
+  function modelOf(set) { var S = L.meta.sets[set]; return (S && S.model) || 'A'; }
   L.encodeText = function (text) {            // BOS + the text's tokens, as notebook 06's prepare_prompt
     return [L.meta.bos].concat(L.tokenizer.encode(String(text), {add_special_tokens: false}).ids);
   };
-  L.forward = function (ids) {                // {resid, act} of layer 0 (tensors) for ids
+  L.forward = function (ids, m) {             // {resid, act} of layer 0 (tensors) for ids, on model m (default A)
     var T = ids.length;
     var tok = new ort.Tensor('int64', BigInt64Array.from(ids.map(function (i) { return BigInt(i); })), [1, T]);
-    return L.front.run({tokens: tok}).then(function (o) { return {resid: o.resid_mid, act: o.mlp_post, T: T}; });
+    return L.model(m).then(function (g) { return g.front.run({tokens: tok}); })
+      .then(function (o) { return {resid: o.resid_mid, act: o.mlp_post, T: T}; });
   };
-  L.logits = function (resid, act) {          // act: a Float32Array [T * d_mlp] (edited or not)
+  L.logits = function (resid, act, m) {       // act: a Float32Array [T * d_mlp] (edited or not)
     var a = new ort.Tensor('float32', act, resid.dims.slice(0, 2).concat([L.meta.d_mlp]));
-    return L.back.run({resid_mid: resid, mlp_post: a}).then(function (o) { return o.logits; });
+    return L.model(m).then(function (g) { return g.back.run({resid_mid: resid, mlp_post: a}); })
+      .then(function (o) { return o.logits; });
   };
   L.encode = function (set, act, T) {         // unit activations [T * n] of a set: features or neurons
     var S = L.meta.sets[set];
@@ -135,7 +145,7 @@
         ids = ids.slice(0, L.meta.n_ctx);
       }
       var t0 = performance.now();
-      return L.forward(ids).then(function (r) {
+      return L.forward(ids, modelOf(set)).then(function (r) {   // a set of model B runs on model B
         return L.encode(set, r.act.data, r.T).then(function (f) {
           L.t.analyse_ms = performance.now() - t0;
           return {ids: ids, acts: f, n: L.meta.sets[set].d_sae, note: note};
@@ -190,7 +200,7 @@
       return (steer ? L.direction(opts.set, opts.unit) : Promise.resolve(null)).then(function (dir) {
         function step(k) {
           if (k >= n) return null;
-          return L.forward(ids).then(function (r) {
+          return L.forward(ids, modelOf(opts.set)).then(function (r) {
             /* With one layer, the logits at a position depend only on that position's residual and MLP
                activations (attention comes before the MLP), so each step encodes, edits and unembeds the
                last position alone: the same numbers as the full pass at a fraction of the work. */
@@ -200,7 +210,7 @@
             var resid = rows === T ? r.resid : new ort.Tensor('float32', r.resid.data.slice(first * dm, T * dm), [1, rows, dm]);
             return L.encode(opts.set, act, rows).then(function (f) {
               acts.push(f[(rows - 1) * S.d_sae + opts.unit]);
-              if (!steer) return L.logits(resid, act);
+              if (!steer) return L.logits(resid, act, modelOf(opts.set));
               var x = new Float32Array(act);
               for (var t = 0; t < rows; t++) {
                 var old = f[t * S.d_sae + opts.unit];
@@ -209,7 +219,7 @@
                 if (d === 0) continue;
                 for (var j = 0; j < D; j++) x[t * D + j] = Math.fround(x[t * D + j] + Math.fround(d * dir[j]));
               }
-              return L.logits(resid, x);
+              return L.logits(resid, x, modelOf(opts.set));
             });
           }).then(function (logits) {
             var off = (logits.dims[1] - 1) * V, nxt;
@@ -289,10 +299,11 @@
       var sets = liveSets();
       if (sets.indexOf(set) < 0) {
         status.textContent = 'The live model covers ' + sets.map(function (k) { return L.meta.sets[k].label; }).join(', ') +
-          ' (model A); pick one of those sets to try your text.';
+          '; pick one of those sets to try your text.';
         return;
       }
       if (L.meta.sets[set].kind === 'feature') session('live/sae-' + set + '-encode');   // ready before the first Run
+      if (modelOf(set) !== 'A') L.model(modelOf(set));                                   // model B's graphs too
       panel(box, set, unit);
     }).catch(function (e) {
       status.textContent = 'The live model could not start: ' + String(e && e.message || e);
