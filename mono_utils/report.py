@@ -323,8 +323,12 @@ def write_report(preset: str = "default", artifacts: str | None = None, out: str
                   table(("stage", "wall time (s)"), stage_table(build_log)), ""]
     timings = runs_dir / "timings.md"
     if timings.exists():
-        nb = timings.read_text(encoding="utf-8").split("\n\nmachine:")[0]
-        parts += ["### Notebooks, executed top to bottom on the built artifacts", "", nb, ""]
+        text = timings.read_text(encoding="utf-8")
+        nb, _, machine = text.partition("\n\nmachine:")
+        side = re.search(r"(\d+) notebooks at a time", machine)
+        how = (f", {side.group(1)} at a time (`run-notebooks --jobs {side.group(1)}`: each notebook's time is "
+               f"with another beside it on the cores; the peak memory is its own process tree's)") if side else ""
+        parts += [f"### Notebooks, executed top to bottom on the built artifacts{how}", "", nb, ""]
 
     parts += ["## What a student needs: sizes", ""]
     size_rows = []

@@ -80,3 +80,11 @@ def executed_notebooks(smoke_store, tmp_path_factory):
         return runs[path.name]
     return run
 
+
+
+@pytest.fixture(scope="module")
+def tiny(smoke_preset):
+    """Smoke's models with small SAEs (128 features on 32k activations) and a small evaluation: the preset of
+    the pipeline, evaluation and circuits tests, so that each of its artifacts is built once per store."""
+    return smoke_preset.replace(sae_main=128, sae_tokens=32_768, sae_batch=256, eval_tokens=4_096,
+                                density_tokens=8_192)

@@ -44,12 +44,11 @@ from ..core.model import W_U, W_out, model_config_of
 from ..pipeline.models import get_model
 from ..pipeline.presets import resolve
 from ..pipeline.saes import get_paper_sae, get_sae
-from ..store.results import cached_result
 from .offline import OfflineBackend
 from .protocol import (DeadUnitError, EvalCorpus, LogitInput, OutputExplainInput, ParseFailure, ProtocolConfig,
                        explain_input, logit_accuracy, logit_test_tokens, score_simulation, select_examples,
                        simulate_input, weighted_spearman)
-from .run import (_frame_from_parts, _frame_to_parts, get_randomized_sae, preset_sources, sample_units,
+from .run import (cached_frames, get_randomized_sae, preset_sources, sample_units,
                   source_identity, unit_seed, with_density_control)
 from .scores import KIND_LABELS, median_ci
 
@@ -382,8 +381,8 @@ def cached_output_side(sources: dict, probes: dict, n_units: int | None, seed: i
               "protocol": asdict(ProtocolConfig()), "n_units": n_units, "seed": int(seed),
               "version": OUTPUT_SIDE_VERSION}
 
-    def compute():
-        arrays, meta = {}, {"kinds": list(sources)}
+    def compute_frames():
+        frames = {}
         # kinds of one model on one corpus share its residuals (each row read once), one model at a time
         key = {k: (id(probes[k].model), id(src.corpus.tokens)) for k, src in sources.items()}
         order = sorted(sources, key=lambda k: list(dict.fromkeys(key.values())).index(key[k]))
@@ -392,15 +391,11 @@ def cached_output_side(sources: dict, probes: dict, n_units: int | None, seed: i
             src = sources[k]
             if cache is None or (id(cache.model), id(cache.tokens)) != key[k]:
                 cache = ResidualCache(probes[k].model, src.corpus.tokens)
-            df = score_output_side(src, sample_units(src, n_units, seed), backend, probes[k].with_cache(cache),
-                                   seed=seed, progress=progress)
-            a, m = _frame_to_parts(k, df)
-            arrays.update(a)
-            meta[k] = m
-        return arrays, meta
+            frames[k] = score_output_side(src, sample_units(src, n_units, seed), backend, probes[k].with_cache(cache),
+                                          seed=seed, progress=progress)
+        return {k: frames[k] for k in sources}     # in the sources' order, whatever order they were scored in
 
-    arrays, meta = cached_result("autointerp-output-side", config, compute, store, force=force)
-    return {k: _frame_from_parts(k, arrays, meta[k]) for k in meta["kinds"]}
+    return cached_frames("autointerp-output-side", config, compute_frames, store, force=force)
 
 
 def get_output_side(preset=None, store=None, *, sources: dict | None = None, progress: bool = True) -> dict:

@@ -526,6 +526,22 @@ def _frame_from_parts(prefix: str, arrays: dict, meta: dict):
     return df
 
 
+def cached_frames(name: str, config: dict, compute_frames, store=None, *, force: bool = False) -> dict:
+    """``{kind: DataFrame}`` returned by ``compute_frames()``, computed once for ``config`` and then loaded
+    (``store.results.cached_result``: numeric columns as arrays, text columns as JSON, kinds in order)."""
+    def compute():
+        frames = compute_frames()
+        arrays, meta = {}, {"kinds": list(frames)}
+        for k, df in frames.items():
+            a, m = _frame_to_parts(k, df)
+            arrays.update(a)
+            meta[k] = m
+        return arrays, meta
+
+    arrays, meta = cached_result(name, config, compute, store, force=force)
+    return {k: _frame_from_parts(k, arrays, meta[k]) for k in meta["kinds"]}
+
+
 def cached_offline_scores(sources: dict, n_units: int | None = None, seed: int = 0, store=None, *,
                           backend=None, progress: bool = True, force: bool = False) -> dict:
     """``score_all(sources, offline backend, n_units, seed)``, computed once and then loaded.
@@ -543,17 +559,8 @@ def cached_offline_scores(sources: dict, n_units: int | None = None, seed: int =
               "protocol": asdict(ProtocolConfig()), "n_units": n_units, "seed": int(seed),
               "version": OFFLINE_SCORES_VERSION}
 
-    def compute():
-        results = score_all(sources, backend, n_units, seed, progress)
-        arrays, meta = {}, {"kinds": list(results)}
-        for k, df in results.items():
-            a, m = _frame_to_parts(k, df)
-            arrays.update(a)
-            meta[k] = m
-        return arrays, meta
-
-    arrays, meta = cached_result("autointerp-offline", config, compute, store, force=force)
-    return {k: _frame_from_parts(k, arrays, meta[k]) for k in meta["kinds"]}
+    return cached_frames("autointerp-offline", config, lambda: score_all(sources, backend, n_units, seed, progress),
+                         store, force=force)
 
 
 def get_offline_scores(preset=None, store=None, *, sources: dict | None = None, progress: bool = True) -> dict:

@@ -28,13 +28,6 @@ from mono_utils.pipeline.saes import get_sae, sae_metrics
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="module")
-def tiny(smoke_preset):
-    # model fields untouched: smoke's model A is reused; only the SAEs and their evaluation shrink
-    return smoke_preset.replace(sae_main=128, sae_tokens=32_768, sae_batch=256, eval_tokens=4_096,
-                                density_tokens=8_192)
-
-
 def planted(n=8192, d=32, n_feat=40, p=0.08, seed=0):
     g = torch.Generator().manual_seed(seed)
     D = torch.randn(n_feat, d, generator=g)

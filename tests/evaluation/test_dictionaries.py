@@ -27,12 +27,6 @@ EXPECTED = {  # name: (kind, model)
 
 
 @pytest.fixture(scope="module")
-def tiny(smoke_preset):
-    return smoke_preset.replace(sae_main=128, sae_tokens=32_768, sae_batch=256, eval_tokens=4_096,
-                                density_tokens=8_192)
-
-
-@pytest.fixture(scope="module")
 def dicts(tiny, smoke_store, smoke_model):
     return get_dictionaries(tiny, smoke_store, names=ALL_NAMES, progress=False)
 

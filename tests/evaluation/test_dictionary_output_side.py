@@ -10,13 +10,6 @@ from mono_utils.autointerp.scores import KIND_LABELS
 from mono_utils.evaluation import output_side as EO
 
 
-@pytest.fixture(scope="module")
-def tiny(smoke_preset):
-    # as the evaluation package's other tests: smoke's models, SAEs of 128 features on a few thousand activations
-    return smoke_preset.replace(sae_main=128, sae_tokens=32_768, sae_batch=256, eval_tokens=4_096,
-                                density_tokens=8_192)
-
-
 def test_every_dictionary_gets_both_halves_once_then_loads(tiny, smoke_store, monkeypatch):
     from mono_utils.evaluation.dictionaries import DICTIONARY_NAMES, get_dictionaries
     dicts = get_dictionaries(tiny, smoke_store, names=DICTIONARY_NAMES, progress=False)

@@ -159,13 +159,6 @@ def test_the_stage_is_in_the_build():
             "autointerp offline"} <= set(deps)
 
 
-@pytest.fixture(scope="module")
-def tiny(smoke_preset):
-    # as the evaluation package's other tests: smoke's models, SAEs of 128 features on a few thousand activations
-    return smoke_preset.replace(sae_main=128, sae_tokens=32_768, sae_batch=256, eval_tokens=4_096,
-                                density_tokens=8_192)
-
-
 def test_the_stage_on_smoke_is_computed_once_then_loaded(tiny, smoke_store, monkeypatch):
     from mono_utils.evaluation.dictionaries import ALL_NAMES, get_dictionaries
     dicts = get_dictionaries(tiny, smoke_store, names=ALL_NAMES, progress=False)

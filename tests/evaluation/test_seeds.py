@@ -24,13 +24,6 @@ from mono_utils.pipeline.saes import get_sae, sae_metrics
 
 
 @pytest.fixture(scope="module")
-def tiny(smoke_preset):
-    # model fields untouched: smoke's model A is reused; only the SAEs and their evaluation shrink
-    return smoke_preset.replace(sae_main=128, sae_tokens=32_768, sae_batch=256, eval_tokens=4_096,
-                                density_tokens=8_192)
-
-
-@pytest.fixture(scope="module")
 def runs(tiny, smoke_store, smoke_model):
     return get_seed_runs(tiny, smoke_store, progress=False)
 

@@ -25,13 +25,6 @@ from mono_utils.core.sae import RECIPES, SAEConfig, SparseAutoencoder
 
 
 @pytest.fixture(scope="module")
-def tiny(smoke_preset):
-    # model fields untouched: smoke's model A is reused; only the SAEs and their evaluation shrink
-    return smoke_preset.replace(sae_main=128, sae_tokens=32_768, sae_batch=256, eval_tokens=4_096,
-                                density_tokens=8_192)
-
-
-@pytest.fixture(scope="module")
 def recipe_runs(tiny, smoke_store, smoke_model):
     topk = get_topk_sae(tiny, smoke_store, progress=False)          # the TopK side run, built first
     manifest = Path(topk.folder) / "MANIFEST.json"
