@@ -315,6 +315,10 @@ def write_report(preset: str = "default", artifacts: str | None = None, out: str
                   f"The load average counts the step's own processes: on the idle {os.cpu_count()}-core machine a "
                   f"build of two jobs shows about 2. Above that, other work shared the cores and the times are "
                   f"longer than the suite's own.", ""]
+        later = {n: st["commit"] for n, st in steps.items() if st.get("commit") and st["commit"] != record["commit"]}
+        if later:   # a step run again from another commit (e.g. the atlas after a change to it): said, not hidden
+            parts += ["Run again from another commit than the build's: " +
+                      "; ".join(f"{n} from commit {c}" for n, c in later.items()) + ".", ""]
         if record.get("note"):
             parts += [record["note"], ""]
     build_log = runs_dir / "build.log"

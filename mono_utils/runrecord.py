@@ -96,7 +96,7 @@ def run_timed(record: Path, step: str, cmd: list[str], log: Path | None = None) 
                 "started": datetime.datetime.fromtimestamp(started).isoformat(timespec="seconds")}
     data["steps"][step] = {"seconds": round(wall, 1), "peak_mb": round(peak_kb / 1024), "exit": rc,
                            "load_mean": round(sum(loads) / len(loads), 2), "load_max": round(max(loads), 2),
-                           "command": " ".join(cmd)}
+                           "command": " ".join(cmd), "commit": git_commit()}
     with atomic_output(record) as tmp:
         Path(tmp).write_text(json.dumps(data, indent=1), encoding="utf-8")
     return rc
