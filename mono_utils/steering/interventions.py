@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.model import HOOK_MLP_POST
-from ..core.tokenizer import EOT, encode, readable_text, str_tokens
+from ..core.tokenizer import EOT, encode, readable_each, readable_text, str_tokens
 
 MODES = ("clamp", "add", "ablate")
 # Documented ranges. A feature's activations are in the tens (the widget's sliders span a few
@@ -497,7 +497,7 @@ def next_token_shift(base_logits: torch.Tensor, steered_logits: torch.Tensor, to
     k = max(1, min(k, d.numel() // 2))
     up = d.topk(k).indices.tolist()
     down = (-d).topk(k).indices.tolist()
-    names = str_tokens(tokenizer, up + down)
+    names = readable_each(tokenizer, up + down)   # a split byte as ‹d7›, as the atlas shows it, not "�"
 
     def rows(idx, nm):
         return [{"token": n, "id": i, "p_base": float(p0[i]), "p_steered": float(p1[i]),
