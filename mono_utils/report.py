@@ -121,7 +121,8 @@ def results_rows(p, s):
             if kind in ("feature", "neuron"):        # A/1's run: its own rows below
                 continue
             sm = summarize(df)
-            yield (f"autointerp offline, {kind} (on the transcoder's index tokens): scored units; medians headline / "
+            where = ("A/1's index tokens" if kind.startswith("feature") else "the transcoder's index tokens")
+            yield (f"autointerp offline, {kind} (on {where}): scored units; medians headline / "
                    f"Pearson / detection / logit test",
                    f"{sm['scored']:,}: " + " / ".join(f"{sm['all'].get('median_' + c, np.nan):.2f}" for c in
                                                      ("spearman", "pearson", "detection", "logit_accuracy")))

@@ -16,6 +16,7 @@ from ..autointerp.run import IndexSource, cached_offline_scores, default_n_units
 from ..core.model import model_folder
 from ..features.dashboards import Dashboard, dashboard_data
 from ..features.proxies import cached_proxy_table, get_proxy_table, win_table
+from ..pipeline.indexes import get_index
 from ..pipeline.models import get_model, get_tokenizer
 from ..pipeline.presets import resolve
 from ..pipeline.transcoders import get_transcoder, get_transcoder_index, transcoder_logit_weights
@@ -23,7 +24,14 @@ from ..store.results import input_id
 
 # the kinds of the score tables: A/1's run (notebook 03) and the transcoder's, each with its neurons
 KINDS = {"feature": "A/1 features", "neuron": "neurons (A/1's tokens)",
-         "transcoder": "transcoder features", "neuron_tc": "neurons (transcoder's tokens)"}
+         "transcoder": "transcoder features", "neuron_tc": "neurons (transcoder's tokens)",
+         "transcoder_sampled": "transcoder features firing >= 20 times",
+         "feature_sampled": "A/1 features firing >= 20 times"}
+# A unit the index holds fewer firings of than this is scored on too few examples to explain: the protocol
+# shows the explainer 20 top examples and holds out more for the simulation. The transcoder has many such
+# features (on default the median scored one fires 8 times in its 262,144 index tokens, A/1's 631 times in
+# 524,288), so its scores are shown for all scored units (as A/1's) and for these well-sampled ones
+MIN_FIRINGS = 20
 
 
 def transcoder_sources(preset=None, store=None, *, progress: bool = True, model=None, transcoder=None) -> dict:
@@ -58,6 +66,12 @@ def get_transcoder_interp(preset=None, store=None, *, progress: bool = True) -> 
     tc_scores = cached_offline_scores(sources, default_n_units(p), 0, s, progress=progress)
     a1_scores = get_offline_scores(p, s, progress=progress)
     scores = {"feature": a1_scores["feature"], "neuron": a1_scores["neuron"], **tc_scores}
+    # the same scores restricted to units the index holds >= MIN_FIRINGS firings of (both shown; see MIN_FIRINGS)
+    a1_index = get_index(p, s, which="A", progress=progress)
+    for kind, df, index in (("transcoder", tc_scores["transcoder"], sources["transcoder"].index),
+                            ("feature", a1_scores["feature"], a1_index)):
+        fired = index.firings("feature")[df["unit"].to_numpy()]
+        scores[f"{kind}_sampled"] = df[fired >= MIN_FIRINGS].reset_index(drop=True)
     tc_table, _ = cached_proxy_table(sources["transcoder"].index, get_tokenizer(p, s), s, progress=progress)
     a1_table, _ = get_proxy_table(p, s, progress=progress)
     return {"scores": scores, "proxies": {"A/1": a1_table, "transcoder": tc_table}}

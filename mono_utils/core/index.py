@@ -340,6 +340,10 @@ class ActivationIndex:
     def density(self, kind: str) -> np.ndarray:
         return self._u(kind).count / max(1, self.n_tokens)
 
+    def firings(self, kind: str) -> np.ndarray:
+        """[n_units] how many of the index's tokens each unit fires on (is non-zero at)."""
+        return np.asarray(self._u(kind).count)
+
     def max_act(self, kind: str) -> np.ndarray:
         return np.asarray(self._u(kind).max)
 
