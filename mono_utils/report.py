@@ -367,6 +367,11 @@ def write_report(preset: str = "default", artifacts: str | None = None, out: str
                        f"{ba['forward_encode_ms']:.0f} ms", ""),
                       ("40 steered greedy tokens", f"{ba['generate_40_s']:.2f} s", ""),
                       ("requests that left the folder", str(len(ba.get("requests_outside", []))), "")]
+        default_atlas = runs_dir / "bench-atlas-default.json"   # `atlas` with no --sae: A/1, A's neurons, live
+        if default_atlas.exists():
+            da = json.loads(default_atlas.read_text(encoding="utf-8"))
+            arows.append(("the default atlas (`python -m mono_utils atlas`: A/1, A's neurons and the live model; "
+                          f"commit {da.get('commit', '?')})", mib(da["atlas_bytes"]), f"{da['atlas_files']:,} files"))
         parts += [table(("what", "measured", ""), arows), ""]
 
     parts += ["## The models and the dictionaries", "",
