@@ -90,8 +90,11 @@ def main() -> int:
             page.wait_for_selector("table tbody tr", timeout=60_000)
             time.sleep(1.5)
             page.screenshot(path=str(out / "atlas.png"))
-            page.goto(atlas.as_uri() + f"#/A1/{feature}")
-            time.sleep(4)
+            # the unit's page: set the hash in the open page (a goto to the same file with a new fragment
+            # showed the index page again) and wait until the page is the unit's (its crumbs)
+            page.evaluate(f"() => {{ location.hash = '#/A1/{feature}'; }}")
+            page.wait_for_selector(".crumbs", timeout=60_000)
+            time.sleep(2)
             page.screenshot(path=str(out / "dashboard.png"))
             print(f"atlas.png, dashboard.png (A/1 feature {feature})")
 
