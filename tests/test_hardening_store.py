@@ -394,3 +394,30 @@ def test_h27_a_read_only_store_names_the_missing_artifact(tmp_path, monkeypatch)
     assert "model/A-" in str(e.value) and "read-only for you" in str(e.value) and "bundle that holds it" in str(e.value)
     assert not built and not (tmp_path / "store" / "model").exists()
 
+
+
+def test_h28_reading_proxies_on_a_read_only_store_writes_nothing(tmp_path, monkeypatch):
+    """The class server's hub test: notebook 02 in a student's kernel died with a PermissionError writing the
+    SAE's metrics.json in the shared store, though every artifact was built. Metrics it already holds are not
+    written again, and a record the reader may not write is left as the builder wrote it."""
+    import pandas as pd
+
+    from mono_utils.features import proxies
+    from mono_utils.store import artifacts
+    store = ArtifactStore(tmp_path / "store")
+    folder = store.get_or_build("sae", "tiny", {"n": 1}, lambda tmp: {"l0": 3.0})
+    row = {m: 0.5 for m in proxies.WIN_METRICS}
+    table = pd.DataFrame([{"proxy": "dna", "kind": "feature", **row}, {"proxy": "dna", "kind": "neuron", **row}])
+    proxies.save_proxy_metrics(table, [folder], store)                 # the builder, writable: recorded
+    before = (folder / "metrics.json").read_bytes()
+    assert json.loads(before)["proxies_feature_wins"] == "0/1"
+
+    def refuse(*a, **k):
+        raise PermissionError(13, "Permission denied", str(folder / ".metrics.json.tmp"))
+    monkeypatch.setattr(artifacts, "atomic_write_json", refuse)
+    proxies.save_proxy_metrics(table, [folder], store)                 # a student: the same record, nothing written
+    changed = table.assign(best_f1=[0.9, 0.1])
+    proxies.save_proxy_metrics(changed, [folder], store)               # a new record it may not write: kept, no error
+    assert (folder / "metrics.json").read_bytes() == before
+    with pytest.raises(PermissionError):                               # the store's own call still says so
+        store.update_metrics(folder, **proxies.table_metrics(changed))

@@ -21,6 +21,7 @@ unspecific and sensitive by construction; the best-threshold columns compare the
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import math
 
@@ -325,12 +326,20 @@ def table_metrics(table) -> dict:
 
 
 def save_proxy_metrics(table, folders, store=None) -> None:
-    """Merge the table into each artifact folder's metrics.json (the SAE's, the index's)."""
+    """Merge the table into each artifact folder's metrics.json (the SAE's, the index's). A folder the
+    caller may not write (a shared, read-only store) keeps the builder's record: the table is returned
+    all the same, so a student's notebook does not fail on a record it only reads."""
     s = store or ArtifactStore()
     m = table_metrics(table)
     for f in folders:
         if f is not None:
-            s.update_metrics(f, **m)
+            try:
+                s.update_metrics(f, **m)
+            except PermissionError:
+                pass
+            except OSError as e:
+                if e.errno != errno.EROFS:
+                    raise
 
 
 # ---------------------------------------------------------------- cached table (notebook 02, the build)

@@ -439,9 +439,12 @@ class ArtifactStore:
         return folder
 
     def update_metrics(self, folder: str | Path, **metrics) -> dict:
-        """Merge new entries into an artifact's metrics.json (atomically)."""
+        """Merge new entries into an artifact's metrics.json (atomically). Entries it already holds are not
+        written again: a reader of a shared, read-only store (a class server's students) writes nothing."""
         path = Path(folder) / "metrics.json"
         current = read_json(path) if path.exists() else {}
+        if path.exists() and all(k in current and current[k] == json.loads(json.dumps(v)) for k, v in metrics.items()):
+            return current
         current.update(metrics)
         atomic_write_json(path, current)
         return current
