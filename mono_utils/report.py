@@ -329,8 +329,8 @@ def write_report(preset: str = "default", artifacts: str | None = None, out: str
     timings = runs_dir / "timings.md"
     if timings.exists():
         text = timings.read_text(encoding="utf-8")
-        nb, _, machine = text.partition("\n\nmachine:")
-        side = re.search(r"(\d+) notebooks at a time", machine)
+        nb, _, footer = text.partition("\n\nmachine:")
+        side = re.search(r"(\d+) notebooks at a time", footer)
         how = (f", {side.group(1)} at a time (`run-notebooks --jobs {side.group(1)}`: each notebook's time is "
                f"with another beside it on the cores; the peak memory is its own process tree's)") if side else ""
         parts += [f"### Notebooks, executed top to bottom on the built artifacts{how}", "", nb, ""]

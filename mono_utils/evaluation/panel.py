@@ -57,7 +57,6 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
-from tqdm.auto import tqdm
 
 from ..autointerp.offline import OfflineBackend
 from ..autointerp.protocol import EvalCorpus, ProtocolConfig

@@ -17,7 +17,7 @@ import torch
 
 from ..core.index import ActivationIndex, _check_kind
 from ..core.model import HOOK_MLP_POST, W_U, W_out, lm_loss
-from ..core.tokenizer import decode_run, readable_each, readable_tokens, token_bytes_of
+from ..core.tokenizer import readable_each, readable_tokens
 
 _VOCAB_CACHE: dict = {}
 
