@@ -195,7 +195,7 @@ def side_run_tokens(p: Preset) -> int:
     Side runs: TopK and notebook 01's recipes, the lambda sweep, the family's other sizes, the nested
     (Matryoshka) SAE, issue 30's seeds and frozen-decoder control. One budget for all of them, so that
     runs of one recipe, width and seed are one artifact (the recipes' ``batchtopk`` is seed 0 of the
-    seed runs; the recipes' ``paper2023`` is the sweep's lambda x 1) and every comparison among side runs
+    seed runs; the recipes' ``paper2023`` is lambda x 1 beside the sweep's x 0.5 and x 2) and every comparison among side runs
     is at matched tokens. It was a quarter of A/1's for TopK, the recipes and the family until the build
     outgrew ``make run``'s 45 minutes (docs/results.md times each stage)."""
     return p.sae_tokens if p.side_runs_full else max(p.sae_batch, p.sae_tokens // SIDE_RUN_FRACTION)
