@@ -9,7 +9,10 @@ It reads what ``make run`` left behind, and builds nothing: the artifacts (throu
 a missing one names the stage to build), ``runs/<preset>/make-run.json`` (each step of ``make run``:
 wall time, peak memory of its largest process, exit status, commit; written by ``python -m
 mono_utils.runrecord``), ``runs/<preset>/build.log`` (the build's per-stage table),
-``runs/<preset>/timings.md`` (each notebook's wall time and peak memory) and the atlas folder.
+``runs/<preset>/timings.md`` (each notebook's wall time and peak memory) and the atlas folder; where
+present, ``runs/<preset>/bench-atlas.json`` (``benchmarks/bench_atlas.py --existing runs/<preset>/atlas --json
+...``: the live atlas's times) and ``runs/<preset>/bench-atlas-default.json`` (the same for an atlas written
+with no ``--sae``: ``python -m mono_utils atlas --out DIR``, then ``bench_atlas.py --existing DIR --json ...``).
 """
 from __future__ import annotations
 

@@ -415,7 +415,8 @@ def test_h28_reading_proxies_on_a_read_only_store_writes_nothing(tmp_path, monke
     def refuse(*a, **k):
         raise PermissionError(13, "Permission denied", str(folder / ".metrics.json.tmp"))
     monkeypatch.setattr(artifacts, "atomic_write_json", refuse)
-    proxies.save_proxy_metrics(table, [folder], store)                 # a student: the same record, nothing written
+    store.update_metrics(folder, **proxies.table_metrics(table))     # a student: the same record, nothing written
+    proxies.save_proxy_metrics(table, [folder], store)
     changed = table.assign(best_f1=[0.9, 0.1])
     proxies.save_proxy_metrics(changed, [folder], store)               # a new record it may not write: kept, no error
     assert (folder / "metrics.json").read_bytes() == before

@@ -85,8 +85,7 @@
       L.t.decoded_ms = performance.now() - t0;
       ort.env.wasm.wasmPaths = {mjs: 'data:text/javascript;base64,' + A.data['live/ort-mjs']};
       return L.model('A');                   // model A at once; another model's graphs on first use
-    }).then(function (m) {
-      L.front = m.front; L.back = m.back;
+    }).then(function () {
       L.t.init_ms = performance.now() - t0;
       return L;
     });
